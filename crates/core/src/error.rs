@@ -1,0 +1,67 @@
+//! Errors of the store and its repositories. No HTTP here: the server maps
+//! each variant to a status and a stable code with an exhaustive match.
+
+use sea_orm::{DbErr, SqlErr};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The row does not exist in the caller's tenant (which, by design,
+    /// is indistinguishable from "exists in another tenant").
+    #[error("{entity} not found")]
+    NotFound { entity: &'static str },
+
+    /// A unique constraint refused the write; `field` names the input that
+    /// clashed so the client can say which one.
+    #[error("a {entity} with this {field} already exists")]
+    Conflict {
+        entity: &'static str,
+        field: &'static str,
+    },
+
+    /// A value was refused before it reached the database.
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+
+    /// The embedded SQLite store serves exactly one tenant.
+    #[error(
+        "multi-tenant operation needs Postgres: the embedded SQLite store serves exactly one tenant \
+         (start the server with --database-url postgres://...)"
+    )]
+    MultiTenantRequiresPostgres,
+
+    /// The request-path database role could read across tenants.
+    #[error("refusing to serve requests as database role `{role}`: {problem}")]
+    UnsafeRequestRole { role: String, problem: String },
+
+    #[error("database error: {0}")]
+    Database(#[from] DbErr),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Turns a unique-constraint violation into [`StoreError::Conflict`] and
+/// passes every other database error through.
+pub(crate) fn conflict_on(entity: &'static str, field: &'static str) -> impl Fn(DbErr) -> StoreError {
+    move |err| match err.sql_err() {
+        Some(SqlErr::UniqueConstraintViolation(_)) => StoreError::Conflict { entity, field },
+        _ => StoreError::Database(err),
+    }
+}
+
+/// Trims a display name and checks its length (1 to 200 characters).
+pub(crate) fn valid_name(field: &'static str, value: &str) -> StoreResult<String> {
+    let trimmed = value.trim();
+    if trimmed.is_empty() {
+        return Err(StoreError::Invalid {
+            field,
+            reason: "must not be empty".into(),
+        });
+    }
+    if trimmed.chars().count() > 200 {
+        return Err(StoreError::Invalid {
+            field,
+            reason: "must be at most 200 characters".into(),
+        });
+    }
+    Ok(trimmed.to_owned())
+}

@@ -1,0 +1,172 @@
+//! Sites (where devices live) and teams (who manages them): both are named
+//! per tenant, so they share one repository shape.
+
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, Set,
+    prelude::Uuid,
+};
+
+use crate::audit::{Actor, AuditRecord};
+use crate::entities::{site, team, team_membership};
+use crate::error::{StoreError, StoreResult, conflict_on, valid_name};
+use crate::scope::TenantScope;
+
+pub type Site = site::Model;
+pub type Team = team::Model;
+pub type TeamMembership = team_membership::Model;
+
+/// Generates the repository for a table with `(tenant_id, name)` unique:
+/// create, list, get, rename and delete, each audited.
+macro_rules! named_repository {
+    ($repo:ident, $entity:ident, $model:ty, $kind:literal) => {
+        #[doc = concat!("The tenant's ", $kind, "s.")]
+        pub struct $repo<'s> {
+            scope: &'s TenantScope,
+        }
+
+        impl<'s> $repo<'s> {
+            pub(crate) fn new(scope: &'s TenantScope) -> Self {
+                $repo { scope }
+            }
+
+            pub async fn create(&self, actor: &Actor, name: &str) -> StoreResult<$model> {
+                let name = valid_name("name", name)?;
+                let now = chrono::Utc::now();
+                let row = $entity::ActiveModel {
+                    id: Set(Uuid::now_v7()),
+                    tenant_id: Set(self.scope.tenant_id()),
+                    name: Set(name),
+                    created_at: Set(now),
+                    updated_at: Set(now),
+                }
+                .insert(self.scope.connection())
+                .await
+                .map_err(conflict_on($kind, "name"))?;
+                self.scope
+                    .audit()
+                    .record(
+                        actor,
+                        AuditRecord::new(concat!($kind, ".created"), $kind, Some(row.id))
+                            .with_details(serde_json::json!({ "name": row.name })),
+                    )
+                    .await?;
+                Ok(row)
+            }
+
+            /// All of the tenant's rows, by name.
+            pub async fn list(&self) -> StoreResult<Vec<$model>> {
+                Ok($entity::Entity::find()
+                    .filter($entity::Column::TenantId.eq(self.scope.tenant_id()))
+                    .order_by_asc($entity::Column::Name)
+                    .all(self.scope.connection())
+                    .await?)
+            }
+
+            pub async fn get(&self, id: Uuid) -> StoreResult<$model> {
+                $entity::Entity::find_by_id(id)
+                    .filter($entity::Column::TenantId.eq(self.scope.tenant_id()))
+                    .one(self.scope.connection())
+                    .await?
+                    .ok_or(StoreError::NotFound { entity: $kind })
+            }
+
+            pub async fn rename(&self, actor: &Actor, id: Uuid, name: &str) -> StoreResult<$model> {
+                let name = valid_name("name", name)?;
+                let old = self.get(id).await?;
+                let old_name = old.name.clone();
+                let mut row = old.into_active_model();
+                row.name = Set(name);
+                row.updated_at = Set(chrono::Utc::now());
+                let row = row
+                    .update(self.scope.connection())
+                    .await
+                    .map_err(conflict_on($kind, "name"))?;
+                self.scope
+                    .audit()
+                    .record(
+                        actor,
+                        AuditRecord::new(concat!($kind, ".renamed"), $kind, Some(id))
+                            .with_details(serde_json::json!({ "from": old_name, "to": row.name })),
+                    )
+                    .await?;
+                Ok(row)
+            }
+
+            pub async fn delete(&self, actor: &Actor, id: Uuid) -> StoreResult<()> {
+                let row = self.get(id).await?;
+                $entity::Entity::delete_by_id(id)
+                    .exec(self.scope.connection())
+                    .await?;
+                self.scope
+                    .audit()
+                    .record(
+                        actor,
+                        AuditRecord::new(concat!($kind, ".deleted"), $kind, Some(id))
+                            .with_details(serde_json::json!({ "name": row.name })),
+                    )
+                    .await?;
+                Ok(())
+            }
+        }
+    };
+}
+
+named_repository!(Sites, site, Site, "site");
+named_repository!(Teams, team, Team, "team");
+
+/// Team roles a member can hold.
+pub const TEAM_ROLES: &[&str] = &["maintainer", "observer"];
+
+/// Who belongs to which team, with which team role.
+pub struct TeamMemberships<'s> {
+    scope: &'s TenantScope,
+}
+
+impl<'s> TeamMemberships<'s> {
+    pub(crate) fn new(scope: &'s TenantScope) -> Self {
+        TeamMemberships { scope }
+    }
+
+    pub async fn add(&self, actor: &Actor, team_id: Uuid, user_id: Uuid, role: &str) -> StoreResult<TeamMembership> {
+        if !TEAM_ROLES.contains(&role) {
+            return Err(StoreError::Invalid {
+                field: "role",
+                reason: format!("must be one of {}", TEAM_ROLES.join(", ")),
+            });
+        }
+        // Both lookups are tenant-filtered, so a foreign id is "not found".
+        self.scope.teams().get(team_id).await?;
+        self.scope.users().get(user_id).await?;
+        let now = chrono::Utc::now();
+        let row = team_membership::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            tenant_id: Set(self.scope.tenant_id()),
+            team_id: Set(team_id),
+            user_id: Set(user_id),
+            role: Set(role.to_owned()),
+            created_at: Set(now),
+            updated_at: Set(now),
+        }
+        .insert(self.scope.connection())
+        .await
+        .map_err(conflict_on("team membership", "user"))?;
+        self.scope
+            .audit()
+            .record(
+                actor,
+                AuditRecord::new("team.member_added", "team", Some(team_id))
+                    .with_details(serde_json::json!({ "user_id": user_id, "role": role })),
+            )
+            .await?;
+        Ok(row)
+    }
+
+    pub async fn list(&self, team_id: Uuid) -> StoreResult<Vec<TeamMembership>> {
+        Ok(team_membership::Entity::find()
+            .filter(team_membership::Column::TenantId.eq(self.scope.tenant_id()))
+            .filter(team_membership::Column::TeamId.eq(team_id))
+            .order_by_asc(team_membership::Column::Id)
+            .all(self.scope.connection())
+            .await?)
+    }
+}

@@ -1,0 +1,32 @@
+//! Schema migrations for the Mobius store.
+//!
+//! The same migrations run on Postgres and on the embedded SQLite store.
+//! Statements that only make sense on Postgres (row-level security,
+//! SECURITY DEFINER lookups) are skipped on SQLite, which is single-tenant.
+
+use sea_orm_migration::prelude::*;
+pub use sea_orm_migration::MigratorTrait;
+
+mod m20261122_000001_data_model_v1;
+mod m20261122_000002_row_level_security;
+mod tables;
+
+pub use m20261122_000002_row_level_security::LOOKUP_FUNCTION_SIGNATURES;
+pub use tables::TENANT_TABLES;
+
+/// Changes whenever a migration source file changes; the test harness keys
+/// its migrated template database on it.
+pub const FINGERPRINT: &str = env!("MOBIUS_MIGRATIONS_FINGERPRINT");
+
+/// All migrations, oldest first.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20261122_000001_data_model_v1::Migration),
+            Box::new(m20261122_000002_row_level_security::Migration),
+        ]
+    }
+}
