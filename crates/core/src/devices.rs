@@ -1,6 +1,8 @@
 //! Devices: machines enrolled into one of the tenant's sites.
 
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, Set, prelude::Uuid};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, Set, prelude::Uuid,
+};
 
 use crate::audit::{Actor, AuditRecord};
 use crate::entities::device;
@@ -50,8 +52,9 @@ impl<'s> Devices<'s> {
             .audit()
             .record(
                 actor,
-                AuditRecord::new("device.registered", "device", Some(row.id))
-                    .with_details(serde_json::json!({ "hostname": row.hostname, "site_id": site_id })),
+                AuditRecord::new("device.registered", "device", Some(row.id)).with_details(
+                    serde_json::json!({ "hostname": row.hostname, "site_id": site_id }),
+                ),
             )
             .await?;
         Ok(row)

@@ -3,7 +3,9 @@
 //! stored: the secret is high-entropy, so a fast hash suffices (argon2 is
 //! for low-entropy passwords) and keeps the enroll path cheap.
 
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, Set, prelude::Uuid};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, Set, prelude::Uuid,
+};
 
 use crate::audit::{Actor, AuditRecord};
 use crate::entities::enrollment_token;
@@ -29,7 +31,11 @@ impl<'s> EnrollmentTokens<'s> {
         EnrollmentTokens { scope }
     }
 
-    pub async fn create(&self, actor: &Actor, new: NewEnrollmentToken<'_>) -> StoreResult<EnrollmentToken> {
+    pub async fn create(
+        &self,
+        actor: &Actor,
+        new: NewEnrollmentToken<'_>,
+    ) -> StoreResult<EnrollmentToken> {
         let name = valid_name("name", new.name)?;
         if new.max_uses < 1 {
             return Err(StoreError::Invalid {

@@ -41,7 +41,10 @@ pub type StoreResult<T> = Result<T, StoreError>;
 
 /// Turns a unique-constraint violation into [`StoreError::Conflict`] and
 /// passes every other database error through.
-pub(crate) fn conflict_on(entity: &'static str, field: &'static str) -> impl Fn(DbErr) -> StoreError {
+pub(crate) fn conflict_on(
+    entity: &'static str,
+    field: &'static str,
+) -> impl Fn(DbErr) -> StoreError {
     move |err| match err.sql_err() {
         Some(SqlErr::UniqueConstraintViolation(_)) => StoreError::Conflict { entity, field },
         _ => StoreError::Database(err),

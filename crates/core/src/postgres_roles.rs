@@ -18,14 +18,17 @@ use crate::store::{Backend, Store};
 pub fn valid_role_name(role: &str) -> StoreResult<()> {
     let mut chars = role.chars();
     let ok = role.len() <= 63
-        && chars.next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
     if ok {
         Ok(())
     } else {
         Err(StoreError::Invalid {
             field: "database_app_role",
-            reason: "use 1 to 63 characters of a-z, 0-9 and '_', starting with a letter or '_'".into(),
+            reason: "use 1 to 63 characters of a-z, 0-9 and '_', starting with a letter or '_'"
+                .into(),
         })
     }
 }
@@ -35,7 +38,11 @@ pub fn valid_role_name(role: &str) -> StoreResult<()> {
 /// SELECT and INSERT only on the append-only audit log, SELECT on the
 /// migration table (for `/readyz`), and EXECUTE on the named cross-tenant
 /// lookups. Runs on the owner's connection, after migrations; idempotent.
-pub async fn ensure_app_role(owner: &Store, role: &str, password: Option<&SecretString>) -> StoreResult<()> {
+pub async fn ensure_app_role(
+    owner: &Store,
+    role: &str,
+    password: Option<&SecretString>,
+) -> StoreResult<()> {
     valid_role_name(role)?;
     if owner.backend() != Backend::Postgres {
         return Ok(());
@@ -50,7 +57,8 @@ pub async fn ensure_app_role(owner: &Store, role: &str, password: Option<&Secret
         .is_some();
     let password = password.map(|p| p.expose_secret().to_owned());
     if !exists {
-        let create = "CREATE ROLE %I LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOINHERIT";
+        let create =
+            "CREATE ROLE %I LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOINHERIT";
         let result = match &password {
             Some(pw) => run_formatted(owner, &format!("{create} PASSWORD %L"), &[role, pw]).await,
             None => run_formatted(owner, create, &[role]).await,
@@ -66,21 +74,37 @@ pub async fn ensure_app_role(owner: &Store, role: &str, password: Option<&Secret
     }
 
     let dml_tables: Vec<&str> = std::iter::once("tenants")
-        .chain(TENANT_TABLES.iter().copied().filter(|t| *t != "audit_events"))
+        .chain(
+            TENANT_TABLES
+                .iter()
+                .copied()
+                .filter(|t| *t != "audit_events"),
+        )
         .collect();
     run_formatted(owner, "GRANT USAGE ON SCHEMA public TO %I", &[role]).await?;
     run_formatted(
         owner,
-        &format!("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO %I", dml_tables.join(", ")),
+        &format!(
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO %I",
+            dml_tables.join(", ")
+        ),
         &[role],
     )
     .await?;
     run_formatted(owner, "GRANT SELECT, INSERT ON audit_events TO %I", &[role]).await?;
-    run_formatted(owner, "REVOKE UPDATE, DELETE, TRUNCATE ON audit_events FROM %I", &[role]).await?;
+    run_formatted(
+        owner,
+        "REVOKE UPDATE, DELETE, TRUNCATE ON audit_events FROM %I",
+        &[role],
+    )
+    .await?;
     run_formatted(owner, "GRANT SELECT ON seaql_migrations TO %I", &[role]).await?;
     run_formatted(
         owner,
-        &format!("GRANT EXECUTE ON FUNCTION {} TO %I", LOOKUP_FUNCTION_SIGNATURES.join(", ")),
+        &format!(
+            "GRANT EXECUTE ON FUNCTION {} TO %I",
+            LOOKUP_FUNCTION_SIGNATURES.join(", ")
+        ),
         &[role],
     )
     .await?;
@@ -132,7 +156,11 @@ pub async fn verify_request_role(store: &Store) -> StoreResult<()> {
 
 /// The owner's URL with the request role's name and password in place of
 /// the owner's: how a development setup with one URL reaches the role.
-pub fn request_role_url(owner_url: &SecretString, role: &str, password: &SecretString) -> StoreResult<SecretString> {
+pub fn request_role_url(
+    owner_url: &SecretString,
+    role: &str,
+    password: &SecretString,
+) -> StoreResult<SecretString> {
     let invalid = |reason: String| StoreError::Invalid {
         field: "database_url",
         reason,

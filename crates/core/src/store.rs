@@ -161,7 +161,12 @@ impl Store {
     /// Creates a tenant with its default site, in one transaction scoped to
     /// the new tenant's id (so the RLS `WITH CHECK` accepts the insert
     /// without any bypass). The embedded store refuses a second tenant.
-    pub async fn create_tenant(&self, actor: &Actor, name: &str, slug: &str) -> StoreResult<Tenant> {
+    pub async fn create_tenant(
+        &self,
+        actor: &Actor,
+        name: &str,
+        slug: &str,
+    ) -> StoreResult<Tenant> {
         let name = valid_name("name", name)?;
         let slug = valid_slug(slug)?;
         if self.backend == Backend::Sqlite && self.default_tenant_id().await?.is_some() {
@@ -226,9 +231,10 @@ impl Store {
         {
             Ok(tenant) => Ok((tenant.id, true)),
             Err(StoreError::Conflict { .. }) | Err(StoreError::MultiTenantRequiresPostgres) => {
-                let id = self.default_tenant_id().await?.ok_or(StoreError::NotFound {
-                    entity: "tenant",
-                })?;
+                let id = self
+                    .default_tenant_id()
+                    .await?
+                    .ok_or(StoreError::NotFound { entity: "tenant" })?;
                 Ok((id, false))
             }
             Err(other) => Err(other),
@@ -237,7 +243,10 @@ impl Store {
 
     /// The tenant that owns the enrollment token whose secret hashes to
     /// `token_hash`: the enroll endpoint's one cross-tenant lookup.
-    pub async fn find_enrollment_token_tenant(&self, token_hash: &[u8; 32]) -> StoreResult<Option<Uuid>> {
+    pub async fn find_enrollment_token_tenant(
+        &self,
+        token_hash: &[u8; 32],
+    ) -> StoreResult<Option<Uuid>> {
         let sql = match self.backend {
             Backend::Postgres => "SELECT mobius_enrollment_token_tenant($1) AS id",
             Backend::Sqlite => "SELECT tenant_id AS id FROM enrollment_tokens WHERE token_hash = ?",
@@ -267,10 +276,18 @@ impl Store {
             .collect()
     }
 
-    async fn lookup_one(&self, sql: &str, values: Vec<sea_orm::Value>) -> StoreResult<Option<Uuid>> {
+    async fn lookup_one(
+        &self,
+        sql: &str,
+        values: Vec<sea_orm::Value>,
+    ) -> StoreResult<Option<Uuid>> {
         let row = self
             .db
-            .query_one_raw(Statement::from_sql_and_values(self.db_backend(), sql, values))
+            .query_one_raw(Statement::from_sql_and_values(
+                self.db_backend(),
+                sql,
+                values,
+            ))
             .await?;
         Ok(match row {
             Some(row) => row.try_get::<Option<Uuid>>("", "id")?,

@@ -127,7 +127,13 @@ impl<'s> TeamMemberships<'s> {
         TeamMemberships { scope }
     }
 
-    pub async fn add(&self, actor: &Actor, team_id: Uuid, user_id: Uuid, role: &str) -> StoreResult<TeamMembership> {
+    pub async fn add(
+        &self,
+        actor: &Actor,
+        team_id: Uuid,
+        user_id: Uuid,
+        role: &str,
+    ) -> StoreResult<TeamMembership> {
         if !TEAM_ROLES.contains(&role) {
             return Err(StoreError::Invalid {
                 field: "role",

@@ -1,7 +1,9 @@
 //! Users of a tenant. Passwords arrive here already hashed (argon2id, in
 //! the identity service); this repository never sees a plaintext secret.
 
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, Set, prelude::Uuid};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, Set, prelude::Uuid,
+};
 
 use crate::audit::{Actor, AuditRecord};
 use crate::entities::user;
@@ -85,9 +87,9 @@ impl<'s> Users<'s> {
 fn valid_email(email: &str) -> StoreResult<String> {
     let email = email.trim().to_lowercase();
     let ok = email.len() <= 254
-        && email
-            .split_once('@')
-            .is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.') && !domain.starts_with('.'))
+        && email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty() && domain.contains('.') && !domain.starts_with('.')
+        })
         && !email.chars().any(char::is_whitespace);
     if ok {
         Ok(email)

@@ -1,1 +1,13 @@
+//! The Mobius server: the axum application and its start-up.
 
+pub mod app;
+pub mod cli;
+pub mod edition;
+pub mod error;
+pub mod metrics;
+pub mod serve;
+pub mod settings;
+pub mod telemetry;
+
+pub use edition::Edition;
+pub use settings::Settings;

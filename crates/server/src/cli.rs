@@ -1,0 +1,133 @@
+//! The `mobius-server` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::edition::Edition;
+use crate::serve::{self, Server};
+use crate::settings::{FlagOverrides, LogFormat, Settings};
+use crate::telemetry;
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "Mobius device-management control plane server",
+    long_about = "Mobius device-management control plane server.\n\n\
+        With no configuration it serves the admin API on 127.0.0.1:8080 from an embedded SQLite \
+        store in ./mobius-data. Give --database-url postgres://... for Postgres (multi-tenant).\n\n\
+        Settings are layered: defaults, then the TOML file given with --config, then MOBIUS_* \
+        environment variables (e.g. MOBIUS_DATABASE_URL, MOBIUS_LISTEN), then flags. \
+        `config` prints the effective result."
+)]
+struct Cli {
+    #[command(flatten)]
+    settings: SettingsArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct SettingsArgs {
+    /// TOML settings file (keys as printed by `config`).
+    #[arg(long, global = true, env = "MOBIUS_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Admin API address [default: 127.0.0.1:8080].
+    #[arg(long, global = true, value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
+    /// Postgres URL of the schema owner (runs migrations). Unset: embedded SQLite.
+    #[arg(long, global = true, value_name = "URL")]
+    database_url: Option<String>,
+    /// Postgres URL of the request-path role, if it is managed separately.
+    #[arg(long, global = true, value_name = "URL")]
+    database_app_url: Option<String>,
+    /// Data directory for the embedded store and generated secrets [default: ./mobius-data].
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Log format [default: auto: pretty on a terminal, JSON otherwise].
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run migrations, create the default tenant on an empty store, and serve.
+    Serve,
+    /// Apply pending migrations (and the request role's grants), then exit.
+    Migrate,
+    /// Print the effective configuration, secrets redacted, then exit.
+    Config,
+}
+
+/// Entry point of the edition binaries. Exit codes: 0 success, 1 failure
+/// at run time, 2 bad usage or settings.
+pub fn main(edition: Edition) -> ExitCode {
+    let cli = Cli::parse();
+    let flags = FlagOverrides {
+        data_dir: cli.settings.data_dir.clone(),
+        listen: cli.settings.listen,
+        database_url: cli.settings.database_url.clone(),
+        database_app_url: cli.settings.database_app_url.clone(),
+        log_format: cli.settings.log_format,
+    };
+    let settings = match Settings::load(cli.settings.config.as_deref(), &flags) {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("{}: {err}", edition.binary);
+            return ExitCode::from(2);
+        }
+    };
+
+    if let Command::Config = cli.command {
+        println!(
+            "# {} {} ({} edition)",
+            edition.binary,
+            env!("CARGO_PKG_VERSION"),
+            edition.name
+        );
+        if !edition.features.is_empty() {
+            println!("# features: {}", edition.features.join(", "));
+        }
+        print!("{}", settings.to_redacted_toml());
+        return ExitCode::SUCCESS;
+    }
+
+    telemetry::init(&settings);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("{}: cannot start the async runtime: {err}", edition.binary);
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve => {
+                let server = Server::prepare(&settings, &edition).await?;
+                server.run(serve::shutdown_signal()).await
+            }
+            Command::Migrate => {
+                let pending = serve::migrate(&settings, &edition).await?;
+                if pending.is_empty() {
+                    tracing::info!("migrations are up to date");
+                    Ok(())
+                } else {
+                    anyhow::bail!("migrations still pending: {}", pending.join(", "))
+                }
+            }
+            Command::Config => Ok(()),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = format!("{err:#}"), "stopping");
+            eprintln!("{}: {err:#}", edition.binary);
+            ExitCode::FAILURE
+        }
+    }
+}

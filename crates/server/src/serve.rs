@@ -1,0 +1,254 @@
+//! Start-up: open the store the settings describe, bring its schema up to
+//! date, check the request-path role, create the default tenant on an empty
+//! store, then serve until SIGTERM or Ctrl-C.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use mobius_core::postgres_roles::{ensure_app_role, request_role_url, verify_request_role};
+use mobius_core::{Backend, Store};
+use rand::distr::{Alphanumeric, SampleString};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::net::TcpListener;
+
+use crate::app::{self, AppState};
+use crate::edition::Edition;
+use crate::metrics::Metrics;
+use crate::settings::Settings;
+
+/// Name of the embedded store's file inside the data directory.
+pub const SQLITE_FILE: &str = "mobius.db";
+/// Where the development-mode request role's generated password is kept.
+pub const APP_ROLE_PASSWORD_FILE: &str = "postgres-app-role.secret";
+
+/// A server that has opened its store and bound its listener but not yet
+/// served a request; [`Server::local_addr`] tells where it listens (useful
+/// with port 0).
+pub struct Server {
+    store: Store,
+    listener: TcpListener,
+    router: axum::Router,
+}
+
+impl Server {
+    pub async fn prepare(settings: &Settings, edition: &Edition) -> anyhow::Result<Server> {
+        let store = open_store(settings, edition, settings.migrate_on_start).await?;
+        let (tenant_id, created) = store
+            .ensure_default_tenant()
+            .await
+            .context("creating the default tenant")?;
+        if created {
+            tracing::info!(%tenant_id, "empty store: created the default tenant and its default site");
+        }
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (setting `listen`)", settings.listen))?;
+        let state = AppState {
+            store: store.clone(),
+            metrics: Metrics::new(),
+        };
+        let router = app::router(state, settings);
+        Ok(Server {
+            store,
+            listener,
+            router,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        // A bound TCP listener always has a local address.
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, lets
+    /// in-flight requests finish, and closes the store.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let addr = self.local_addr();
+        tracing::info!(address = %addr, url = %format!("http://{addr}"), "admin API listening");
+        axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving the admin API")?;
+        tracing::info!("in-flight requests drained; closing the store");
+        self.store.close().await.context("closing the store")?;
+        Ok(())
+    }
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown requested; draining in-flight requests");
+}
+
+/// Opens the request-path store.
+///
+/// - No database URL: the embedded SQLite store in the data directory.
+/// - `database_url` (owner) only: migrate as the owner, create the
+///   request role if missing (password from settings or generated once into
+///   the data directory), then log in as that role.
+/// - `database_app_url`: log in as that role (migrating first through
+///   `database_url` when both are given).
+///
+/// On Postgres the request role is verified before anything is served.
+pub async fn open_store(
+    settings: &Settings,
+    edition: &Edition,
+    migrate: bool,
+) -> anyhow::Result<Store> {
+    if !settings.uses_postgres() {
+        if edition.requires_postgres {
+            bail!(
+                "the {} edition needs Postgres: set `database_url` (--database-url or MOBIUS_DATABASE_URL)",
+                edition.name
+            );
+        }
+        let path = settings.data_dir.join(SQLITE_FILE);
+        let store = Store::open_sqlite(&path)
+            .await
+            .with_context(|| format!("opening the embedded store at {}", path.display()))?;
+        // The embedded store has one role, so it always migrates itself.
+        store
+            .migrate()
+            .await
+            .context("migrating the embedded store")?;
+        tracing::info!(path = %path.display(), "using the embedded SQLite store (single tenant)");
+        return Ok(store);
+    }
+
+    let app_url = match (&settings.database_url, &settings.database_app_url) {
+        (Some(owner_url), app_url) => {
+            let owner = Store::open_postgres(owner_url, 2)
+                .await
+                .context("connecting to Postgres with `database_url`")?;
+            if migrate {
+                owner.migrate().await.context("running migrations")?;
+            }
+            let url = match app_url {
+                Some(app_url) => {
+                    let role = url_user(app_url, "database_app_url")?;
+                    ensure_app_role(&owner, &role, None)
+                        .await
+                        .with_context(|| format!("granting privileges to `{role}`"))?;
+                    app_url.clone()
+                }
+                None => {
+                    let password = app_role_password(settings)?;
+                    ensure_app_role(&owner, &settings.database_app_role, Some(&password))
+                        .await
+                        .with_context(|| {
+                            format!("creating the request role `{}`", settings.database_app_role)
+                        })?;
+                    request_role_url(owner_url, &settings.database_app_role, &password)?
+                }
+            };
+            owner
+                .close()
+                .await
+                .context("closing the owner connection")?;
+            url
+        }
+        (None, Some(app_url)) => app_url.clone(),
+        (None, None) => unreachable!("uses_postgres() checked that one URL is set"),
+    };
+    let store = Store::open_postgres(&app_url, settings.database_max_connections)
+        .await
+        .context("connecting to Postgres as the request role")?;
+    verify_request_role(&store).await?;
+    debug_assert_eq!(store.backend(), Backend::Postgres);
+    tracing::info!(
+        "using Postgres; request role verified: not superuser, no BYPASSRLS, owns no tables"
+    );
+    Ok(store)
+}
+
+/// Applies migrations (and grants) and returns the list still pending
+/// afterwards (empty on success).
+pub async fn migrate(settings: &Settings, edition: &Edition) -> anyhow::Result<Vec<String>> {
+    if settings.uses_postgres() && settings.database_url.is_none() {
+        bail!(
+            "migrations run as the schema owner: set `database_url` (--database-url or MOBIUS_DATABASE_URL)"
+        );
+    }
+    let store = open_store(settings, edition, true).await?;
+    let pending = store.pending_migrations().await?;
+    store.close().await?;
+    Ok(pending)
+}
+
+fn url_user(url: &SecretString, setting: &str) -> anyhow::Result<String> {
+    let parsed = url::Url::parse(url.expose_secret())
+        .with_context(|| format!("`{setting}` is not a URL"))?;
+    if parsed.username().is_empty() {
+        bail!("`{setting}` must name the role to log in as (postgres://ROLE:PASSWORD@host/db)");
+    }
+    Ok(parsed.username().to_owned())
+}
+
+/// The development request role's password: the setting if given, else
+/// the one generated on first run and kept (mode 0600) in the data directory.
+fn app_role_password(settings: &Settings) -> anyhow::Result<SecretString> {
+    if let Some(password) = &settings.database_app_password {
+        return Ok(password.clone());
+    }
+    let path = settings.data_dir.join(APP_ROLE_PASSWORD_FILE);
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        let existing = existing.trim();
+        if !existing.is_empty() {
+            return Ok(SecretString::from(existing.to_owned()));
+        }
+    }
+    // 32 alphanumerics: ~190 bits, and nothing that needs URL escaping.
+    let generated = Alphanumeric.sample_string(&mut rand::rng(), 32);
+    write_secret_file(&path, &generated)
+        .with_context(|| format!("storing the request role's password in {}", path.display()))?;
+    Ok(SecretString::from(generated))
+}
+
+/// Writes `contents` to `path` with mode 0600, atomically (temp file, then rename).
+pub fn write_secret_file(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(&tmp)?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}

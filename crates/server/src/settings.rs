@@ -1,0 +1,215 @@
+//! The server's settings: one typed struct, layered as defaults, then a
+//! TOML file (`--config`), then `MOBIUS_*` environment variables, then
+//! command-line flags. Secrets are wrapped so they never print.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize, Serializer};
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable on a terminal, JSON otherwise.
+    #[default]
+    Auto,
+    Pretty,
+    Json,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Where the embedded store, keys and generated secrets live.
+    pub data_dir: PathBuf,
+    /// Address of the admin API (GraphQL, REST, health, metrics).
+    pub listen: SocketAddr,
+    /// Postgres URL of the schema owner: runs migrations. Without it (and
+    /// without `database_app_url`) the embedded SQLite store is used.
+    #[serde(serialize_with = "redact_url")]
+    pub database_url: Option<SecretString>,
+    /// Postgres URL of the request-path role (NOSUPERUSER, NOBYPASSRLS,
+    /// owns no tables). Without it, the server creates `database_app_role`
+    /// from `database_url` and logs in as that role.
+    #[serde(serialize_with = "redact_url")]
+    pub database_app_url: Option<SecretString>,
+    /// The request-path role created in development mode.
+    pub database_app_role: String,
+    /// Password of the request-path role in development mode. Without it,
+    /// one is generated once and kept in `<data_dir>/postgres-app-role.secret`.
+    #[serde(serialize_with = "redact_secret")]
+    pub database_app_password: Option<SecretString>,
+    /// Upper bound of the request-path connection pool.
+    pub database_max_connections: u32,
+    /// Apply pending migrations at start-up (needs `database_url` on Postgres).
+    pub migrate_on_start: bool,
+    pub log_format: LogFormat,
+    /// A `tracing` filter, e.g. `info` or `mobius_server=debug,info`.
+    pub log_filter: String,
+    /// Requests running longer than this are answered 408.
+    pub request_timeout_secs: u64,
+    /// Largest request body accepted, in bytes.
+    pub request_body_limit_bytes: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            data_dir: PathBuf::from("./mobius-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: None,
+            database_app_url: None,
+            database_app_role: "mobius_app".into(),
+            database_app_password: None,
+            database_max_connections: 16,
+            migrate_on_start: true,
+            log_format: LogFormat::Auto,
+            log_filter: "info,sqlx=warn".into(),
+            request_timeout_secs: 30,
+            request_body_limit_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// Every setting name, for the environment provider: `MOBIUS_<NAME>` in
+/// upper case. Other `MOBIUS_*` variables (the CLI's, the tests') are not
+/// settings of the server and are ignored.
+const SETTING_NAMES: &[&str] = &[
+    "data_dir",
+    "listen",
+    "database_url",
+    "database_app_url",
+    "database_app_role",
+    "database_app_password",
+    "database_max_connections",
+    "migrate_on_start",
+    "log_format",
+    "log_filter",
+    "request_timeout_secs",
+    "request_body_limit_bytes",
+];
+
+/// Values given as command-line flags; `None` means "not given".
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FlagOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_app_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// A setting that could not be loaded, with the setting's name in the text.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting: {0}")]
+pub struct SettingsError(pub String);
+
+impl Settings {
+    /// Loads the layers in order: defaults, `config_file`, `MOBIUS_*`
+    /// environment variables, then `flags`.
+    pub fn load(
+        config_file: Option<&Path>,
+        flags: &FlagOverrides,
+    ) -> Result<Settings, SettingsError> {
+        let mut figment = Figment::new();
+        if let Some(path) = config_file {
+            if !path.is_file() {
+                return Err(SettingsError(format!(
+                    "config file {} does not exist or is not a file",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment
+            .merge(Env::prefixed("MOBIUS_").only(SETTING_NAMES))
+            .merge(Serialized::defaults(flags));
+        let settings: Settings = figment
+            .extract()
+            .map_err(|e| SettingsError(e.to_string()))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), SettingsError> {
+        for (name, url) in [
+            ("database_url", &self.database_url),
+            ("database_app_url", &self.database_app_url),
+        ] {
+            if let Some(url) = url {
+                let scheme_ok = url::Url::parse(url.expose_secret())
+                    .is_ok_and(|u| matches!(u.scheme(), "postgres" | "postgresql"));
+                if !scheme_ok {
+                    return Err(SettingsError(format!(
+                        "{name} must be a postgres:// URL (leave it unset for the embedded SQLite store)"
+                    )));
+                }
+            }
+        }
+        mobius_core::postgres_roles::valid_role_name(&self.database_app_role)
+            .map_err(|e| SettingsError(e.to_string()))?;
+        if self.database_max_connections == 0 {
+            return Err(SettingsError(
+                "database_max_connections must be at least 1".into(),
+            ));
+        }
+        if self.request_timeout_secs == 0 {
+            return Err(SettingsError(
+                "request_timeout_secs must be at least 1".into(),
+            ));
+        }
+        if self
+            .log_filter
+            .parse::<tracing_subscriber::EnvFilter>()
+            .is_err()
+        {
+            return Err(SettingsError(format!(
+                "log_filter `{}` is not a valid tracing filter",
+                self.log_filter
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether the store is Postgres (any database URL given).
+    pub fn uses_postgres(&self) -> bool {
+        self.database_url.is_some() || self.database_app_url.is_some()
+    }
+
+    /// The effective settings as TOML, secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render settings: {e}\n"))
+    }
+}
+
+/// Shows a URL with its password replaced by `***`.
+fn redact_url<S: Serializer>(value: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        None => s.serialize_none(),
+        Some(secret) => match url::Url::parse(secret.expose_secret()) {
+            Ok(mut url) => {
+                if url.password().is_some() {
+                    let _ = url.set_password(Some("***"));
+                }
+                s.serialize_str(url.as_str())
+            }
+            Err(_) => s.serialize_str("***"),
+        },
+    }
+}
+
+fn redact_secret<S: Serializer>(value: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        None => s.serialize_none(),
+        Some(_) => s.serialize_str("***"),
+    }
+}
