@@ -13,11 +13,16 @@ fn main() {
     let mut hasher = DefaultHasher::new();
     for file in &files {
         file.file_name().hash(&mut hasher);
-        fs::read(file).expect("migration source is readable").hash(&mut hasher);
+        fs::read(file)
+            .expect("migration source is readable")
+            .hash(&mut hasher);
     }
     println!("cargo:rerun-if-changed=src");
     for file in &files {
         println!("cargo:rerun-if-changed={}", Path::new(file).display());
     }
-    println!("cargo:rustc-env=MOBIUS_MIGRATIONS_FINGERPRINT={:016x}", hasher.finish());
+    println!(
+        "cargo:rustc-env=MOBIUS_MIGRATIONS_FINGERPRINT={:016x}",
+        hasher.finish()
+    );
 }

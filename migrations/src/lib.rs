@@ -4,8 +4,8 @@
 //! Statements that only make sense on Postgres (row-level security,
 //! SECURITY DEFINER lookups) are skipped on SQLite, which is single-tenant.
 
-use sea_orm_migration::prelude::*;
 pub use sea_orm_migration::MigratorTrait;
+use sea_orm_migration::prelude::*;
 
 mod m20261122_000001_data_model_v1;
 mod m20261122_000002_row_level_security;

@@ -31,7 +31,9 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
-        manager.create_index(tenant_unique("sites", &["name"])).await?;
+        manager
+            .create_index(tenant_unique("sites", &["name"]))
+            .await?;
 
         manager
             .create_table(
@@ -40,7 +42,9 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
-        manager.create_index(tenant_unique("teams", &["name"])).await?;
+        manager
+            .create_index(tenant_unique("teams", &["name"]))
+            .await?;
 
         manager
             .create_table(
@@ -52,7 +56,9 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
-        manager.create_index(tenant_unique("users", &["email"])).await?;
+        manager
+            .create_index(tenant_unique("users", &["email"]))
+            .await?;
 
         manager
             .create_table(

@@ -1,0 +1,387 @@
+//! Row-level security, checked with raw SQL as the request-path role (not
+//! through repositories, which filter by tenant anyway): what matters is
+//! what the database refuses when a query forgets.
+
+use mobius_core::postgres_roles::verify_request_role;
+use mobius_core::{Actor, NewEnrollmentToken, NewUser, Store, StoreError, Uuid};
+use mobius_migrations::TENANT_TABLES;
+use mobius_tests::{APP_ROLE, TestDatabase};
+use sea_orm::sqlx::{self, Connection, PgConnection, Row};
+
+/// Every table under tenant isolation: `tenants` (on `id`) and the rest
+/// (on `tenant_id`).
+fn isolated_tables() -> Vec<&'static str> {
+    std::iter::once("tenants")
+        .chain(TENANT_TABLES.iter().copied())
+        .collect()
+}
+
+fn tenant_column(table: &str) -> &'static str {
+    if table == "tenants" {
+        "id"
+    } else {
+        "tenant_id"
+    }
+}
+
+/// Two tenants with a row in every tenant table each.
+async fn two_populated_tenants(store: &Store) -> (Uuid, Uuid) {
+    let mut ids = Vec::new();
+    for (i, slug) in ["alpha", "bravo"].into_iter().enumerate() {
+        let actor = Actor::system();
+        let tenant = store.create_tenant(&actor, slug, slug).await.unwrap();
+        let scope = store.begin(tenant.id).await.unwrap();
+        let site = scope.sites().list().await.unwrap().remove(0);
+        let team = scope.teams().create(&actor, "team").await.unwrap();
+        let user = scope
+            .users()
+            .create(
+                &actor,
+                NewUser {
+                    email: "same@example.com",
+                    display_name: "U",
+                    role: "admin",
+                    password_hash: None,
+                },
+            )
+            .await
+            .unwrap();
+        scope
+            .team_memberships()
+            .add(&actor, team.id, user.id, "observer")
+            .await
+            .unwrap();
+        scope
+            .devices()
+            .register(&actor, site.id, "host", "fp")
+            .await
+            .unwrap();
+        scope
+            .enrollment_tokens()
+            .create(
+                &actor,
+                NewEnrollmentToken {
+                    site_id: site.id,
+                    name: "t",
+                    token_hash: [i as u8; 32],
+                    expires_at: chrono::Utc::now(),
+                    max_uses: 1,
+                },
+            )
+            .await
+            .unwrap();
+        scope.commit().await.unwrap();
+        ids.push(tenant.id);
+    }
+    (ids[0], ids[1])
+}
+
+async fn count(conn: &mut PgConnection, sql: String) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .fetch_one(conn)
+        .await
+        .unwrap()
+}
+
+async fn set_tenant(conn: &mut PgConnection, tenant: Uuid) {
+    sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
+        .bind(tenant.to_string())
+        .execute(conn)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn no_tenant_set_means_zero_rows_in_every_table() {
+    let db = TestDatabase::create().await;
+    let store = db.app_store().await;
+    two_populated_tenants(&store).await;
+
+    let mut admin = PgConnection::connect(&db.admin_url()).await.unwrap();
+    let mut app = db.app_connection().await;
+    for table in isolated_tables() {
+        let really = count(&mut admin, format!("SELECT count(*) FROM {table}")).await;
+        assert!(
+            really >= 2,
+            "{table} should hold rows of both tenants, has {really}"
+        );
+        assert_eq!(
+            count(&mut app, format!("SELECT count(*) FROM {table}")).await,
+            0,
+            "{table}"
+        );
+    }
+    // After a transaction that set a tenant ends, the setting reads as ''
+    // (not NULL); the policies must still match nothing rather than fail.
+    let mut tx = app.begin().await.unwrap();
+    set_tenant(&mut tx, Uuid::now_v7()).await;
+    tx.commit().await.unwrap();
+    for table in isolated_tables() {
+        assert_eq!(
+            count(&mut app, format!("SELECT count(*) FROM {table}")).await,
+            0,
+            "{table}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn tenant_a_cannot_read_change_or_create_tenant_b_rows() {
+    let db = TestDatabase::create().await;
+    let store = db.app_store().await;
+    let (a, b) = two_populated_tenants(&store).await;
+    let mut app = db.app_connection().await;
+
+    for table in isolated_tables() {
+        let column = tenant_column(table);
+        let mut tx = app.begin().await.unwrap();
+        set_tenant(&mut tx, a).await;
+        let visible = count(&mut tx, format!("SELECT count(*) FROM {table}")).await;
+        let own = count(
+            &mut tx,
+            format!("SELECT count(*) FROM {table} WHERE {column} = '{a}'"),
+        )
+        .await;
+        assert!(
+            own >= 1 && visible == own,
+            "{table}: sees {visible}, owns {own}"
+        );
+        assert_eq!(
+            count(
+                &mut tx,
+                format!("SELECT count(*) FROM {table} WHERE {column} = '{b}'")
+            )
+            .await,
+            0
+        );
+
+        if table == "audit_events" {
+            // Append-only: no UPDATE or DELETE privilege at all.
+            for sql in [
+                format!("UPDATE {table} SET action = 'x' WHERE tenant_id = '{b}'"),
+                format!("DELETE FROM {table} WHERE tenant_id = '{b}'"),
+            ] {
+                let mut sp = tx.begin().await.unwrap();
+                let err = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut *sp)
+                    .await
+                    .unwrap_err();
+                assert!(
+                    err.to_string().contains("permission denied"),
+                    "{table}: {err}"
+                );
+                sp.rollback().await.unwrap();
+            }
+        } else {
+            let updated = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE {table} SET updated_at = now() WHERE {column} = '{b}'"
+            )))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+            assert_eq!(
+                updated.rows_affected(),
+                0,
+                "{table}: update crossed tenants"
+            );
+            // Moving one's own row into tenant B is refused by WITH CHECK.
+            let mut sp = tx.begin().await.unwrap();
+            let moved = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE {table} SET {column} = '{b}' WHERE {column} = '{a}'"
+            )))
+            .execute(&mut *sp)
+            .await;
+            assert!(moved.is_err(), "{table}: a row moved into tenant B");
+            sp.rollback().await.unwrap();
+            let deleted = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM {table} WHERE {column} = '{b}'"
+            )))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+            assert_eq!(
+                deleted.rows_affected(),
+                0,
+                "{table}: delete crossed tenants"
+            );
+        }
+        tx.rollback().await.unwrap();
+    }
+
+    // Inserting a row for tenant B while scoped to A is refused.
+    let mut tx = app.begin().await.unwrap();
+    set_tenant(&mut tx, a).await;
+    for sql in [
+        format!(
+            "INSERT INTO tenants (id, name, slug, created_at, updated_at) VALUES ('{}', 'x', 'x', now(), now())",
+            Uuid::now_v7()
+        ),
+        format!(
+            "INSERT INTO teams (id, tenant_id, name, created_at, updated_at) VALUES ('{}', '{b}', 'x', now(), now())",
+            Uuid::now_v7()
+        ),
+        format!(
+            "INSERT INTO audit_events (id, tenant_id, actor_kind, action, target_kind, details, created_at, updated_at) \
+             VALUES ('{}', '{b}', 'system', 'forged', 'tenant', '{{}}', now(), now())",
+            Uuid::now_v7()
+        ),
+    ] {
+        let mut sp = tx.begin().await.unwrap();
+        let err = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+            .execute(&mut *sp)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("row-level security"),
+            "{sql}: {err}"
+        );
+        sp.rollback().await.unwrap();
+    }
+    // ...while the same insert for A itself is accepted.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO teams (id, tenant_id, name, created_at, updated_at) VALUES ('{}', '{a}', 'new', now(), now())",
+        Uuid::now_v7()
+    )))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.rollback().await.unwrap();
+}
+
+#[tokio::test]
+async fn reset_role_cannot_escape_because_the_app_role_logs_in_directly() {
+    let db = TestDatabase::create().await;
+    let mut app = db.app_connection().await;
+    sqlx::query("RESET ROLE").execute(&mut app).await.unwrap();
+    let who: String = sqlx::query_scalar("SELECT current_user::text")
+        .fetch_one(&mut app)
+        .await
+        .unwrap();
+    assert_eq!(who, APP_ROLE);
+    let err = sqlx::query("SET ROLE mobius_test_owner")
+        .execute(&mut app)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("permission denied"), "{err}");
+}
+
+#[tokio::test]
+async fn app_role_is_not_superuser_cannot_bypass_rls_and_owns_nothing() {
+    let db = TestDatabase::create().await;
+    let mut admin = PgConnection::connect(&db.admin_url()).await.unwrap();
+    let row = sqlx::query("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = $1")
+        .bind(APP_ROLE)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert!(!row.get::<bool, _>("rolsuper"));
+    assert!(!row.get::<bool, _>("rolbypassrls"));
+    let owned: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner \
+         WHERE r.rolname = $1 AND c.relnamespace = 'public'::regnamespace",
+    )
+    .bind(APP_ROLE)
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(owned, 0);
+
+    // The start-up check accepts the app role and refuses the owner.
+    verify_request_role(&db.app_store().await).await.unwrap();
+    let owner = Store::open_postgres(&db.owner_url(), 1).await.unwrap();
+    match verify_request_role(&owner).await {
+        Err(StoreError::UnsafeRequestRole { problem, .. }) => {
+            assert!(problem.contains("owns"), "{problem}")
+        }
+        other => panic!("owner accepted as request role: {other:?}"),
+    }
+    let superuser = Store::open_postgres(&db.admin_url().into(), 1)
+        .await
+        .unwrap();
+    match verify_request_role(&superuser).await {
+        Err(StoreError::UnsafeRequestRole { problem, .. }) => {
+            assert!(problem.contains("superuser"), "{problem}")
+        }
+        other => panic!("superuser accepted as request role: {other:?}"),
+    }
+}
+
+/// Guards the future: a new table with `tenant_id` must be listed in
+/// TENANT_TABLES and carry enabled, forced RLS with a policy.
+#[tokio::test]
+async fn every_table_with_tenant_id_has_forced_rls_and_a_policy() {
+    let db = TestDatabase::create().await;
+    let mut admin = PgConnection::connect(&db.admin_url()).await.unwrap();
+    let rows = sqlx::query(
+        "SELECT c.relname::text AS name, c.relrowsecurity AS enabled, c.relforcerowsecurity AS forced, \
+                (SELECT count(*) FROM pg_policies p WHERE p.schemaname = 'public' AND p.tablename = c.relname \
+                   AND p.policyname = 'tenant_isolation') AS policies \
+         FROM pg_class c \
+         WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p') \
+           AND (EXISTS (SELECT 1 FROM information_schema.columns k \
+                        WHERE k.table_schema = 'public' AND k.table_name = c.relname AND k.column_name = 'tenant_id') \
+                OR c.relname = 'tenants') \
+         ORDER BY 1",
+    )
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    let mut found: Vec<String> = Vec::new();
+    for row in &rows {
+        let name: String = row.get("name");
+        assert!(row.get::<bool, _>("enabled"), "{name}: RLS not enabled");
+        assert!(row.get::<bool, _>("forced"), "{name}: RLS not forced");
+        assert_eq!(
+            row.get::<i64, _>("policies"),
+            1,
+            "{name}: no tenant_isolation policy"
+        );
+        found.push(name);
+    }
+    let mut expected: Vec<String> = isolated_tables().into_iter().map(String::from).collect();
+    expected.sort();
+    assert_eq!(found, expected, "TENANT_TABLES and the database disagree");
+}
+
+#[tokio::test]
+async fn cross_tenant_lookups_return_only_ids() {
+    let db = TestDatabase::create().await;
+    let store = db.app_store().await;
+    let (a, b) = two_populated_tenants(&store).await;
+    assert_eq!(
+        store
+            .find_enrollment_token_tenant(&[0u8; 32])
+            .await
+            .unwrap(),
+        Some(a)
+    );
+    assert_eq!(
+        store
+            .find_enrollment_token_tenant(&[1u8; 32])
+            .await
+            .unwrap(),
+        Some(b)
+    );
+    let mut candidates: Vec<Uuid> = store
+        .find_login_candidates("SAME@example.com")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(tenant, _)| tenant)
+        .collect();
+    candidates.sort();
+    assert_eq!(candidates, vec![a, b]);
+    assert_eq!(store.default_tenant_id().await.unwrap(), Some(a));
+
+    // The functions are the only way across: the app role cannot call
+    // anything that returns rows, and PUBLIC has no EXECUTE on them.
+    let mut admin = PgConnection::connect(&db.admin_url()).await.unwrap();
+    let public_exec: bool = sqlx::query_scalar(
+        "SELECT bool_or(has_function_privilege('public', p.oid, 'EXECUTE')) FROM pg_proc p \
+         WHERE p.proname LIKE 'mobius\\_%' AND p.pronamespace = 'public'::regnamespace",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert!(!public_exec, "PUBLIC may execute a cross-tenant lookup");
+}

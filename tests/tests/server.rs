@@ -1,0 +1,389 @@
+//! The server, in process and as the real `mobius-server` binary.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use mobius_server::serve::Server;
+use mobius_server::{Edition, Settings};
+use mobius_tests::{TestDatabase, workspace_binary};
+use sea_orm::sqlx::{self, Connection, PgConnection};
+use secrecy::ExposeSecret;
+
+fn embedded_settings(dir: &std::path::Path) -> Settings {
+    Settings {
+        data_dir: dir.to_path_buf(),
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        ..Settings::default()
+    }
+}
+
+#[tokio::test]
+async fn health_ready_metrics_and_request_ids_in_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::prepare(&embedded_settings(dir.path()), &Edition::OSS)
+        .await
+        .unwrap();
+    let base = format!("http://{}", server.local_addr());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    let http = reqwest::Client::new();
+
+    let health = http.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let id = health.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(uuid::Uuid::parse_str(&id).unwrap().get_version_num(), 4);
+    assert_eq!(
+        health.json::<serde_json::Value>().await.unwrap()["status"],
+        "ok"
+    );
+
+    // A caller's request id is kept and echoed.
+    let ready = http
+        .get(format!("{base}/readyz"))
+        .header("x-request-id", "trace-me-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    assert_eq!(ready.headers()["x-request-id"], "trace-me-42");
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(body["status"], "ready");
+    assert_eq!(body["checks"].as_array().unwrap().len(), 2);
+
+    let missing = http
+        .get(format!("{base}/no/such/route"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let body: serde_json::Value = missing.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "NOT_FOUND");
+
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            r#"mobius_http_requests_total{method="GET",route="/healthz",status="200"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"route="unmatched",status="404""#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mobius_http_request_duration_seconds_bucket"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mobius_db_pool_max_connections 1"),
+        "{metrics}"
+    );
+
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
+}
+
+/// A running `mobius-server` child process, killed if the test fails.
+struct ServerProcess {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl ServerProcess {
+    /// Starts `mobius-server serve` on port 0 and waits for the line that
+    /// says where it listens.
+    fn start(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
+        let mut command = Command::new(workspace_binary("mobius-server"));
+        command
+            .current_dir(dir)
+            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("start mobius-server");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("mobius-server exited before listening")
+                .unwrap();
+            let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if event["message"] == "admin API listening" {
+                break event["address"].as_str().unwrap().parse().unwrap();
+            }
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        ServerProcess { child, addr }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Sends SIGTERM and returns the exit code.
+    fn terminate(mut self) -> Option<i32> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        for _ in 0..100 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("mobius-server did not exit within 5 s of SIGTERM");
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn binary_serves_with_zero_configuration_and_exits_0_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &[], &[]);
+    let http = reqwest::Client::new();
+    assert_eq!(
+        http.get(server.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let ready = http.get(server.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    assert!(
+        dir.path().join("mobius-data/mobius.db").is_file(),
+        "default data dir is ./mobius-data"
+    );
+    assert_eq!(server.terminate(), Some(0));
+
+    // A restart finds the store migrated and the default tenant present.
+    let server = ServerProcess::start(dir.path(), &[], &[]);
+    assert_eq!(
+        http.get(server.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(server.terminate(), Some(0));
+}
+
+#[tokio::test]
+async fn binary_on_postgres_creates_and_logs_in_as_the_request_role() {
+    let db = TestDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let role = "mobius_e2e_app";
+    let server = ServerProcess::start(
+        dir.path(),
+        &["--database-url", db.owner_url().expose_secret()],
+        &[("MOBIUS_DATABASE_APP_ROLE", role)],
+    );
+    let ready = reqwest::get(server.url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200);
+
+    let mut admin = PgConnection::connect(&db.admin_url()).await.unwrap();
+    let (superuser, bypass): (bool, bool) =
+        sqlx::query_as("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = $1")
+            .bind(role)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+    assert!(!superuser && !bypass);
+    let sessions: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT usename::text FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(
+        sessions,
+        vec![role.to_owned()],
+        "the server's pool logs in as the request role only"
+    );
+    let tenants: i64 = sqlx::query_scalar("SELECT count(*) FROM tenants")
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(tenants, 1, "the default tenant was created");
+    // The generated password is kept, private, for the next start.
+    let secret = dir.path().join("mobius-data/postgres-app-role.secret");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    assert_eq!(server.terminate(), Some(0));
+}
+
+#[tokio::test]
+async fn binary_refuses_a_request_role_that_can_bypass_rls() {
+    let db = TestDatabase::create().await;
+    let output = Command::new(workspace_binary("mobius-server"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-app-url",
+            &db.admin_url(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("refusing to serve requests as database role"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("superuser"), "{stderr}");
+}
+
+fn config_output(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let mut command = Command::new(workspace_binary("mobius-server"));
+    command.args(args);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let output = command.output().unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn settings_layer_file_then_env_then_flags_and_redact_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mobius.toml");
+    std::fs::write(
+        &file,
+        "listen = \"127.0.0.1:1111\"\nlog_filter = \"debug\"\ndatabase_url = \"postgres://owner:hunter2@db.internal/mobius\"\n",
+    )
+    .unwrap();
+    let config = file.to_str().unwrap();
+
+    let (code, out, _) = config_output(&["config", "--config", config], &[]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("listen = \"127.0.0.1:1111\""), "{out}");
+    assert!(out.contains("log_filter = \"debug\""), "{out}");
+    assert!(
+        out.contains("postgres://owner:***@db.internal/mobius"),
+        "{out}"
+    );
+    assert!(!out.contains("hunter2"), "a secret was printed: {out}");
+
+    let env = [("MOBIUS_LISTEN", "127.0.0.1:2222")];
+    let (_, out, _) = config_output(&["config", "--config", config], &env);
+    assert!(
+        out.contains("listen = \"127.0.0.1:2222\""),
+        "env beats file: {out}"
+    );
+    let (_, out, _) = config_output(
+        &["config", "--config", config, "--listen", "127.0.0.1:3333"],
+        &env,
+    );
+    assert!(
+        out.contains("listen = \"127.0.0.1:3333\""),
+        "flag beats env: {out}"
+    );
+    assert!(
+        out.contains("log_filter = \"debug\""),
+        "untouched keys keep the file's value: {out}"
+    );
+}
+
+#[test]
+fn bad_settings_stop_start_up_naming_the_setting() {
+    /// Arguments, environment, and what stderr must say.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
+        (
+            &["serve"],
+            &[("MOBIUS_DATABASE_MAX_CONNECTIONS", "many")],
+            "DATABASE_MAX_CONNECTIONS",
+        ),
+        (
+            &["serve"],
+            &[("MOBIUS_DATABASE_URL", "mysql://x@y/z")],
+            "database_url must be a postgres:// URL",
+        ),
+        (&["serve"], &[("MOBIUS_LOG_FILTER", "[[[")], "log_filter"),
+        (
+            &["serve", "--config", "/nonexistent/mobius.toml"],
+            &[],
+            "config file /nonexistent/mobius.toml does not exist",
+        ),
+    ];
+    for (args, env, expected) in cases {
+        let (code, _, err) = config_output(args, env);
+        assert_eq!(code, Some(2), "{args:?} {env:?}: {err}");
+        assert!(
+            err.contains(expected),
+            "{args:?} {env:?}: expected `{expected}` in: {err}"
+        );
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("typo.toml");
+    std::fs::write(&file, "lisen = \"127.0.0.1:1\"\n").unwrap();
+    let (code, _, err) = config_output(&["config", "--config", file.to_str().unwrap()], &[]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("lisen"), "an unknown key is named: {err}");
+}
+
+#[test]
+fn cloud_edition_requires_postgres() {
+    let output = Command::new(workspace_binary("mobius-server-cloud"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("the cloud edition needs Postgres"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for sub in ["serve", "migrate", "config"] {
+        let (code, out, _) = config_output(&[sub, "--help"], &[]);
+        assert_eq!(code, Some(0), "{sub} --help");
+        assert!(out.contains("--database-url"), "{sub} --help: {out}");
+    }
+}
