@@ -348,6 +348,16 @@ status=0
 # mode, so build them first.
 cargo build --workspace --bins --locked || status=$?
 if [[ $status -eq 0 ]]; then
-    cargo test --workspace --locked "$@" || status=$?
+    # Keep a copy of the output to total the per-binary "test result:"
+    # lines: cargo's own last line is the (empty) doc-test run of the last
+    # crate, which says nothing about the whole.
+    results="$(mktemp)"
+    set +e
+    cargo test --workspace --locked "$@" 2>&1 | tee "$results"
+    status=${PIPESTATUS[0]}
+    set -e
+    awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i; if ($(i+1) ~ /^ignored;?$/) s += $i } }
+         END { printf "\ntests: %d passed, %d failed, %d skipped\n", p, f, s }' "$results"
+    rm -f "$results"
 fi
 exit "$status"

@@ -387,3 +387,46 @@ fn every_subcommand_has_help() {
         assert!(out.contains("--database-url"), "{sub} --help: {out}");
     }
 }
+
+#[tokio::test]
+async fn readyz_is_503_with_the_pending_migrations_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    // A store whose migrations have not run (as with a new binary started
+    // with migrate_on_start = false before `mobius-server migrate`).
+    let store = mobius_core::Store::open_sqlite(&dir.path().join("mobius.db"))
+        .await
+        .unwrap();
+    let settings = embedded_settings(dir.path());
+    let state = mobius_server::app::AppState {
+        store: store.clone(),
+        metrics: mobius_server::metrics::Metrics::new(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = mobius_server::app::router(state, &settings);
+    let serving = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let response = reqwest::get(format!("http://{addr}/readyz")).await.unwrap();
+    assert_eq!(response.status(), 503);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "not_ready");
+    let migrations = &body["checks"][1];
+    assert_eq!(migrations["ok"], false);
+    assert!(
+        migrations["detail"]
+            .as_str()
+            .unwrap()
+            .contains("m20261122_000001_data_model_v1"),
+        "{body}"
+    );
+
+    store.migrate().await.unwrap();
+    assert_eq!(
+        reqwest::get(format!("http://{addr}/readyz"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    serving.abort();
+}
