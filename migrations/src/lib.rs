@@ -9,10 +9,10 @@ use sea_orm_migration::prelude::*;
 
 mod m20261122_000001_data_model_v1;
 mod m20261122_000002_row_level_security;
+mod m20261122_000003_identity;
 mod tables;
 
-pub use m20261122_000002_row_level_security::LOOKUP_FUNCTION_SIGNATURES;
-pub use tables::TENANT_TABLES;
+pub use tables::{LOOKUP_FUNCTION_SIGNATURES, SHARED_TABLES, TENANT_TABLES};
 
 /// Changes whenever a migration source file changes; the test harness keys
 /// its migrated template database on it.
@@ -27,6 +27,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261122_000001_data_model_v1::Migration),
             Box::new(m20261122_000002_row_level_security::Migration),
+            Box::new(m20261122_000003_identity::Migration),
         ]
     }
 }

@@ -14,9 +14,18 @@
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DbBackend;
 
-use crate::tables::TENANT_TABLES;
+use crate::tables::{isolate, owner_lookup};
 
-const CURRENT_TENANT: &str = "nullif(current_setting('app.tenant_id', true), '')::uuid";
+/// The tables this migration isolates (frozen: later tables isolate themselves).
+const V1_TABLES: &[&str] = &[
+    "sites",
+    "teams",
+    "users",
+    "team_memberships",
+    "devices",
+    "enrollment_tokens",
+    "audit_events",
+];
 
 /// Tables read by the SECURITY DEFINER lookups below.
 const LOOKUP_TABLES: &[&str] = &["tenants", "users", "enrollment_tokens"];
@@ -34,11 +43,13 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $$
     SELECT tenant_id FROM enrollment_tokens WHERE token_hash = p_token_hash
 $$;
 
--- The (tenant, user) pairs a login email may belong to.
+-- The (tenant, user) pairs a login email may belong to, with the tenant's
+-- slug so a login form can pick one.
 CREATE FUNCTION mobius_login_candidates(p_email text)
-RETURNS TABLE (tenant_id uuid, user_id uuid)
+RETURNS TABLE (tenant_id uuid, user_id uuid, tenant_slug text)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $$
-    SELECT u.tenant_id, u.id FROM users u WHERE lower(u.email) = lower(p_email)
+    SELECT u.tenant_id, u.id, t.slug FROM users u JOIN tenants t ON t.id = u.tenant_id
+    WHERE lower(u.email) = lower(p_email)
 $$;
 
 REVOKE ALL ON FUNCTION mobius_default_tenant_id() FROM PUBLIC;
@@ -46,8 +57,8 @@ REVOKE ALL ON FUNCTION mobius_enrollment_token_tenant(bytea) FROM PUBLIC;
 REVOKE ALL ON FUNCTION mobius_login_candidates(text) FROM PUBLIC;
 "#;
 
-/// The lookup functions, with their argument types, for `GRANT EXECUTE`.
-pub const LOOKUP_FUNCTION_SIGNATURES: &[&str] = &[
+/// The lookup functions this migration creates, for `down`.
+const LOOKUP_FUNCTION_SIGNATURES: &[&str] = &[
     "mobius_default_tenant_id()",
     "mobius_enrollment_token_tenant(bytea)",
     "mobius_login_candidates(text)",
@@ -65,13 +76,11 @@ impl MigrationTrait for Migration {
         let db = manager.get_connection();
         let mut sql = String::new();
         sql.push_str(&isolate("tenants", "id"));
-        for table in TENANT_TABLES {
+        for table in V1_TABLES {
             sql.push_str(&isolate(table, "tenant_id"));
         }
         for table in LOOKUP_TABLES {
-            sql.push_str(&format!(
-                "CREATE POLICY owner_lookup ON {table} FOR SELECT TO CURRENT_USER USING (true);\n"
-            ));
+            sql.push_str(&owner_lookup(table));
         }
         sql.push_str(LOOKUP_FUNCTIONS);
         db.execute_unprepared(&sql).await?;
@@ -90,7 +99,7 @@ impl MigrationTrait for Migration {
         for table in LOOKUP_TABLES {
             sql.push_str(&format!("DROP POLICY IF EXISTS owner_lookup ON {table};\n"));
         }
-        for table in std::iter::once(&"tenants").chain(TENANT_TABLES) {
+        for table in std::iter::once(&"tenants").chain(V1_TABLES) {
             sql.push_str(&format!(
                 "DROP POLICY IF EXISTS tenant_isolation ON {table};\n\
                  ALTER TABLE {table} NO FORCE ROW LEVEL SECURITY;\n\
@@ -100,15 +109,4 @@ impl MigrationTrait for Migration {
         db.execute_unprepared(&sql).await?;
         Ok(())
     }
-}
-
-/// The statements that put `table` under tenant isolation on `column`.
-/// Table names come from the constants above, never from input.
-fn isolate(table: &str, column: &str) -> String {
-    format!(
-        "ALTER TABLE {table} ENABLE ROW LEVEL SECURITY;\n\
-         ALTER TABLE {table} FORCE ROW LEVEL SECURITY;\n\
-         CREATE POLICY tenant_isolation ON {table} \
-         USING ({column} = {CURRENT_TENANT}) WITH CHECK ({column} = {CURRENT_TENANT});\n"
-    )
 }

@@ -16,7 +16,45 @@ pub const TENANT_TABLES: &[&str] = &[
     "devices",
     "enrollment_tokens",
     "audit_events",
+    "refresh_tokens",
+    "invitations",
+    "api_tokens",
 ];
+
+/// Tables without `tenant_id` that the request role may still use, with
+/// the privileges it gets on each.
+pub const SHARED_TABLES: &[(&str, &str)] = &[("signing_keys", "SELECT, INSERT, UPDATE")];
+
+/// Every SECURITY DEFINER lookup, with argument types, for `GRANT EXECUTE`.
+pub const LOOKUP_FUNCTION_SIGNATURES: &[&str] = &[
+    "mobius_default_tenant_id()",
+    "mobius_enrollment_token_tenant(bytea)",
+    "mobius_login_candidates(text)",
+    "mobius_refresh_token_tenant(bytea)",
+    "mobius_invitation_tenant(bytea)",
+    "mobius_api_token_tenant(bytea)",
+];
+
+/// The tenant of the current transaction, or NULL (never an error) when
+/// none is set; see the RLS migration for why `nullif` matters.
+pub(crate) const CURRENT_TENANT: &str = "nullif(current_setting('app.tenant_id', true), '')::uuid";
+
+/// The statements that put `table` under tenant isolation on `column`.
+/// Table names come from constants, never from input.
+pub(crate) fn isolate(table: &str, column: &str) -> String {
+    format!(
+        "ALTER TABLE {table} ENABLE ROW LEVEL SECURITY;\n\
+         ALTER TABLE {table} FORCE ROW LEVEL SECURITY;\n\
+         CREATE POLICY tenant_isolation ON {table} \
+         USING ({column} = {CURRENT_TENANT}) WITH CHECK ({column} = {CURRENT_TENANT});\n"
+    )
+}
+
+/// A SELECT-only policy for the owner, so SECURITY DEFINER lookups (which
+/// run as the owner, and FORCE applies to owners) can find one row by hash.
+pub(crate) fn owner_lookup(table: &str) -> String {
+    format!("CREATE POLICY owner_lookup ON {table} FOR SELECT TO CURRENT_USER USING (true);\n")
+}
 
 /// `CREATE TABLE` with `id`, `tenant_id` (cascading from `tenants`),
 /// `created_at`, `updated_at` and `UNIQUE (tenant_id, id)`.

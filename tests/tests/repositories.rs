@@ -37,7 +37,6 @@ async fn default_tenant_is_created_once_with_its_site(t: TestStore) {
         .map(|e| e.action)
         .collect();
     assert_eq!(actions, ["site.created", "tenant.created"]);
-    let _ = DEFAULT_TENANT_SLUG;
 }
 
 async fn sites_crud_with_audit(t: TestStore) {
@@ -281,13 +280,17 @@ async fn login_lookup_by_email(t: TestStore) {
         .await
         .unwrap();
     scope.commit().await.unwrap();
+    let candidates = t
+        .store
+        .find_login_candidates("GRACE@example.com")
+        .await
+        .unwrap();
+    assert_eq!(candidates.len(), 1);
     assert_eq!(
-        t.store
-            .find_login_candidates("GRACE@example.com")
-            .await
-            .unwrap(),
-        vec![(tenant, user.id)]
+        (candidates[0].tenant_id, candidates[0].user_id),
+        (tenant, user.id)
     );
+    assert_eq!(candidates[0].tenant_slug, DEFAULT_TENANT_SLUG);
     assert!(
         t.store
             .find_login_candidates("nobody@example.com")

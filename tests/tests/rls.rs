@@ -2,8 +2,9 @@
 //! through repositories, which filter by tenant anyway): what matters is
 //! what the database refuses when a query forgets.
 
+use mobius_core::authz::Role;
 use mobius_core::postgres_roles::verify_request_role;
-use mobius_core::{Actor, NewEnrollmentToken, NewUser, Store, StoreError, Uuid};
+use mobius_core::{Actor, NewApiToken, NewEnrollmentToken, NewUser, Store, StoreError, Uuid};
 use mobius_migrations::TENANT_TABLES;
 use mobius_tests::{APP_ROLE, TestDatabase};
 use sea_orm::sqlx::{self, Connection, PgConnection, Row};
@@ -66,6 +67,30 @@ async fn two_populated_tenants(store: &Store) -> (Uuid, Uuid) {
                     token_hash: [i as u8; 32],
                     expires_at: chrono::Utc::now(),
                     max_uses: 1,
+                },
+            )
+            .await
+            .unwrap();
+        scope
+            .refresh_tokens()
+            .issue(user.id, Uuid::now_v7())
+            .await
+            .unwrap();
+        scope
+            .invitations()
+            .create(&actor, "new@example.com", Role::Observer)
+            .await
+            .unwrap();
+        scope
+            .api_tokens()
+            .create(
+                &actor,
+                NewApiToken {
+                    user_id: user.id,
+                    name: "ci",
+                    role: Role::Observer,
+                    team_id: None,
+                    expires_in_days: None,
                 },
             )
             .await
@@ -367,7 +392,7 @@ async fn cross_tenant_lookups_return_only_ids() {
         .await
         .unwrap()
         .into_iter()
-        .map(|(tenant, _)| tenant)
+        .map(|candidate| candidate.tenant_id)
         .collect();
     candidates.sort();
     assert_eq!(candidates, vec![a, b]);

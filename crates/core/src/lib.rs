@@ -4,23 +4,41 @@
 //! [`Store::begin`] creates: it opens a transaction and sets the tenant for
 //! Postgres row-level security before anything else runs.
 
+pub mod access_tokens;
+mod api_tokens;
 mod audit;
+pub mod authz;
 mod devices;
 mod enrollment;
 mod entities;
 mod error;
+pub mod identity;
+mod invitations;
+pub mod passwords;
 pub mod postgres_roles;
 mod scope;
+pub mod sealing;
+pub mod secrets;
+mod sessions;
 mod store;
 mod teams;
+mod tenants;
+pub mod usage;
 mod users;
 
-pub use audit::{Actor, ActorKind, AuditEvent, AuditLog, AuditRecord};
+pub use api_tokens::{ApiToken, ApiTokens, DEFAULT_API_TOKEN_DAYS, NewApiToken};
+pub use audit::{Actor, ActorKind, AuditEvent, AuditLog, AuditRecord, ChainVerification};
 pub use devices::{Device, Devices};
 pub use enrollment::{EnrollmentToken, EnrollmentTokens, NewEnrollmentToken};
 pub use error::{StoreError, StoreResult};
+pub use invitations::{INVITATION_DAYS, Invitation, Invitations};
 pub use scope::TenantScope;
 pub use sea_orm::prelude::Uuid;
-pub use store::{Backend, DEFAULT_SITE, DEFAULT_TENANT_SLUG, PoolStats, Store, Tenant};
+pub use sessions::{REFRESH_TOKEN_DAYS, RefreshToken, RefreshTokens};
+pub use store::{
+    Backend, DEFAULT_SITE, DEFAULT_TENANT_SLUG, LoginCandidate, PoolStats, SecretKind, Store,
+    Tenant,
+};
 pub use teams::{Site, Sites, TEAM_ROLES, Team, TeamMembership, TeamMemberships, Teams};
+pub use tenants::TenantSettings;
 pub use users::{NewUser, TENANT_ROLES, User, Users};

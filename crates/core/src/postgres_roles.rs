@@ -6,7 +6,7 @@
 //! NOBYPASSRLS, owns nothing and is not a member of the owner, so row-level
 //! security always applies to it.
 
-use mobius_migrations::{LOOKUP_FUNCTION_SIGNATURES, TENANT_TABLES};
+use mobius_migrations::{LOOKUP_FUNCTION_SIGNATURES, SHARED_TABLES, TENANT_TABLES};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use secrecy::{ExposeSecret, SecretString};
 
@@ -91,6 +91,14 @@ pub async fn ensure_app_role(
         &[role],
     )
     .await?;
+    for (table, privileges) in SHARED_TABLES {
+        run_formatted(
+            owner,
+            &format!("GRANT {privileges} ON {table} TO %I"),
+            &[role],
+        )
+        .await?;
+    }
     run_formatted(owner, "GRANT SELECT, INSERT ON audit_events TO %I", &[role]).await?;
     run_formatted(
         owner,

@@ -2,6 +2,8 @@
 //! and [`Store::begin`], the only way to reach tenant data.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use mobius_migrations::{Migrator, MigratorTrait};
@@ -10,8 +12,9 @@ use sea_orm::{
     EntityTrait, QueryOrder, QuerySelect, Set, Statement, TransactionTrait, prelude::Uuid,
 };
 use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::broadcast;
 
-use crate::audit::{Actor, AuditRecord};
+use crate::audit::{Actor, AuditEvent, AuditRecord};
 use crate::entities::tenant;
 use crate::error::{StoreError, StoreResult, conflict_on, valid_name};
 use crate::scope::TenantScope;
@@ -43,6 +46,18 @@ pub struct Store {
     db: DatabaseConnection,
     backend: Backend,
     max_connections: u32,
+    /// Statements sent to the database, for `/metrics` and for tests that
+    /// check a page costs a constant number of queries.
+    statements: Arc<AtomicU64>,
+    audit_feed: broadcast::Sender<AuditEvent>,
+}
+
+/// One login candidate: a user with this email in some tenant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoginCandidate {
+    pub tenant_id: Uuid,
+    pub user_id: Uuid,
+    pub tenant_slug: String,
 }
 
 impl Store {
@@ -70,11 +85,7 @@ impl Store {
                     .busy_timeout(Duration::from_secs(5))
             });
         let db = Database::connect(options).await?;
-        Ok(Store {
-            db,
-            backend: Backend::Sqlite,
-            max_connections: 1,
-        })
+        Ok(Store::wrap(db, Backend::Sqlite, 1))
     }
 
     /// Connects to Postgres at `url` with a pool of at most `max_connections`.
@@ -87,11 +98,33 @@ impl Store {
             .acquire_timeout(Duration::from_secs(10))
             .sqlx_logging(false);
         let db = Database::connect(options).await?;
-        Ok(Store {
+        Ok(Store::wrap(db, Backend::Postgres, max_connections))
+    }
+
+    fn wrap(mut db: DatabaseConnection, backend: Backend, max_connections: u32) -> Store {
+        let statements = Arc::new(AtomicU64::new(0));
+        let counter = statements.clone();
+        db.set_metric_callback(move |_| {
+            counter.fetch_add(1, Ordering::Relaxed);
+        });
+        let (audit_feed, _) = broadcast::channel(1024);
+        Store {
             db,
-            backend: Backend::Postgres,
+            backend,
             max_connections,
-        })
+            statements,
+            audit_feed,
+        }
+    }
+
+    /// Statements sent so far through this store's pool.
+    pub fn statement_count(&self) -> u64 {
+        self.statements.load(Ordering::Relaxed)
+    }
+
+    /// Audit events as their transactions commit, from this process.
+    pub fn subscribe_audit(&self) -> broadcast::Receiver<AuditEvent> {
+        self.audit_feed.subscribe()
     }
 
     pub fn backend(&self) -> Backend {
@@ -155,7 +188,12 @@ impl Store {
             ))
             .await?;
         }
-        Ok(TenantScope::new(txn, tenant_id))
+        Ok(TenantScope::new(
+            txn,
+            tenant_id,
+            self.backend,
+            self.audit_feed.clone(),
+        ))
     }
 
     /// Creates a tenant with its default site, in one transaction scoped to
@@ -179,6 +217,8 @@ impl Store {
             id: Set(id),
             name: Set(name),
             slug: Set(slug),
+            setup_code_hash: Set(None),
+            api_token_max_days: Set(365),
             created_at: Set(now),
             updated_at: Set(now),
         }
@@ -247,20 +287,41 @@ impl Store {
         &self,
         token_hash: &[u8; 32],
     ) -> StoreResult<Option<Uuid>> {
-        let sql = match self.backend {
-            Backend::Postgres => "SELECT mobius_enrollment_token_tenant($1) AS id",
-            Backend::Sqlite => "SELECT tenant_id AS id FROM enrollment_tokens WHERE token_hash = ?",
-        };
-        self.lookup_one(sql, vec![token_hash.to_vec().into()]).await
+        self.tenant_by_secret_hash(SecretKind::EnrollmentToken, token_hash)
+            .await
     }
 
-    /// The `(tenant_id, user_id)` pairs a login email belongs to (compared
-    /// case-insensitively): the login form's one cross-tenant lookup.
-    pub async fn find_login_candidates(&self, email: &str) -> StoreResult<Vec<(Uuid, Uuid)>> {
+    /// The tenant owning a secret of `kind` whose SHA-256 is `hash`, through
+    /// that kind's named SECURITY DEFINER function on Postgres.
+    pub async fn tenant_by_secret_hash(
+        &self,
+        kind: SecretKind,
+        hash: &[u8; 32],
+    ) -> StoreResult<Option<Uuid>> {
+        let (function, table) = match kind {
+            SecretKind::EnrollmentToken => ("mobius_enrollment_token_tenant", "enrollment_tokens"),
+            SecretKind::RefreshToken => ("mobius_refresh_token_tenant", "refresh_tokens"),
+            SecretKind::Invitation => ("mobius_invitation_tenant", "invitations"),
+            SecretKind::ApiToken => ("mobius_api_token_tenant", "api_tokens"),
+        };
+        // Both names come from the match above, never from input.
         let sql = match self.backend {
-            Backend::Postgres => "SELECT tenant_id, user_id FROM mobius_login_candidates($1)",
+            Backend::Postgres => format!("SELECT {function}($1) AS id"),
+            Backend::Sqlite => format!("SELECT tenant_id AS id FROM {table} WHERE token_hash = ?"),
+        };
+        self.lookup_one(&sql, vec![hash.to_vec().into()]).await
+    }
+
+    /// The users a login email belongs to, one per tenant (compared
+    /// case-insensitively): the login form's one cross-tenant lookup.
+    pub async fn find_login_candidates(&self, email: &str) -> StoreResult<Vec<LoginCandidate>> {
+        let sql = match self.backend {
+            Backend::Postgres => {
+                "SELECT tenant_id, user_id, tenant_slug FROM mobius_login_candidates($1)"
+            }
             Backend::Sqlite => {
-                "SELECT tenant_id, id AS user_id FROM users WHERE lower(email) = lower(?)"
+                "SELECT u.tenant_id, u.id AS user_id, t.slug AS tenant_slug \
+                 FROM users u JOIN tenants t ON t.id = u.tenant_id WHERE lower(u.email) = lower(?)"
             }
         };
         let rows = self
@@ -272,7 +333,13 @@ impl Store {
             ))
             .await?;
         rows.iter()
-            .map(|row| Ok((row.try_get("", "tenant_id")?, row.try_get("", "user_id")?)))
+            .map(|row| {
+                Ok(LoginCandidate {
+                    tenant_id: row.try_get("", "tenant_id")?,
+                    user_id: row.try_get("", "user_id")?,
+                    tenant_slug: row.try_get("", "tenant_slug")?,
+                })
+            })
             .collect()
     }
 
@@ -306,6 +373,15 @@ impl Store {
     pub(crate) fn connection(&self) -> &DatabaseConnection {
         &self.db
     }
+}
+
+/// Secrets whose owning tenant can be looked up by hash before a tenant is set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecretKind {
+    EnrollmentToken,
+    RefreshToken,
+    Invitation,
+    ApiToken,
 }
 
 /// Tenant slugs: 1 to 63 characters of `a-z`, `0-9` and `-`, starting with a

@@ -167,6 +167,14 @@ impl<'s> TeamMemberships<'s> {
         Ok(row)
     }
 
+    pub async fn for_user(&self, user_id: Uuid) -> StoreResult<Vec<TeamMembership>> {
+        Ok(team_membership::Entity::find()
+            .filter(team_membership::Column::TenantId.eq(self.scope.tenant_id()))
+            .filter(team_membership::Column::UserId.eq(user_id))
+            .all(self.scope.connection())
+            .await?)
+    }
+
     pub async fn list(&self, team_id: Uuid) -> StoreResult<Vec<TeamMembership>> {
         Ok(team_membership::Entity::find()
             .filter(team_membership::Column::TenantId.eq(self.scope.tenant_id()))

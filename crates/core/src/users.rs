@@ -2,7 +2,8 @@
 //! the identity service); this repository never sees a plaintext secret.
 
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, Set, prelude::Uuid,
+    ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect, Set, prelude::Uuid,
 };
 
 use crate::audit::{Actor, AuditRecord};
@@ -73,6 +74,78 @@ impl<'s> Users<'s> {
             .await?)
     }
 
+    /// A page of users by email, and the total count.
+    pub async fn page(&self, offset: u64, limit: u64) -> StoreResult<(Vec<User>, u64)> {
+        let query = user::Entity::find().filter(user::Column::TenantId.eq(self.scope.tenant_id()));
+        let total = query.clone().count(self.scope.connection()).await?;
+        let rows = query
+            .order_by_asc(user::Column::Email)
+            .offset(offset)
+            .limit(limit)
+            .all(self.scope.connection())
+            .await?;
+        Ok((rows, total))
+    }
+
+    pub async fn count(&self) -> StoreResult<u64> {
+        Ok(user::Entity::find()
+            .filter(user::Column::TenantId.eq(self.scope.tenant_id()))
+            .count(self.scope.connection())
+            .await?)
+    }
+
+    pub async fn count_with_role(&self, role: &str) -> StoreResult<u64> {
+        Ok(user::Entity::find()
+            .filter(user::Column::TenantId.eq(self.scope.tenant_id()))
+            .filter(user::Column::Role.eq(role))
+            .count(self.scope.connection())
+            .await?)
+    }
+
+    pub async fn find_by_email(&self, email: &str) -> StoreResult<Option<User>> {
+        Ok(user::Entity::find()
+            .filter(user::Column::TenantId.eq(self.scope.tenant_id()))
+            .filter(user::Column::Email.eq(email.trim().to_lowercase()))
+            .one(self.scope.connection())
+            .await?)
+    }
+
+    pub async fn set_role(&self, actor: &Actor, id: Uuid, role: &str) -> StoreResult<User> {
+        let user = self.get(id).await?;
+        let from = user.role.clone();
+        let mut row = user.into_active_model();
+        row.role = Set(role.to_owned());
+        row.updated_at = Set(chrono::Utc::now());
+        let row = row.update(self.scope.connection()).await?;
+        self.scope
+            .audit()
+            .record(
+                actor,
+                AuditRecord::new("user.role_changed", "user", Some(id)).with_details(
+                    serde_json::json!({ "email": row.email, "from": from, "to": role }),
+                ),
+            )
+            .await?;
+        Ok(row)
+    }
+
+    /// Removes a user; their sessions and API tokens go with them.
+    pub async fn delete(&self, actor: &Actor, id: Uuid) -> StoreResult<()> {
+        let user = self.get(id).await?;
+        user::Entity::delete_by_id(id)
+            .exec(self.scope.connection())
+            .await?;
+        self.scope
+            .audit()
+            .record(
+                actor,
+                AuditRecord::new("user.removed", "user", Some(id))
+                    .with_details(serde_json::json!({ "email": user.email, "role": user.role })),
+            )
+            .await?;
+        Ok(())
+    }
+
     pub async fn get(&self, id: Uuid) -> StoreResult<User> {
         user::Entity::find_by_id(id)
             .filter(user::Column::TenantId.eq(self.scope.tenant_id()))
@@ -84,7 +157,7 @@ impl<'s> Users<'s> {
 
 /// Emails are stored lower-cased (the unique key is on the stored value)
 /// and must look like `local@domain`.
-fn valid_email(email: &str) -> StoreResult<String> {
+pub(crate) fn valid_email(email: &str) -> StoreResult<String> {
     let email = email.trim().to_lowercase();
     let ok = email.len() <= 254
         && email.split_once('@').is_some_and(|(local, domain)| {

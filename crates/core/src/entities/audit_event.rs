@@ -14,6 +14,9 @@ pub struct Model {
     pub ip: Option<String>,
     pub user_agent: Option<String>,
     pub details: Json,
+    pub seq: i64,
+    pub prev_hash: Option<Vec<u8>>,
+    pub hash: Option<Vec<u8>>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

@@ -7,6 +7,8 @@ pub struct Model {
     pub id: Uuid,
     pub name: String,
     pub slug: String,
+    pub setup_code_hash: Option<Vec<u8>>,
+    pub api_token_max_days: i32,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

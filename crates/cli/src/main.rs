@@ -1,0 +1,3 @@
+//! `mobius`: the admin CLI (in progress).
+
+fn main() {}
