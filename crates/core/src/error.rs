@@ -18,6 +18,13 @@ pub enum StoreError {
         field: &'static str,
     },
 
+    /// The row is still referenced (a site with devices) and cannot go.
+    #[error("the {entity} is still in use by {by}")]
+    InUse {
+        entity: &'static str,
+        by: &'static str,
+    },
+
     /// A value was refused before it reached the database.
     #[error("invalid {field}: {reason}")]
     Invalid { field: &'static str, reason: String },
@@ -47,6 +54,14 @@ pub(crate) fn conflict_on(
 ) -> impl Fn(DbErr) -> StoreError {
     move |err| match err.sql_err() {
         Some(SqlErr::UniqueConstraintViolation(_)) => StoreError::Conflict { entity, field },
+        _ => StoreError::Database(err),
+    }
+}
+
+/// Turns a foreign-key violation into [`StoreError::InUse`].
+pub(crate) fn in_use_by(entity: &'static str, by: &'static str) -> impl Fn(DbErr) -> StoreError {
+    move |err| match err.sql_err() {
+        Some(SqlErr::ForeignKeyConstraintViolation(_)) => StoreError::InUse { entity, by },
         _ => StoreError::Database(err),
     }
 }

@@ -28,7 +28,10 @@ mod users;
 
 pub use api_tokens::{ApiToken, ApiTokens, DEFAULT_API_TOKEN_DAYS, NewApiToken};
 pub use audit::{Actor, ActorKind, AuditEvent, AuditLog, AuditRecord, ChainVerification};
-pub use devices::{Device, Devices};
+pub use devices::{
+    Device, DeviceFilter, DeviceOrder, DeviceStatus, Devices, HEARTBEAT_INTERVAL_SECS,
+    MISSED_HEARTBEATS_OFFLINE,
+};
 pub use enrollment::{EnrollmentToken, EnrollmentTokens, NewEnrollmentToken};
 pub use error::{StoreError, StoreResult};
 pub use invitations::{INVITATION_DAYS, Invitation, Invitations};

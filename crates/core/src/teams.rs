@@ -2,13 +2,13 @@
 //! per tenant, so they share one repository shape.
 
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, Set,
-    prelude::Uuid,
+    ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect, Set, prelude::Uuid,
 };
 
 use crate::audit::{Actor, AuditRecord};
 use crate::entities::{site, team, team_membership};
-use crate::error::{StoreError, StoreResult, conflict_on, valid_name};
+use crate::error::{StoreError, StoreResult, conflict_on, in_use_by, valid_name};
 use crate::scope::TenantScope;
 
 pub type Site = site::Model;
@@ -18,7 +18,7 @@ pub type TeamMembership = team_membership::Model;
 /// Generates the repository for a table with `(tenant_id, name)` unique:
 /// create, list, get, rename and delete, each audited.
 macro_rules! named_repository {
-    ($repo:ident, $entity:ident, $model:ty, $kind:literal) => {
+    ($repo:ident, $entity:ident, $model:ty, $kind:literal, $used_by:literal) => {
         #[doc = concat!("The tenant's ", $kind, "s.")]
         pub struct $repo<'s> {
             scope: &'s TenantScope,
@@ -62,6 +62,30 @@ macro_rules! named_repository {
                     .await?)
             }
 
+            /// A page by name, and the total count.
+            pub async fn page(&self, offset: u64, limit: u64) -> StoreResult<(Vec<$model>, u64)> {
+                let query = $entity::Entity::find()
+                    .filter($entity::Column::TenantId.eq(self.scope.tenant_id()));
+                let total = query.clone().count(self.scope.connection()).await?;
+                let rows = query
+                    .order_by_asc($entity::Column::Name)
+                    .offset(offset)
+                    .limit(limit)
+                    .all(self.scope.connection())
+                    .await?;
+                Ok((rows, total))
+            }
+
+            /// The rows with these ids (missing or foreign ids are skipped):
+            /// one query for a whole page's worth of references.
+            pub async fn by_ids(&self, ids: &[Uuid]) -> StoreResult<Vec<$model>> {
+                Ok($entity::Entity::find()
+                    .filter($entity::Column::TenantId.eq(self.scope.tenant_id()))
+                    .filter($entity::Column::Id.is_in(ids.iter().copied()))
+                    .all(self.scope.connection())
+                    .await?)
+            }
+
             pub async fn get(&self, id: Uuid) -> StoreResult<$model> {
                 $entity::Entity::find_by_id(id)
                     .filter($entity::Column::TenantId.eq(self.scope.tenant_id()))
@@ -96,7 +120,8 @@ macro_rules! named_repository {
                 let row = self.get(id).await?;
                 $entity::Entity::delete_by_id(id)
                     .exec(self.scope.connection())
-                    .await?;
+                    .await
+                    .map_err(in_use_by($kind, $used_by))?;
                 self.scope
                     .audit()
                     .record(
@@ -111,8 +136,8 @@ macro_rules! named_repository {
     };
 }
 
-named_repository!(Sites, site, Site, "site");
-named_repository!(Teams, team, Team, "team");
+named_repository!(Sites, site, Site, "site", "devices");
+named_repository!(Teams, team, Team, "team", "devices");
 
 /// Team roles a member can hold.
 pub const TEAM_ROLES: &[&str] = &["maintainer", "observer"];

@@ -20,6 +20,8 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use crate::error::{ApiError, ErrorCode};
+use crate::graphql::{self, GraphqlState};
+use crate::hardening;
 use crate::metrics::{self, Metrics};
 use crate::settings::Settings;
 
@@ -32,7 +34,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
 }
 
-pub fn router(state: AppState, settings: &Settings) -> Router {
+/// The admin router. `graphql` is `None` only in tests of the bare
+/// health endpoints.
+pub fn router(state: AppState, settings: &Settings, graphql: Option<GraphqlState>) -> Router {
     let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
     let trace = TraceLayer::new_for_http()
         .make_span_with(|request: &Request<Body>| {
@@ -50,15 +54,33 @@ pub fn router(state: AppState, settings: &Settings) -> Router {
         })
         .on_response(DefaultOnResponse::new().level(Level::INFO));
 
-    Router::new()
+    let mut routes = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(
-            state.metrics.clone(),
-            metrics::track,
-        ))
+        .with_state(state.clone());
+    if let Some(graphql) = graphql {
+        routes = routes.merge(
+            Router::new()
+                .route(
+                    "/api/graphql",
+                    get(graphql::graphiql_or_socket).post(graphql::execute),
+                )
+                .with_state(graphql),
+        );
+    }
+    let mut routes = routes.layer(middleware::from_fn_with_state(
+        state.metrics.clone(),
+        metrics::track,
+    ));
+    for layer in hardening::security_headers(settings.tls_cert_file.is_some()) {
+        routes = routes.layer(layer);
+    }
+    if let Some(cors) = hardening::cors(settings) {
+        routes = routes.layer(cors);
+    }
+    routes
         .layer(
             // Outermost first: the id is set before the span opens, so
             // every log line of the request carries it.
@@ -141,7 +163,9 @@ async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.metrics.render(state.store.pool_stats()),
+        state
+            .metrics
+            .render(state.store.pool_stats(), state.store.statement_count()),
     )
 }
 

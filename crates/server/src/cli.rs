@@ -58,6 +58,11 @@ enum Command {
     Migrate,
     /// Print the effective configuration, secrets redacted, then exit.
     Config,
+    /// Print the GraphQL schema (SDL) of the admin API, then exit.
+    PrintSchema,
+    /// Start signing access tokens with a new key; old tokens stay valid
+    /// until they expire (15 minutes).
+    RotateSigningKey,
 }
 
 /// Entry point of the edition binaries. Exit codes: 0 success, 1 failure
@@ -79,6 +84,10 @@ pub fn main(edition: Edition) -> ExitCode {
         }
     };
 
+    if let Command::PrintSchema = cli.command {
+        print!("{}", crate::graphql::sdl());
+        return ExitCode::SUCCESS;
+    }
     if let Command::Config = cli.command {
         println!(
             "# {} {} ({} edition)",
@@ -119,7 +128,12 @@ pub fn main(edition: Edition) -> ExitCode {
                     anyhow::bail!("migrations still pending: {}", pending.join(", "))
                 }
             }
-            Command::Config => Ok(()),
+            Command::RotateSigningKey => {
+                let kid = serve::rotate_signing_key(&settings, &edition).await?;
+                println!("now signing access tokens with key {kid}");
+                Ok(())
+            }
+            Command::Config | Command::PrintSchema => Ok(()),
         }
     });
     match result {

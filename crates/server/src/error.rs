@@ -77,6 +77,7 @@ impl From<StoreError> for ApiError {
                 message: err.to_string(),
                 field: Some(field.to_owned()),
             },
+            StoreError::InUse { .. } => ApiError::new(ErrorCode::Conflict, err.to_string()),
             StoreError::Invalid { field, .. } => ApiError {
                 code: ErrorCode::BadUserInput,
                 message: err.to_string(),

@@ -4,10 +4,15 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
+use mobius_core::access_tokens::AccessTokens;
+use mobius_core::identity::Identity;
 use mobius_core::postgres_roles::{ensure_app_role, request_role_url, verify_request_role};
+use mobius_core::sealing::{LocalSealer, SecretSealer, write_private_file};
+use mobius_core::usage::ApiTokenUsage;
 use mobius_core::{Backend, Store};
 use rand::distr::{Alphanumeric, SampleString};
 use secrecy::{ExposeSecret, SecretString};
@@ -15,6 +20,8 @@ use tokio::net::TcpListener;
 
 use crate::app::{self, AppState};
 use crate::edition::Edition;
+use crate::graphql::{self, GraphqlState};
+use crate::limits::LoginLimiter;
 use crate::metrics::Metrics;
 use crate::settings::Settings;
 
@@ -22,6 +29,10 @@ use crate::settings::Settings;
 pub const SQLITE_FILE: &str = "mobius.db";
 /// Where the development-mode request role's generated password is kept.
 pub const APP_ROLE_PASSWORD_FILE: &str = "postgres-app-role.secret";
+/// The generated master key, when `master_key` is not set.
+pub const MASTER_KEY_FILE: &str = "master.key";
+/// How often coalesced API-token use times are written.
+const USAGE_FLUSH_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A server that has opened its store and bound its listener but not yet
 /// served a request; [`Server::local_addr`] tells where it listens (useful
@@ -30,6 +41,9 @@ pub struct Server {
     store: Store,
     listener: TcpListener,
     router: axum::Router,
+    tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    api_token_usage: Arc<ApiTokenUsage>,
+    setup_code: Option<String>,
 }
 
 impl Server {
@@ -42,19 +56,58 @@ impl Server {
         if created {
             tracing::info!(%tenant_id, "empty store: created the default tenant and its default site");
         }
+        let sealer: Arc<dyn SecretSealer> = Arc::new(
+            LocalSealer::from_key_or_file(
+                settings.master_key.as_ref().map(|k| k.expose_secret()),
+                &settings.data_dir.join(MASTER_KEY_FILE),
+            )
+            .context("loading the master key (setting `master_key`)")?,
+        );
+        let access = AccessTokens::load(store.clone(), sealer)
+            .await
+            .context("loading the JWT signing keys")?;
+        let identity = Identity::new(store.clone(), Arc::new(access));
+        let setup_code = identity
+            .issue_setup_code()
+            .await
+            .context("issuing the setup code")?;
+
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {} (setting `listen`)", settings.listen))?;
+        let api_token_usage = Arc::new(ApiTokenUsage::default());
+        let limiter = LoginLimiter::new(
+            settings.login_attempts_per_minute_per_client,
+            settings.login_attempts_per_minute_per_account,
+        );
+        let graphql = GraphqlState {
+            schema: graphql::schema(Some((store.clone(), identity.clone(), limiter))),
+            store: store.clone(),
+            identity,
+            api_token_usage: api_token_usage.clone(),
+        };
         let state = AppState {
             store: store.clone(),
             metrics: Metrics::new(),
         };
-        let router = app::router(state, settings);
+        let router = app::router(state, settings, Some(graphql));
+        let tls = settings
+            .tls_cert_file
+            .clone()
+            .zip(settings.tls_key_file.clone());
         Ok(Server {
             store,
             listener,
             router,
+            tls,
+            api_token_usage,
+            setup_code,
         })
+    }
+
+    /// The one-time setup code, when the store has no user yet.
+    pub fn setup_code(&self) -> Option<&str> {
+        self.setup_code.as_deref()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -71,18 +124,68 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let addr = self.local_addr();
-        tracing::info!(address = %addr, url = %format!("http://{addr}"), "admin API listening");
-        axum::serve(
-            self.listener,
-            self.router
-                .into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("serving the admin API")?;
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{addr}");
+        tracing::info!(address = %addr, url = %url, "admin API listening");
+        if let Some(code) = &self.setup_code {
+            tracing::warn!(setup_code = %code, "no user yet: finish setup with this one-time code");
+            println!(
+                "\nMobius has no users yet. Create the first owner with this one-time code:\n\n    \
+                 mobius setup --server {url} --code {code} --email you@example.com --display-name 'Your Name'\n"
+            );
+        }
+        let flusher = tokio::spawn(flush_usage_periodically(
+            self.store.clone(),
+            self.api_token_usage.clone(),
+        ));
+        let app = self
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
+        match self.tls {
+            None => axum::serve(self.listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .context("serving the admin API")?,
+            Some((cert, key)) => {
+                let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "loading TLS certificate {} and key {}",
+                            cert.display(),
+                            key.display()
+                        )
+                    })?;
+                let handle = axum_server::Handle::new();
+                let on_signal = handle.clone();
+                tokio::spawn(async move {
+                    shutdown.await;
+                    on_signal.graceful_shutdown(Some(Duration::from_secs(30)));
+                });
+                axum_server::from_tcp_rustls(self.listener.into_std()?, config)?
+                    .handle(handle)
+                    .serve(app)
+                    .await
+                    .context("serving the admin API over TLS")?;
+            }
+        }
+        flusher.abort();
+        if let Err(err) = self.api_token_usage.flush(&self.store).await {
+            tracing::warn!(error = %err, "could not write API-token use times at shutdown");
+        }
         tracing::info!("in-flight requests drained; closing the store");
         self.store.close().await.context("closing the store")?;
         Ok(())
+    }
+}
+
+async fn flush_usage_periodically(store: Store, usage: Arc<ApiTokenUsage>) {
+    let mut tick = tokio::time::interval(USAGE_FLUSH_INTERVAL);
+    loop {
+        tick.tick().await;
+        if let Err(err) = usage.flush(&store).await {
+            tracing::warn!(error = %err, "could not write API-token use times");
+        }
     }
 }
 
@@ -204,6 +307,23 @@ pub async fn migrate(settings: &Settings, edition: &Edition) -> anyhow::Result<V
     Ok(pending)
 }
 
+/// Adds a signing key and makes it current (running servers pick it up
+/// when they first see a token signed with it).
+pub async fn rotate_signing_key(
+    settings: &Settings,
+    edition: &Edition,
+) -> anyhow::Result<mobius_core::Uuid> {
+    let store = open_store(settings, edition, false).await?;
+    let sealer = LocalSealer::from_key_or_file(
+        settings.master_key.as_ref().map(|k| k.expose_secret()),
+        &settings.data_dir.join(MASTER_KEY_FILE),
+    )?;
+    let access = AccessTokens::load(store.clone(), Arc::new(sealer)).await?;
+    let kid = access.rotate().await?;
+    store.close().await?;
+    Ok(kid)
+}
+
 fn url_user(url: &SecretString, setting: &str) -> anyhow::Result<String> {
     let parsed = url::Url::parse(url.expose_secret())
         .with_context(|| format!("`{setting}` is not a URL"))?;
@@ -228,27 +348,7 @@ fn app_role_password(settings: &Settings) -> anyhow::Result<SecretString> {
     }
     // 32 alphanumerics: ~190 bits, and nothing that needs URL escaping.
     let generated = Alphanumeric.sample_string(&mut rand::rng(), 32);
-    write_secret_file(&path, &generated)
+    write_private_file(&path, &generated)
         .with_context(|| format!("storing the request role's password in {}", path.display()))?;
     Ok(SecretString::from(generated))
-}
-
-/// Writes `contents` to `path` with mode 0600, atomically (temp file, then rename).
-pub fn write_secret_file(path: &Path, contents: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(&tmp)?;
-    file.write_all(contents.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
 }

@@ -54,6 +54,21 @@ pub struct Settings {
     pub request_timeout_secs: u64,
     /// Largest request body accepted, in bytes.
     pub request_body_limit_bytes: usize,
+    /// The 32-byte master key (base64) that seals signing and CA keys.
+    /// Without it, one is generated once into `<data_dir>/master.key`.
+    #[serde(serialize_with = "redact_secret")]
+    pub master_key: Option<SecretString>,
+    /// Browser origins allowed to call the API cross-origin (CORS), e.g.
+    /// `["https://admin.example.com"]`. Empty: none.
+    pub cors_allowed_origins: Vec<String>,
+    /// Serve the admin API over TLS with this certificate chain (PEM)...
+    pub tls_cert_file: Option<PathBuf>,
+    /// ...and this private key (PEM).
+    pub tls_key_file: Option<PathBuf>,
+    /// Sign-in attempts allowed per minute from one client address.
+    pub login_attempts_per_minute_per_client: u32,
+    /// Sign-in attempts allowed per minute for one account (email).
+    pub login_attempts_per_minute_per_account: u32,
 }
 
 impl Default for Settings {
@@ -71,6 +86,12 @@ impl Default for Settings {
             log_filter: "info,sqlx=warn".into(),
             request_timeout_secs: 30,
             request_body_limit_bytes: 1024 * 1024,
+            master_key: None,
+            cors_allowed_origins: Vec::new(),
+            tls_cert_file: None,
+            tls_key_file: None,
+            login_attempts_per_minute_per_client: 30,
+            login_attempts_per_minute_per_account: 10,
         }
     }
 }
@@ -91,6 +112,12 @@ const SETTING_NAMES: &[&str] = &[
     "log_filter",
     "request_timeout_secs",
     "request_body_limit_bytes",
+    "master_key",
+    "cors_allowed_origins",
+    "tls_cert_file",
+    "tls_key_file",
+    "login_attempts_per_minute_per_client",
+    "login_attempts_per_minute_per_account",
 ];
 
 /// Values given as command-line flags; `None` means "not given".

@@ -1,0 +1,499 @@
+//! The command line as clap sees it: every flag, every environment variable
+//! the CLI reads through clap, and the help text. Nothing here talks to the
+//! server.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::credentials::Secret;
+
+/// The server used when neither `--server`, `MOBIUS_SERVER` nor a saved
+/// login names one: where `mobius-server serve` listens by default.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
+
+const EXAMPLES: &str = "\
+Examples:
+  # Create the first owner of a new server (the code is printed by the server)
+  mobius --server https://mobius.example.com setup --code 123456 \\
+      --email owner@example.com --display-name 'Ada Owner'
+
+  # Sign in, then look around
+  mobius login --email owner@example.com
+  mobius whoami
+  mobius devices list --status offline --order-by last-seen --limit 20
+
+  # Script with an API token and jq
+  export MOBIUS_TOKEN=mob_pat_...
+  mobius sites list --output json | jq -r '.[].name'
+
+  # Anything the commands do not cover
+  mobius graphql 'query { tenant { name slug } }'";
+
+/// Manage a Mobius server: sites, teams, users, API tokens, devices and the
+/// audit log.
+#[derive(Debug, Parser)]
+#[command(
+    name = "mobius",
+    version,
+    long_about = "Manage a Mobius server: sites, teams, users, API tokens, devices and the \
+                  audit log.\n\n\
+                  Talks only to the server's public GraphQL API. Sign in once with `mobius \
+                  login` (the session is saved and refreshed automatically), or pass an API \
+                  token with --token / MOBIUS_TOKEN.",
+    after_long_help = EXAMPLES
+)]
+pub struct Cli {
+    #[command(flatten, next_help_heading = "Global options")]
+    pub globals: GlobalArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options accepted by every command.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// The server's base URL [default: the server saved at login, else http://127.0.0.1:8080]
+    #[arg(long, global = true, env = "MOBIUS_SERVER", value_name = "URL", value_parser = parse_server_url)]
+    pub server: Option<String>,
+
+    /// An access token or API token (mob_pat_...) to use instead of the saved login.
+    /// Prefer MOBIUS_TOKEN: command-line arguments are visible to other users.
+    #[arg(
+        long,
+        global = true,
+        env = "MOBIUS_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<Secret>,
+
+    /// How to print results: a table for people, JSON for scripts
+    #[arg(
+        long,
+        short = 'o',
+        global = true,
+        value_enum,
+        value_name = "FORMAT",
+        default_value_t = OutputFormat::Table
+    )]
+    pub output: OutputFormat,
+
+    /// Where the saved login lives [default: <config dir>/mobius, e.g. ~/.config/mobius]
+    #[arg(long, global = true, env = "MOBIUS_CONFIG_DIR", value_name = "DIR")]
+    pub config_dir: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns
+    Table,
+    /// JSON on stdout and nothing else: an array for lists, an object otherwise
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the first owner of a new server and sign in as them
+    #[command(
+        long_about = "Create the first owner of a new server and sign in as them.\n\n\
+                      The one-time setup code is printed by the server when it starts on an \
+                      empty store. The password is read from standard input with \
+                      --password-stdin, else from MOBIUS_PASSWORD, else asked for on the \
+                      terminal."
+    )]
+    Setup(SetupArgs),
+
+    /// Sign in and save the session for later commands
+    #[command(long_about = "Sign in and save the session for later commands.\n\n\
+                      The session is saved to <config dir>/mobius/credentials.json (mode \
+                      0600) and refreshed automatically when the access token expires. The \
+                      password is read from standard input with --password-stdin, else from \
+                      MOBIUS_PASSWORD, else asked for on the terminal.")]
+    Login(LoginArgs),
+
+    /// End the saved session on the server and delete it locally
+    Logout,
+
+    /// Show who the current credentials belong to
+    Whoami,
+
+    /// Manage sites
+    #[command(subcommand)]
+    Sites(NamedResourceCommand),
+
+    /// Manage teams
+    #[command(subcommand)]
+    Teams(NamedResourceCommand),
+
+    /// Manage users and invitations
+    #[command(subcommand)]
+    Users(UsersCommand),
+
+    /// Manage API tokens for scripts and automation
+    #[command(subcommand, name = "api-tokens")]
+    ApiTokens(ApiTokensCommand),
+
+    /// List enrolled devices
+    #[command(subcommand)]
+    Devices(DevicesCommand),
+
+    /// Read the audit log
+    #[command(subcommand)]
+    Audit(AuditCommand),
+
+    /// Run any GraphQL query or mutation and print its data as JSON
+    #[command(
+        after_help = "Example:\n  mobius graphql 'query($n: Int) { sites(first: $n) { nodes { id name } } }' \
+                      --variables '{\"n\": 5}'"
+    )]
+    Graphql(GraphqlArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SetupArgs {
+    /// The one-time setup code the server printed at start-up
+    #[arg(long)]
+    pub code: String,
+
+    /// The owner's email address, used to sign in
+    #[arg(long)]
+    pub email: String,
+
+    /// The owner's name as others will see it
+    #[arg(long)]
+    pub display_name: String,
+
+    /// Read the password from the first line of standard input
+    #[arg(long)]
+    pub password_stdin: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// The email address to sign in with
+    #[arg(long)]
+    pub email: String,
+
+    /// The tenant's slug, on servers that host more than one
+    #[arg(long, value_name = "SLUG")]
+    pub tenant: Option<String>,
+
+    /// Read the password from the first line of standard input
+    #[arg(long)]
+    pub password_stdin: bool,
+}
+
+/// Sites and teams are both plain named collections, so they share their
+/// subcommands.
+#[derive(Debug, Subcommand)]
+pub enum NamedResourceCommand {
+    /// List them
+    List(ListArgs),
+    /// Create one
+    Create {
+        /// The new name, unique in the tenant
+        name: String,
+    },
+    /// Delete one
+    Delete {
+        /// Its ID
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// List users
+    List(ListArgs),
+    /// Invite someone by email; prints the invitation code to send them
+    Invite {
+        /// Their email address
+        email: String,
+        /// The role they will have
+        #[arg(long, value_enum, ignore_case = true)]
+        role: Role,
+    },
+    /// Remove a user from the tenant
+    Delete {
+        /// The user's ID
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApiTokensCommand {
+    /// List API tokens, including revoked and expired ones
+    List(ListArgs),
+    /// Create a token; it is printed once and cannot be shown again
+    Create(CreateApiTokenArgs),
+    /// Revoke a token (it stays listed, with its revocation time)
+    Delete {
+        /// The token's ID (not the token itself)
+        id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateApiTokenArgs {
+    /// A name that says what the token is for
+    pub name: String,
+
+    /// The role the token acts with
+    #[arg(long, value_enum, ignore_case = true)]
+    pub role: Role,
+
+    /// Limit the token to one team's devices
+    #[arg(long, value_name = "ID")]
+    pub team_id: Option<String>,
+
+    /// Days until the token expires [default: the server's]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub expires_in_days: Option<u32>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DevicesCommand {
+    /// List devices, optionally filtered
+    List(DeviceListArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DeviceListArgs {
+    /// Only devices in this site
+    #[arg(long, value_name = "ID")]
+    pub site_id: Option<String>,
+
+    /// Only devices in this team
+    #[arg(long, value_name = "ID")]
+    pub team_id: Option<String>,
+
+    /// Only devices with this status
+    #[arg(long, value_enum, ignore_case = true)]
+    pub status: Option<DeviceStatus>,
+
+    /// Only devices whose hostname contains this text
+    #[arg(long, value_name = "HOSTNAME")]
+    pub search: Option<String>,
+
+    /// Sort order
+    #[arg(long, value_enum, ignore_case = true, default_value_t = DeviceOrder::Hostname)]
+    pub order_by: DeviceOrder,
+
+    #[command(flatten)]
+    pub list: ListArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// List audit events
+    List(ListArgs),
+}
+
+#[derive(Clone, Copy, Debug, Args)]
+pub struct ListArgs {
+    /// Show at most this many rows
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct GraphqlArgs {
+    /// The query or mutation text; `-` reads it from standard input
+    pub query: String,
+
+    /// Variables as a JSON object
+    #[arg(long, value_name = "JSON", value_parser = parse_variables)]
+    pub variables: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// A role, as `--role` accepts it (any case).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    Owner,
+    Admin,
+    Maintainer,
+    Observer,
+    Gitops,
+}
+
+impl Role {
+    /// The GraphQL enum value.
+    pub fn as_graphql(self) -> &'static str {
+        match self {
+            Role::Owner => "OWNER",
+            Role::Admin => "ADMIN",
+            Role::Maintainer => "MAINTAINER",
+            Role::Observer => "OBSERVER",
+            Role::Gitops => "GITOPS",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DeviceStatus {
+    Online,
+    Offline,
+    NeverSeen,
+    Revoked,
+}
+
+impl DeviceStatus {
+    /// The GraphQL enum value.
+    pub fn as_graphql(self) -> &'static str {
+        match self {
+            DeviceStatus::Online => "ONLINE",
+            DeviceStatus::Offline => "OFFLINE",
+            DeviceStatus::NeverSeen => "NEVER_SEEN",
+            DeviceStatus::Revoked => "REVOKED",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DeviceOrder {
+    Hostname,
+    LastSeen,
+}
+
+impl DeviceOrder {
+    /// The GraphQL enum value.
+    pub fn as_graphql(self) -> &'static str {
+        match self {
+            DeviceOrder::Hostname => "HOSTNAME",
+            DeviceOrder::LastSeen => "LAST_SEEN",
+        }
+    }
+}
+
+/// Accepts only absolute http(s) URLs, so a typo like `localhost:8080` is a
+/// usage error rather than a confusing transport error later. A trailing
+/// slash is dropped, so saved and given servers compare equal.
+fn parse_server_url(value: &str) -> Result<String, String> {
+    let trimmed = value.trim().trim_end_matches('/');
+    let rest = trimmed
+        .strip_prefix("http://")
+        .or_else(|| trimmed.strip_prefix("https://"));
+    match rest {
+        Some(host) if !host.is_empty() => Ok(trimmed.to_owned()),
+        _ => Err(format!(
+            "'{value}' is not a server URL; expected e.g. http://127.0.0.1:8080"
+        )),
+    }
+}
+
+fn parse_variables(value: &str) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    match serde_json::from_str(value) {
+        Ok(serde_json::Value::Object(map)) => Ok(map),
+        Ok(_) => Err("variables must be a JSON object, e.g. '{\"first\": 10}'".to_owned()),
+        Err(err) => Err(format!("not valid JSON: {err}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn roles_parse_in_any_case() {
+        for (text, role) in [
+            ("owner", Role::Owner),
+            ("ADMIN", Role::Admin),
+            ("Maintainer", Role::Maintainer),
+            ("observer", Role::Observer),
+            ("GitOps", Role::Gitops),
+        ] {
+            let cli =
+                Cli::try_parse_from(["mobius", "users", "invite", "a@example.com", "--role", text])
+                    .unwrap_or_else(|err| panic!("{text}: {err}"));
+            match cli.command {
+                Command::Users(UsersCommand::Invite { role: parsed, .. }) => {
+                    assert_eq!(parsed, role)
+                }
+                other => panic!("parsed as {other:?}"),
+            }
+        }
+        assert_eq!(Role::Gitops.as_graphql(), "GITOPS");
+    }
+
+    #[test]
+    fn an_unknown_role_is_a_usage_error() {
+        let err = Cli::try_parse_from([
+            "mobius",
+            "users",
+            "invite",
+            "a@example.com",
+            "--role",
+            "root",
+        ])
+        .expect_err("root is not a role");
+        assert_eq!(err.exit_code(), 2);
+        assert!(
+            err.to_string().contains("owner"),
+            "lists the choices: {err}"
+        );
+    }
+
+    #[test]
+    fn device_filters_map_to_graphql_values() {
+        let cli = Cli::try_parse_from([
+            "mobius",
+            "devices",
+            "list",
+            "--status",
+            "never-seen",
+            "--order-by",
+            "last-seen",
+            "--limit",
+            "7",
+        ])
+        .expect("valid");
+        let Command::Devices(DevicesCommand::List(args)) = cli.command else {
+            panic!("not devices list");
+        };
+        assert_eq!(
+            args.status.map(DeviceStatus::as_graphql),
+            Some("NEVER_SEEN")
+        );
+        assert_eq!(args.order_by.as_graphql(), "LAST_SEEN");
+        assert_eq!(args.list.limit, 7);
+    }
+
+    #[test]
+    fn server_urls_must_be_http() {
+        assert_eq!(
+            parse_server_url("https://mobius.example.com/").as_deref(),
+            Ok("https://mobius.example.com")
+        );
+        assert!(parse_server_url("localhost:8080").is_err());
+        assert!(parse_server_url("http://").is_err());
+    }
+
+    #[test]
+    fn variables_must_be_an_object() {
+        assert!(parse_variables(r#"{"first": 3}"#).is_ok());
+        assert!(parse_variables("[1]").is_err());
+        assert!(parse_variables("{").is_err());
+        let err = Cli::try_parse_from([
+            "mobius",
+            "graphql",
+            "query { viewer { kind } }",
+            "--variables",
+            "nope",
+        ])
+        .expect_err("bad JSON");
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn a_zero_limit_is_a_usage_error() {
+        assert!(Cli::try_parse_from(["mobius", "sites", "list", "--limit", "0"]).is_err());
+    }
+}

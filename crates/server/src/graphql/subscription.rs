@@ -1,0 +1,34 @@
+//! Subscriptions over graphql-ws on `/api/graphql`.
+
+use async_graphql::{Context, Result, Subscription as SubscriptionDerive};
+use futures_util::{Stream, StreamExt};
+use mobius_core::authz::Operation;
+use tokio_stream::wrappers::BroadcastStream;
+
+use super::gate::{self, WriteStore};
+use super::types::AuditEventNode;
+
+pub struct Subscription;
+
+#[SubscriptionDerive]
+impl Subscription {
+    /// Audit events of the caller's tenant as they are committed (on this
+    /// server; a multi-replica setup fans out through Postgres NOTIFY).
+    async fn audit_events(&self, ctx: &Context<'_>) -> Result<impl Stream<Item = AuditEventNode>> {
+        let principal = gate::principal(ctx)?;
+        principal
+            .authorize(Operation::ViewAuditLog, None)
+            .map_err(super::errors::denied)?;
+        let tenant = principal.tenant_id;
+        let feed = ctx.data::<WriteStore>()?.0.subscribe_audit();
+        Ok(
+            BroadcastStream::new(feed).filter_map(move |event| async move {
+                match event {
+                    Ok(event) if event.tenant_id == tenant => Some(AuditEventNode::from(event)),
+                    // Other tenants' events, or a lagging subscriber's gap.
+                    _ => None,
+                }
+            }),
+        )
+    }
+}

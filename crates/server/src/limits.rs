@@ -1,0 +1,62 @@
+//! Rate limits on sign-in: per client address and per account, so neither
+//! one address nor a botnet aimed at one account can guess passwords fast.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+/// Refused: try again after this many seconds.
+#[derive(Clone, Copy, Debug)]
+pub struct RateLimited {
+    pub retry_after_secs: u64,
+}
+
+pub struct LoginLimiter {
+    per_client: DefaultKeyedRateLimiter<String>,
+    per_account: DefaultKeyedRateLimiter<String>,
+    clock: DefaultClock,
+}
+
+impl LoginLimiter {
+    /// `per_client` attempts a minute from one address; `per_account`
+    /// attempts a minute for one email, each with that much burst.
+    pub fn new(per_client: u32, per_account: u32) -> LoginLimiter {
+        let quota =
+            |n: u32| Quota::per_minute(NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN));
+        LoginLimiter {
+            per_client: RateLimiter::keyed(quota(per_client)),
+            per_account: RateLimiter::keyed(quota(per_account)),
+            clock: DefaultClock::default(),
+        }
+    }
+
+    pub fn check_client(&self, client: &str) -> Result<(), RateLimited> {
+        self.check(&self.per_client, client.to_owned())
+    }
+
+    pub fn check_account(&self, email: &str) -> Result<(), RateLimited> {
+        self.check(&self.per_account, email.trim().to_lowercase())
+    }
+
+    fn check(
+        &self,
+        limiter: &DefaultKeyedRateLimiter<String>,
+        key: String,
+    ) -> Result<(), RateLimited> {
+        limiter.check_key(&key).map_err(|not_until| {
+            let wait: Duration = not_until.wait_time_from(self.clock.now());
+            RateLimited {
+                retry_after_secs: wait.as_secs().max(1),
+            }
+        })
+    }
+
+    /// Drops state for keys that are back to full quota (call periodically
+    /// so memory does not grow with every address ever seen).
+    pub fn prune(&self) {
+        self.per_client.retain_recent();
+        self.per_account.retain_recent();
+    }
+}
