@@ -12,7 +12,10 @@
 //! logs in as a separate app role, exactly as in production, so RLS is
 //! exercised for real (a superuser would bypass it).
 
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use mobius_core::Store;
@@ -323,5 +326,100 @@ pub async fn eventually(timeout: Duration, mut check: impl AsyncFnMut() -> bool)
             return false;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A running `mobius-server` child process (killed on drop, so a failing
+/// test leaves nothing behind).
+pub struct ServerProcess {
+    child: Child,
+    pub addr: SocketAddr,
+    /// The one-time setup code, when the server printed one.
+    pub setup_code: Option<String>,
+}
+
+impl ServerProcess {
+    /// Starts `mobius-server serve` on port 0 with JSON logs in `dir` and
+    /// waits for the line that says where it listens.
+    pub fn start(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
+        Self::start_binary("mobius-server", dir, args, env)
+    }
+
+    pub fn start_binary(
+        binary: &str,
+        dir: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> ServerProcess {
+        let mut command = Command::new(workspace_binary(binary));
+        command
+            .current_dir(dir)
+            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("start mobius-server");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let mut setup_code = None;
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("mobius-server exited before listening")
+                .expect("read mobius-server output");
+            let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if let Some(code) = event["setup_code"].as_str() {
+                setup_code = Some(code.to_owned());
+            }
+            if event["message"] == "admin API listening" {
+                break event["address"]
+                    .as_str()
+                    .and_then(|a| a.parse().ok())
+                    .expect("listening address");
+            }
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        ServerProcess {
+            child,
+            addr,
+            setup_code,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and returns the exit code.
+    pub fn terminate(mut self) -> Option<i32> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+        for _ in 0..100 {
+            if let Some(status) = self.child.try_wait().expect("wait for mobius-server") {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("mobius-server did not exit within 5 s of SIGTERM");
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -1,13 +1,11 @@
 //! The server, in process and as the real `mobius-server` binary.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use mobius_server::serve::Server;
 use mobius_server::{Edition, Settings};
-use mobius_tests::{TestDatabase, workspace_binary};
+use mobius_tests::{ServerProcess, TestDatabase, workspace_binary};
 use sea_orm::sqlx::{self, Connection, PgConnection};
 use secrecy::ExposeSecret;
 
@@ -95,74 +93,6 @@ async fn health_ready_metrics_and_request_ids_in_process() {
 
     stop.send(()).unwrap();
     running.await.unwrap().unwrap();
-}
-
-/// A running `mobius-server` child process, killed if the test fails.
-struct ServerProcess {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl ServerProcess {
-    /// Starts `mobius-server serve` on port 0 and waits for the line that
-    /// says where it listens.
-    fn start(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
-        let mut command = Command::new(workspace_binary("mobius-server"));
-        command
-            .current_dir(dir)
-            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        let mut child = command.spawn().expect("start mobius-server");
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .expect("mobius-server exited before listening")
-                .unwrap();
-            let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            if event["message"] == "admin API listening" {
-                break event["address"].as_str().unwrap().parse().unwrap();
-            }
-        };
-        // Keep draining stdout so the child never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        ServerProcess { child, addr }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// Sends SIGTERM and returns the exit code.
-    fn terminate(mut self) -> Option<i32> {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        for _ in 0..100 {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("mobius-server did not exit within 5 s of SIGTERM");
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[tokio::test]

@@ -68,6 +68,11 @@ impl Metrics {
             "Database pool limit",
             pool_max.clone(),
         );
+        registry.register(
+            "db_statements",
+            "SQL statements sent to the database",
+            statements.clone(),
+        );
         Arc::new(Metrics {
             registry,
             requests,

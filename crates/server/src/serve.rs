@@ -126,7 +126,6 @@ impl Server {
         let addr = self.local_addr();
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let url = format!("{scheme}://{addr}");
-        tracing::info!(address = %addr, url = %url, "admin API listening");
         if let Some(code) = &self.setup_code {
             tracing::warn!(setup_code = %code, "no user yet: finish setup with this one-time code");
             println!(
@@ -134,6 +133,8 @@ impl Server {
                  mobius setup --server {url} --code {code} --email you@example.com --display-name 'Your Name'\n"
             );
         }
+        // After the setup code, so whoever waits for this line has both.
+        tracing::info!(address = %addr, url = %url, "admin API listening");
         let flusher = tokio::spawn(flush_usage_periodically(
             self.store.clone(),
             self.api_token_usage.clone(),

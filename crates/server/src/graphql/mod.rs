@@ -12,7 +12,7 @@ pub mod types;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use async_graphql::dataloader::DataLoader;
+use async_graphql::dataloader::{DataLoader, HashMapCache};
 use async_graphql::http::GraphiQLSource;
 use async_graphql::{Data, Schema};
 use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
@@ -72,8 +72,16 @@ pub async fn execute(
     let reads = context.reads.clone();
     let request = request
         .into_inner()
-        .data(DataLoader::new(SiteLoader(reads.clone()), tokio::spawn))
-        .data(DataLoader::new(TeamLoader(reads), tokio::spawn))
+        .data(DataLoader::with_cache(
+            SiteLoader(reads.clone()),
+            tokio::spawn,
+            HashMapCache::default(),
+        ))
+        .data(DataLoader::with_cache(
+            TeamLoader(reads),
+            tokio::spawn,
+            HashMapCache::default(),
+        ))
         .data(context);
     let response = sanitize(state.schema.execute(request).await);
     GraphQLResponse::from(response).into_response()

@@ -167,6 +167,7 @@ impl Query {
             .page(&filter, order, offset, limit)
             .await
             .map_err(errors::store)?;
+        prefetch_sites_and_teams(ctx, &rows).await?;
         let now = chrono::Utc::now();
         Ok(page(rows, total, offset, |d| DeviceNode::new(d, now)))
     }
@@ -198,6 +199,27 @@ impl Query {
             first_broken_seq: report.first_broken_seq,
         })
     }
+}
+
+/// Loads the page's sites and teams in one batch each (when the query asks
+/// for them), so the per-device resolvers hit the loaders' caches: a page
+/// costs the same number of queries whatever its size, instead of depending
+/// on how the loaders' batching windows happen to fall.
+async fn prefetch_sites_and_teams(ctx: &Context<'_>, rows: &[mobius_core::Device]) -> Result<()> {
+    let look = ctx.look_ahead();
+    let wants = |field: &str| {
+        look.field("nodes").field(field).exists()
+            || look.field("edges").field("node").field(field).exists()
+    };
+    if wants("site") {
+        let ids: std::collections::HashSet<_> = rows.iter().map(|d| d.site_id).collect();
+        ctx.data::<SiteLoads>()?.load_many(ids).await?;
+    }
+    if wants("team") {
+        let ids: std::collections::HashSet<_> = rows.iter().filter_map(|d| d.team_id).collect();
+        ctx.data::<TeamLoads>()?.load_many(ids).await?;
+    }
+    Ok(())
 }
 
 #[derive(async_graphql::SimpleObject)]

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_graphql::connection::{Connection, Edge, EmptyFields};
-use async_graphql::dataloader::{DataLoader, Loader};
+use async_graphql::dataloader::{DataLoader, HashMapCache, Loader};
 use async_graphql::{ComplexObject, Context, Enum, ID, Json, Result, SimpleObject};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -240,7 +240,7 @@ impl DeviceNode {
 impl DeviceNode {
     /// Batched: a page of devices costs one query for all their sites.
     async fn site(&self, ctx: &Context<'_>) -> Result<SiteNode> {
-        ctx.data::<DataLoader<SiteLoader>>()?
+        ctx.data::<SiteLoads>()?
             .load_one(self.site_id)
             .await?
             .ok_or_else(|| errors::not_found("site"))
@@ -250,7 +250,7 @@ impl DeviceNode {
     async fn team(&self, ctx: &Context<'_>) -> Result<Option<TeamNode>> {
         match self.team_id {
             None => Ok(None),
-            Some(team) => ctx.data::<DataLoader<TeamLoader>>()?.load_one(team).await,
+            Some(team) => ctx.data::<TeamLoads>()?.load_one(team).await,
         }
     }
 }
@@ -395,6 +395,10 @@ pub fn page<T: async_graphql::OutputType, R>(
 pub fn parse_id(id: &ID, what: &str) -> Result<Uuid> {
     id.parse::<Uuid>().map_err(|_| errors::not_found(what))
 }
+
+/// The request's cached site and team loaders (one of each per request).
+pub type SiteLoads = DataLoader<SiteLoader, HashMapCache>;
+pub type TeamLoads = DataLoader<TeamLoader, HashMapCache>;
 
 /// Loads sites by id within the request's read scope.
 pub struct SiteLoader(pub Arc<ReadScope>);
