@@ -74,7 +74,7 @@ pub fn router(state: AppState, settings: &Settings, graphql: Option<GraphqlState
         state.metrics.clone(),
         metrics::track,
     ));
-    for layer in hardening::security_headers(settings.tls_cert_file.is_some()) {
+    for layer in hardening::security_headers(settings.serves_tls()) {
         routes = routes.layer(layer);
     }
     if let Some(cors) = hardening::cors(settings) {

@@ -41,13 +41,30 @@ pub struct Server {
     store: Store,
     listener: TcpListener,
     router: axum::Router,
-    tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
     api_token_usage: Arc<ApiTokenUsage>,
     setup_code: Option<String>,
 }
 
 impl Server {
     pub async fn prepare(settings: &Settings, edition: &Edition) -> anyhow::Result<Server> {
+        install_crypto_provider();
+        // Load TLS material first: a bad certificate must stop start-up
+        // before anything announces itself as listening.
+        let tls = match (&settings.tls_cert_file, &settings.tls_key_file) {
+            (Some(cert), Some(key)) => Some(
+                axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "loading TLS certificate {} and key {} (settings tls_cert_file, tls_key_file)",
+                            cert.display(),
+                            key.display()
+                        )
+                    })?,
+            ),
+            _ => None,
+        };
         let store = open_store(settings, edition, settings.migrate_on_start).await?;
         let (tenant_id, created) = store
             .ensure_default_tenant()
@@ -91,10 +108,6 @@ impl Server {
             metrics: Metrics::new(),
         };
         let router = app::router(state, settings, Some(graphql));
-        let tls = settings
-            .tls_cert_file
-            .clone()
-            .zip(settings.tls_key_file.clone());
         Ok(Server {
             store,
             listener,
@@ -147,16 +160,7 @@ impl Server {
                 .with_graceful_shutdown(shutdown)
                 .await
                 .context("serving the admin API")?,
-            Some((cert, key)) => {
-                let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
-                    .await
-                    .with_context(|| {
-                        format!(
-                            "loading TLS certificate {} and key {}",
-                            cert.display(),
-                            key.display()
-                        )
-                    })?;
+            Some(config) => {
                 let handle = axum_server::Handle::new();
                 let on_signal = handle.clone();
                 tokio::spawn(async move {
@@ -188,6 +192,13 @@ async fn flush_usage_periodically(store: Store, usage: Arc<ApiTokenUsage>) {
             tracing::warn!(error = %err, "could not write API-token use times");
         }
     }
+}
+
+/// rustls finds two crypto providers linked in (ring through sqlx,
+/// aws-lc-rs through axum-server) and will not guess; pick aws-lc-rs once
+/// for the whole process.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
 /// Completes on SIGTERM or Ctrl-C.

@@ -194,6 +194,35 @@ impl Settings {
                 "request_timeout_secs must be at least 1".into(),
             ));
         }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return Err(SettingsError(
+                "tls_cert_file and tls_key_file must be set together".into(),
+            ));
+        }
+        for origin in &self.cors_allowed_origins {
+            // An origin is scheme://host[:port], nothing more: anything else
+            // would never match what a browser sends.
+            let exact = url::Url::parse(origin).is_ok_and(|u| {
+                matches!(u.scheme(), "http" | "https")
+                    && u.host_str().is_some()
+                    && u.path() == "/"
+                    && u.query().is_none()
+                    && u.username().is_empty()
+                    && u.origin().ascii_serialization() == *origin
+            });
+            if !exact {
+                return Err(SettingsError(format!(
+                    "cors_allowed_origins: `{origin}` is not an origin like https://admin.example.com"
+                )));
+            }
+        }
+        if self.login_attempts_per_minute_per_client == 0
+            || self.login_attempts_per_minute_per_account == 0
+        {
+            return Err(SettingsError(
+                "login_attempts_per_minute_* must be at least 1".into(),
+            ));
+        }
         if self
             .log_filter
             .parse::<tracing_subscriber::EnvFilter>()
@@ -205,6 +234,11 @@ impl Settings {
             )));
         }
         Ok(())
+    }
+
+    /// Whether the admin listener serves TLS (both files given).
+    pub fn serves_tls(&self) -> bool {
+        self.tls_cert_file.is_some() && self.tls_key_file.is_some()
     }
 
     /// Whether the store is Postgres (any database URL given).

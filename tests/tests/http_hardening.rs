@@ -1,0 +1,498 @@
+//! HTTP hardening of the admin listener, seen from outside the real
+//! `mobius-server` binary: security headers, CORS, the body limit, coded
+//! GraphQL errors, TLS, and graceful shutdown with a request in flight.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mobius_tests::{ServerProcess, eventually, workspace_binary};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn header<'a>(response: &'a reqwest::Response, name: &str) -> Option<&'a str> {
+    response
+        .headers()
+        .get(name)
+        .map(|value| value.to_str().expect("an ASCII header value"))
+}
+
+fn assert_security_headers(response: &reqwest::Response) {
+    let url = response.url().clone();
+    assert_eq!(
+        header(response, "x-content-type-options"),
+        Some("nosniff"),
+        "{url}"
+    );
+    assert_eq!(header(response, "x-frame-options"), Some("DENY"), "{url}");
+    assert_eq!(
+        header(response, "referrer-policy"),
+        Some("no-referrer"),
+        "{url}"
+    );
+    let csp = header(response, "content-security-policy")
+        .unwrap_or_else(|| panic!("{url}: no Content-Security-Policy"));
+    assert!(csp.contains("frame-ancestors 'none'"), "{url}: {csp}");
+}
+
+async fn post_graphql(http: &reqwest::Client, server: &ServerProcess, query: &str) -> Value {
+    let response = http
+        .post(server.url("/api/graphql"))
+        .json(&json!({ "query": query }))
+        .send()
+        .await
+        .expect("POST /api/graphql");
+    assert_eq!(response.status(), 200);
+    response.json().await.expect("a GraphQL answer")
+}
+
+fn first_error_code(answer: &Value) -> &str {
+    answer["errors"][0]["extensions"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("an error with extensions.code: {answer}"))
+}
+
+/// Starts `mobius-server serve` with settings it should refuse, and returns
+/// its exit code and stderr. A server that starts serving instead is
+/// stopped after 10 s and reported with exit code `None`.
+fn refused_start(dir: &Path, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut child = Command::new(workspace_binary("mobius-server"))
+        .current_dir(dir)
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start mobius-server");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        if let Some(status) = child.try_wait().expect("wait for mobius-server") {
+            break status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (code, reader.join().expect("stderr reader"))
+}
+
+#[tokio::test]
+async fn every_response_carries_the_security_headers_and_no_hsts_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &[], &[]);
+    let http = reqwest::Client::new();
+
+    let health = http.get(server.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert_security_headers(&health);
+    assert_eq!(header(&health, "strict-transport-security"), None);
+
+    let graphiql = http
+        .get(server.url("/api/graphql"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(graphiql.status(), 200);
+    assert_security_headers(&graphiql);
+    assert_eq!(header(&graphiql, "strict-transport-security"), None);
+    assert!(
+        header(&graphiql, "content-type").is_some_and(|t| t.starts_with("text/html")),
+        "{:?}",
+        graphiql.headers()
+    );
+    let page = graphiql.text().await.unwrap();
+    assert!(page.to_lowercase().contains("graphiql"), "{page}");
+
+    // Errors too: a browser must not sniff or frame them either.
+    let missing = http.get(server.url("/no/such/page")).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    assert_security_headers(&missing);
+}
+
+/// A browser's preflight for a cross-origin POST with a bearer token.
+async fn preflight(
+    http: &reqwest::Client,
+    server: &ServerProcess,
+    origin: &str,
+) -> reqwest::Response {
+    http.request(Method::OPTIONS, server.url("/api/graphql"))
+        .header("origin", origin)
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization, content-type",
+        )
+        .send()
+        .await
+        .expect("OPTIONS /api/graphql")
+}
+
+#[tokio::test]
+async fn cross_origin_calls_are_allowed_only_from_configured_origins() {
+    let http = reqwest::Client::new();
+
+    let dir = tempfile::tempdir().unwrap();
+    let closed = ServerProcess::start(dir.path(), &[], &[]);
+    let refused = preflight(&http, &closed, "https://evil.example").await;
+    assert_eq!(
+        header(&refused, "access-control-allow-origin"),
+        None,
+        "no origin is allowed by default"
+    );
+    drop(closed);
+
+    let dir = tempfile::tempdir().unwrap();
+    let open = ServerProcess::start(
+        dir.path(),
+        &[],
+        &[(
+            "MOBIUS_CORS_ALLOWED_ORIGINS",
+            r#"["https://admin.example.com"]"#,
+        )],
+    );
+    let allowed = preflight(&http, &open, "https://admin.example.com").await;
+    assert!(allowed.status().is_success(), "{}", allowed.status());
+    assert_eq!(
+        header(&allowed, "access-control-allow-origin"),
+        Some("https://admin.example.com")
+    );
+    assert_eq!(
+        header(&allowed, "access-control-allow-credentials"),
+        Some("true")
+    );
+    let methods = header(&allowed, "access-control-allow-methods").unwrap_or_default();
+    assert!(methods.contains("POST"), "{methods}");
+    let headers = header(&allowed, "access-control-allow-headers")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    assert!(headers.contains("authorization"), "{headers}");
+
+    let other = preflight(&http, &open, "https://evil.example").await;
+    assert_eq!(header(&other, "access-control-allow-origin"), None);
+
+    // The actual call: only the allowed origin may read the answer.
+    for (origin, expected) in [
+        (
+            "https://admin.example.com",
+            Some("https://admin.example.com"),
+        ),
+        ("https://evil.example", None),
+    ] {
+        let response = http
+            .post(open.url("/api/graphql"))
+            .header("origin", origin)
+            .json(&json!({ "query": "{ __typename }" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            header(&response, "access-control-allow-origin"),
+            expected,
+            "{origin}"
+        );
+    }
+}
+
+#[test]
+fn an_origin_that_is_not_a_url_stops_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stderr) = refused_start(
+        dir.path(),
+        &[("MOBIUS_CORS_ALLOWED_ORIGINS", r#"["not a url"]"#)],
+    );
+    assert_eq!(code, Some(2), "stderr: {stderr}");
+    assert!(stderr.contains("cors_allowed_origins"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_refused_with_413() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(
+        dir.path(),
+        &[],
+        &[("MOBIUS_REQUEST_BODY_LIMIT_BYTES", "1024")],
+    );
+    let http = reqwest::Client::new();
+
+    let small = post_graphql(&http, &server, "{ __typename }").await;
+    assert_eq!(small, json!({ "data": { "__typename": "Query" } }));
+
+    // 4 KiB of valid JSON: only its size is wrong.
+    let padded = format!("{{\"query\": \"{{ __typename }}\"{}}}", " ".repeat(4096));
+    let large = http
+        .post(server.url("/api/graphql"))
+        .header("content-type", "application/json")
+        .body(padded)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(large.status(), 413);
+}
+
+#[tokio::test]
+async fn graphql_errors_carry_a_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &[], &[]);
+    let http = reqwest::Client::new();
+
+    let syntax = post_graphql(&http, &server, "{ viewer { kind ").await;
+    assert_eq!(first_error_code(&syntax), "BAD_USER_INPUT", "{syntax}");
+
+    let anonymous = post_graphql(&http, &server, "{ viewer { kind role } }").await;
+    assert_eq!(
+        first_error_code(&anonymous),
+        "UNAUTHENTICATED",
+        "{anonymous}"
+    );
+    assert!(anonymous["data"].is_null(), "{anonymous}");
+
+    // Depth 15 is allowed (GraphiQL's introspection query needs it); 16
+    // is refused.
+    let nested = |depth: usize| {
+        // `__schema`, `types`, `fields`, `type` and `name` are 5 levels.
+        let wrappers = depth - 5;
+        format!(
+            "{{ __schema {{ types {{ fields {{ type {{ {} name {} }} }} }} }} }}",
+            "ofType { ".repeat(wrappers),
+            "} ".repeat(wrappers)
+        )
+    };
+    let deepest_allowed = post_graphql(&http, &server, &nested(15)).await;
+    assert!(deepest_allowed.get("errors").is_none(), "{deepest_allowed}");
+    assert!(deepest_allowed["data"]["__schema"]["types"].is_array());
+    let too_deep = post_graphql(&http, &server, &nested(16)).await;
+    assert!(!first_error_code(&too_deep).is_empty(), "{too_deep}");
+    assert!(too_deep["data"].is_null(), "{too_deep}");
+}
+
+/// A CA, and a server certificate it signed for 127.0.0.1 and localhost.
+struct TestPki {
+    ca_pem: String,
+    server_cert_pem: String,
+    server_key_pem: String,
+}
+
+fn ca(name: &str) -> (CertificateParams, KeyPair) {
+    let key = KeyPair::generate().expect("CA key");
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    (params, key)
+}
+
+fn test_pki() -> TestPki {
+    let (ca_params, ca_key) = ca("Mobius test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).expect("self-sign the CA");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let server_key = KeyPair::generate().expect("server key");
+    let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .expect("server params");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let server_cert = params
+        .signed_by(&server_key, &issuer)
+        .expect("sign the server certificate");
+    TestPki {
+        ca_pem: ca_cert.pem(),
+        server_cert_pem: server_cert.pem(),
+        server_key_pem: server_key.serialize_pem(),
+    }
+}
+
+/// `mobius-server serve` started by hand, for the "admin API listening"
+/// event's fields that [`ServerProcess`] does not keep (the URL); killed
+/// on drop.
+struct LoggedServer {
+    child: Child,
+    listening: Value,
+}
+
+impl LoggedServer {
+    fn start(dir: &Path, env: &[(&str, &str)]) -> LoggedServer {
+        let mut child = Command::new(workspace_binary("mobius-server"))
+            .current_dir(dir)
+            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start mobius-server");
+        let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        let listening = loop {
+            let line = lines
+                .next()
+                .expect("mobius-server exited before listening")
+                .expect("read mobius-server output");
+            if let Ok(event) = serde_json::from_str::<Value>(&line)
+                && event["message"] == "admin API listening"
+            {
+                break event;
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        LoggedServer { child, listening }
+    }
+
+    fn port(&self) -> u16 {
+        let address: std::net::SocketAddr = self.listening["address"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("an address: {}", self.listening));
+        address.port()
+    }
+}
+
+impl Drop for LoggedServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client_trusting(ca_pem: &str) -> reqwest::Client {
+    let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).expect("CA PEM");
+    reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .build()
+        .expect("HTTPS client")
+}
+
+#[tokio::test]
+async fn tls_serves_https_with_hsts_to_clients_that_trust_the_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = test_pki();
+    let cert_file = dir.path().join("server.crt");
+    let key_file = dir.path().join("server.key");
+    std::fs::write(&cert_file, &pki.server_cert_pem).unwrap();
+    std::fs::write(&key_file, &pki.server_key_pem).unwrap();
+    let server = LoggedServer::start(
+        dir.path(),
+        &[
+            ("MOBIUS_TLS_CERT_FILE", cert_file.to_str().unwrap()),
+            ("MOBIUS_TLS_KEY_FILE", key_file.to_str().unwrap()),
+        ],
+    );
+    let port = server.port();
+    assert_eq!(
+        server.listening["url"],
+        format!("https://127.0.0.1:{port}"),
+        "{}",
+        server.listening
+    );
+
+    let health = client_trusting(&pki.ca_pem)
+        .get(format!("https://127.0.0.1:{port}/healthz"))
+        .send()
+        .await
+        .expect("HTTPS to a server whose CA the client trusts");
+    assert_eq!(health.status(), 200);
+    assert_security_headers(&health);
+    let hsts = header(&health, "strict-transport-security").expect("HSTS over TLS");
+    assert!(hsts.starts_with("max-age="), "{hsts}");
+
+    let (other_ca_params, other_ca_key) = ca("Some other CA");
+    let other_ca = other_ca_params.self_signed(&other_ca_key).unwrap();
+    let untrusted = client_trusting(&other_ca.pem())
+        .get(format!("https://127.0.0.1:{port}/healthz"))
+        .send()
+        .await;
+    let err = untrusted.expect_err("a client that does not trust the CA is refused");
+    assert!(format!("{err:?}").contains("UnknownIssuer"), "{err:?}");
+
+    let plain = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/healthz"))
+        .send()
+        .await;
+    assert!(
+        plain.is_err(),
+        "plain HTTP to the TLS port gets no answer: {plain:?}"
+    );
+}
+
+#[test]
+fn a_tls_certificate_without_its_key_stops_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = test_pki();
+    let cert_file = dir.path().join("server.crt");
+    std::fs::write(&cert_file, &pki.server_cert_pem).unwrap();
+    let (code, stderr) = refused_start(
+        dir.path(),
+        &[("MOBIUS_TLS_CERT_FILE", cert_file.to_str().unwrap())],
+    );
+    assert_eq!(code, Some(2), "stderr: {stderr}");
+    assert!(
+        stderr.contains("tls_cert_file") && stderr.contains("tls_key_file"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &[], &[]);
+    let addr = server.addr;
+
+    // A slow upload: headers and half the body now, the rest after SIGTERM.
+    let body = format!("{{\"query\": \"{{ __typename }}\"{}}}", " ".repeat(2000));
+    let (first, rest) = body.as_bytes().split_at(body.len() / 2);
+    let mut upload = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /api/graphql HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    upload.write_all(head.as_bytes()).await.unwrap();
+    upload.write_all(first).await.unwrap();
+    upload.flush().await.unwrap();
+    // Time for the server to read the headers: a connection whose request
+    // has not started yet is simply closed on shutdown.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let stopping = tokio::task::spawn_blocking(move || server.terminate());
+    // The listener closes once shutdown has begun: new connections are
+    // refused while the upload is still open.
+    assert!(
+        eventually(Duration::from_secs(5), async || TcpStream::connect(addr)
+            .await
+            .is_err())
+        .await,
+        "the server stops accepting connections after SIGTERM"
+    );
+    assert!(!stopping.is_finished(), "the server waits for the upload");
+
+    upload.write_all(rest).await.unwrap();
+    upload.flush().await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), upload.read_to_end(&mut response))
+        .await
+        .expect("the response arrives and the connection closes")
+        .unwrap();
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        response.ends_with(r#"{"data":{"__typename":"Query"}}"#),
+        "{response}"
+    );
+
+    assert_eq!(stopping.await.unwrap(), Some(0));
+}
