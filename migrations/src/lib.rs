@@ -10,6 +10,7 @@ use sea_orm_migration::prelude::*;
 mod m20261122_000001_data_model_v1;
 mod m20261122_000002_row_level_security;
 mod m20261122_000003_identity;
+mod m20261122_000004_device_pki;
 mod tables;
 
 pub use tables::{LOOKUP_FUNCTION_SIGNATURES, SHARED_TABLES, TENANT_TABLES};
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000001_data_model_v1::Migration),
             Box::new(m20261122_000002_row_level_security::Migration),
             Box::new(m20261122_000003_identity::Migration),
+            Box::new(m20261122_000004_device_pki::Migration),
         ]
     }
 }

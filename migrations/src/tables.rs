@@ -19,6 +19,8 @@ pub const TENANT_TABLES: &[&str] = &[
     "refresh_tokens",
     "invitations",
     "api_tokens",
+    "certificate_authorities",
+    "revoked_devices",
 ];
 
 /// Tables without `tenant_id` that the request role may still use, with
@@ -33,6 +35,8 @@ pub const LOOKUP_FUNCTION_SIGNATURES: &[&str] = &[
     "mobius_refresh_token_tenant(bytea)",
     "mobius_invitation_tenant(bytea)",
     "mobius_api_token_tenant(bytea)",
+    "mobius_trusted_device_cas()",
+    "mobius_revoked_devices_since(timestamptz)",
 ];
 
 /// The tenant of the current transaction, or NULL (never an error) when

@@ -334,6 +334,8 @@ pub async fn eventually(timeout: Duration, mut check: impl AsyncFnMut() -> bool)
 pub struct ServerProcess {
     child: Child,
     pub addr: SocketAddr,
+    /// The mTLS device listener.
+    pub device_addr: SocketAddr,
     /// The one-time setup code, when the server printed one.
     pub setup_code: Option<String>,
 }
@@ -354,7 +356,15 @@ impl ServerProcess {
         let mut command = Command::new(workspace_binary(binary));
         command
             .current_dir(dir)
-            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--device-listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+            ])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -365,6 +375,7 @@ impl ServerProcess {
         let stdout = child.stdout.take().expect("piped stdout");
         let mut lines = BufReader::new(stdout).lines();
         let mut setup_code = None;
+        let mut device_addr = None;
         let addr = loop {
             let line = lines
                 .next()
@@ -373,6 +384,9 @@ impl ServerProcess {
             let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
                 continue;
             };
+            if event["message"] == "device listener listening" {
+                device_addr = event["address"].as_str().and_then(|a| a.parse().ok());
+            }
             if let Some(code) = event["setup_code"].as_str() {
                 setup_code = Some(code.to_owned());
             }
@@ -388,6 +402,7 @@ impl ServerProcess {
         ServerProcess {
             child,
             addr,
+            device_addr: device_addr.expect("device listener address logged before the admin one"),
             setup_code,
         }
     }

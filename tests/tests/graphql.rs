@@ -44,6 +44,7 @@ impl Harness {
         let mut settings = Settings {
             data_dir: dir.path().to_path_buf(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            device_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             database_app_url: Some(db.app_url()),
             ..Settings::default()
         };

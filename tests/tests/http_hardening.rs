@@ -65,7 +65,15 @@ fn first_error_code(answer: &Value) -> &str {
 fn refused_start(dir: &Path, env: &[(&str, &str)]) -> (Option<i32>, String) {
     let mut child = Command::new(workspace_binary("mobius-server"))
         .current_dir(dir)
-        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--device-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
         .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -332,7 +340,15 @@ impl LoggedServer {
     fn start(dir: &Path, env: &[(&str, &str)]) -> LoggedServer {
         let mut child = Command::new(workspace_binary("mobius-server"))
             .current_dir(dir)
-            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--device-listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+            ])
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -244,6 +244,7 @@ async fn enrollment_token_lookup_by_hash(t: TestStore) {
                 token_hash: hash,
                 expires_at: chrono_now_plus_minutes(15),
                 max_uses: 1,
+                allowed_ips: Vec::new(),
             },
         )
         .await

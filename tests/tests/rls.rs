@@ -2,8 +2,12 @@
 //! through repositories, which filter by tenant anyway): what matters is
 //! what the database refuses when a query forgets.
 
+use std::sync::Arc;
+
 use mobius_core::authz::Role;
+use mobius_core::pki::Pki;
 use mobius_core::postgres_roles::verify_request_role;
+use mobius_core::sealing::LocalSealer;
 use mobius_core::{Actor, NewApiToken, NewEnrollmentToken, NewUser, Store, StoreError, Uuid};
 use mobius_migrations::TENANT_TABLES;
 use mobius_tests::{APP_ROLE, TestDatabase};
@@ -52,11 +56,17 @@ async fn two_populated_tenants(store: &Store) -> (Uuid, Uuid) {
             .add(&actor, team.id, user.id, "observer")
             .await
             .unwrap();
-        scope
+        let device = scope
             .devices()
             .register(&actor, site.id, "host", "fp")
             .await
             .unwrap();
+        scope.devices().revoke(&actor, device.id).await.unwrap();
+        let pki = Pki::new(
+            Arc::new(LocalSealer::new(&[3u8; 32])),
+            chrono::Duration::hours(24),
+        );
+        pki.current_ca(&scope, &actor).await.unwrap();
         scope
             .enrollment_tokens()
             .create(
@@ -67,6 +77,7 @@ async fn two_populated_tenants(store: &Store) -> (Uuid, Uuid) {
                     token_hash: [i as u8; 32],
                     expires_at: chrono::Utc::now(),
                     max_uses: 1,
+                    allowed_ips: Vec::new(),
                 },
             )
             .await

@@ -13,6 +13,7 @@ fn embedded_settings(dir: &std::path::Path) -> Settings {
     Settings {
         data_dir: dir.to_path_buf(),
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        device_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         ..Settings::default()
     }
 }

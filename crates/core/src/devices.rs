@@ -8,8 +8,13 @@ use sea_orm::{
 
 use crate::audit::{Actor, AuditRecord};
 use crate::entities::device;
+use crate::entities::revoked_device;
 use crate::error::{StoreError, StoreResult, conflict_on, valid_name};
+use crate::pki::IssuedCertificate;
 use crate::scope::TenantScope;
+use crate::store::Backend;
+use mobius_api::device::HostFacts;
+use sea_orm::{ConnectionTrait, DbBackend, IntoActiveModel, Statement};
 
 pub type Device = device::Model;
 
@@ -93,6 +98,20 @@ impl<'s> Devices<'s> {
             host_fingerprint: Set(host_fingerprint),
             last_seen_at: Set(None),
             revoked_at: Set(None),
+            os_name: Set(None),
+            os_version: Set(None),
+            kernel_version: Set(None),
+            architecture: Set(None),
+            cpu_model: Set(None),
+            cpu_cores: Set(None),
+            memory_bytes: Set(None),
+            agent_version: Set(None),
+            hardware_uuid: Set(None),
+            facts: Set(None),
+            facts_updated_at: Set(None),
+            ca_id: Set(None),
+            cert_serial: Set(None),
+            cert_not_after: Set(None),
             created_at: Set(now),
             updated_at: Set(now),
         }
@@ -183,6 +202,200 @@ impl<'s> Devices<'s> {
             .all(self.scope.connection())
             .await?;
         Ok((rows, total))
+    }
+
+    pub async fn count(&self) -> StoreResult<u64> {
+        Ok(device::Entity::find()
+            .filter(device::Column::TenantId.eq(self.scope.tenant_id()))
+            .count(self.scope.connection())
+            .await?)
+    }
+
+    pub async fn find_by_fingerprint(&self, fingerprint: &str) -> StoreResult<Option<Device>> {
+        Ok(device::Entity::find()
+            .filter(device::Column::TenantId.eq(self.scope.tenant_id()))
+            .filter(device::Column::HostFingerprint.eq(fingerprint))
+            .one(self.scope.connection())
+            .await?)
+    }
+
+    /// Creates a device during enrollment (audited by the caller, with the
+    /// token and certificate in the event).
+    pub(crate) async fn create_enrolled(
+        &self,
+        site_id: Uuid,
+        hostname: &str,
+        fingerprint: &str,
+    ) -> StoreResult<Device> {
+        let hostname = valid_name("hostname", hostname)?;
+        let fingerprint = valid_name("host_fingerprint", fingerprint)?;
+        let now = chrono::Utc::now();
+        let mut row = device::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            tenant_id: Set(self.scope.tenant_id()),
+            site_id: Set(site_id),
+            team_id: Set(None),
+            hostname: Set(hostname),
+            host_fingerprint: Set(fingerprint),
+            created_at: Set(now),
+            updated_at: Set(now),
+            ..Default::default()
+        };
+        row.last_seen_at = Set(None);
+        row.insert(self.scope.connection())
+            .await
+            .map_err(conflict_on("device", "host_fingerprint"))
+    }
+
+    pub async fn set_certificate(
+        &self,
+        id: Uuid,
+        certificate: &IssuedCertificate,
+    ) -> StoreResult<()> {
+        let mut row = self.get(id).await?.into_active_model();
+        row.ca_id = Set(Some(certificate.ca_id));
+        row.cert_serial = Set(Some(certificate.serial.clone()));
+        row.cert_not_after = Set(Some(certificate.not_after));
+        row.updated_at = Set(chrono::Utc::now());
+        row.update(self.scope.connection()).await?;
+        Ok(())
+    }
+
+    /// Keeps the latest facts: the common ones as columns, all as JSON.
+    pub async fn record_facts(&self, id: Uuid, facts: &HostFacts) -> StoreResult<()> {
+        let mut row = self.get(id).await?.into_active_model();
+        let text =
+            |s: &str| (!s.trim().is_empty()).then(|| s.chars().take(200).collect::<String>());
+        if let Some(hostname) = text(&facts.hostname) {
+            row.hostname = Set(hostname);
+        }
+        row.os_name = Set(text(&facts.os_name));
+        row.os_version = Set(text(&facts.os_version));
+        row.kernel_version = Set(text(&facts.kernel_version));
+        row.architecture = Set(text(&facts.architecture));
+        row.cpu_model = Set(text(&facts.cpu_model));
+        row.cpu_cores = Set(i32::try_from(facts.cpu_cores).ok());
+        row.memory_bytes = Set(i64::try_from(facts.memory_bytes).ok());
+        row.agent_version = Set(text(&facts.agent_version));
+        row.hardware_uuid = Set(facts.hardware_uuid.as_deref().and_then(text));
+        row.facts = Set(serde_json::to_value(facts).ok());
+        let now = chrono::Utc::now();
+        row.facts_updated_at = Set(Some(now));
+        row.updated_at = Set(now);
+        row.update(self.scope.connection()).await?;
+        Ok(())
+    }
+
+    /// Writes coalesced heartbeat times in one statement per 500 devices.
+    pub async fn record_last_seen(
+        &self,
+        seen: &[(Uuid, chrono::DateTime<chrono::Utc>)],
+    ) -> StoreResult<()> {
+        let db = self.scope.connection();
+        match self.scope.backend() {
+            Backend::Postgres => {
+                for chunk in seen.chunks(500) {
+                    let mut sql =
+                        String::from("UPDATE devices AS d SET last_seen_at = v.t FROM (VALUES ");
+                    let mut values: Vec<sea_orm::Value> = Vec::with_capacity(chunk.len() * 2 + 1);
+                    for (i, (id, at)) in chunk.iter().enumerate() {
+                        if i > 0 {
+                            sql.push_str(", ");
+                        }
+                        sql.push_str(&format!(
+                            "(${}::uuid, ${}::timestamptz)",
+                            i * 2 + 1,
+                            i * 2 + 2
+                        ));
+                        values.push((*id).into());
+                        values.push((*at).into());
+                    }
+                    sql.push_str(&format!(
+                        ") AS v(id, t) WHERE d.id = v.id AND d.tenant_id = ${} \
+                         AND (d.last_seen_at IS NULL OR d.last_seen_at < v.t)",
+                        chunk.len() * 2 + 1
+                    ));
+                    values.push(self.scope.tenant_id().into());
+                    db.execute_raw(Statement::from_sql_and_values(
+                        DbBackend::Postgres,
+                        &sql,
+                        values,
+                    ))
+                    .await?;
+                }
+            }
+            Backend::Sqlite => {
+                for (id, at) in seen {
+                    device::Entity::update_many()
+                        .col_expr(device::Column::LastSeenAt, Expr::value(*at))
+                        .filter(device::Column::TenantId.eq(self.scope.tenant_id()))
+                        .filter(device::Column::Id.eq(*id))
+                        .exec(db)
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Revokes a device: its certificate stops working everywhere within
+    /// seconds (listeners poll the revocation list).
+    pub async fn revoke(&self, actor: &Actor, id: Uuid) -> StoreResult<Device> {
+        let device = self.get(id).await?;
+        if device.revoked_at.is_some() {
+            return Ok(device);
+        }
+        let now = chrono::Utc::now();
+        let mut row = device.into_active_model();
+        row.revoked_at = Set(Some(now));
+        row.updated_at = Set(now);
+        let device = row.update(self.scope.connection()).await?;
+        self.add_to_revocation_list(id, now).await?;
+        self.scope
+            .audit()
+            .record(
+                actor,
+                AuditRecord::new("device.revoked", "device", Some(id))
+                    .with_details(serde_json::json!({ "hostname": device.hostname })),
+            )
+            .await?;
+        Ok(device)
+    }
+
+    /// Deletes a device; its certificate is refused from then on.
+    pub async fn delete(&self, actor: &Actor, id: Uuid) -> StoreResult<()> {
+        let device = self.get(id).await?;
+        device::Entity::delete_by_id(id)
+            .exec(self.scope.connection())
+            .await?;
+        self.add_to_revocation_list(id, chrono::Utc::now()).await?;
+        self.scope
+            .audit()
+            .record(
+                actor,
+                AuditRecord::new("device.deleted", "device", Some(id))
+                    .with_details(serde_json::json!({ "hostname": device.hostname })),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn add_to_revocation_list(
+        &self,
+        device_id: Uuid,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<()> {
+        revoked_device::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            tenant_id: Set(self.scope.tenant_id()),
+            device_id: Set(device_id),
+            revoked_at: Set(at),
+            created_at: Set(at),
+            updated_at: Set(at),
+        }
+        .insert(self.scope.connection())
+        .await?;
+        Ok(())
     }
 
     pub async fn get(&self, id: Uuid) -> StoreResult<Device> {

@@ -4,8 +4,12 @@
 //! for low-entropy passwords) and keeps the enroll path cheap.
 
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, Set, prelude::Uuid,
+    ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect, Set, prelude::Uuid,
 };
+
+use crate::secrets;
+use crate::store::Backend;
 
 use crate::audit::{Actor, AuditRecord};
 use crate::entities::enrollment_token;
@@ -20,6 +24,8 @@ pub struct NewEnrollmentToken<'a> {
     pub token_hash: [u8; 32],
     pub expires_at: chrono::DateTime<chrono::Utc>,
     pub max_uses: i32,
+    /// Addresses or CIDR networks allowed to redeem it; empty: any.
+    pub allowed_ips: Vec<String>,
 }
 
 pub struct EnrollmentTokens<'s> {
@@ -43,6 +49,15 @@ impl<'s> EnrollmentTokens<'s> {
                 reason: "must be at least 1".into(),
             });
         }
+        for entry in &new.allowed_ips {
+            if crate::device_enrollment::parse_network(entry).is_none() {
+                return Err(StoreError::Invalid {
+                    field: "allowedIps",
+                    reason: format!("`{entry}` is not an IP address or CIDR network"),
+                });
+            }
+        }
+        let allowed_ips = new.allowed_ips.clone();
         self.scope.sites().get(new.site_id).await?;
         let now = chrono::Utc::now();
         let row = enrollment_token::ActiveModel {
@@ -54,7 +69,11 @@ impl<'s> EnrollmentTokens<'s> {
             expires_at: Set(new.expires_at),
             max_uses: Set(new.max_uses),
             uses: Set(0),
-            allowed_ips: Set(None),
+            allowed_ips: Set(if allowed_ips.is_empty() {
+                None
+            } else {
+                Some(serde_json::json!(allowed_ips))
+            }),
             revoked_at: Set(None),
             created_at: Set(now),
             updated_at: Set(now),
@@ -68,6 +87,73 @@ impl<'s> EnrollmentTokens<'s> {
                 actor,
                 AuditRecord::new("enrollment_token.created", "enrollment_token", Some(row.id))
                     .with_details(serde_json::json!({ "name": row.name, "site_id": row.site_id })),
+            )
+            .await?;
+        Ok(row)
+    }
+
+    pub async fn get(&self, id: Uuid) -> StoreResult<EnrollmentToken> {
+        enrollment_token::Entity::find_by_id(id)
+            .filter(enrollment_token::Column::TenantId.eq(self.scope.tenant_id()))
+            .one(self.scope.connection())
+            .await?
+            .ok_or(StoreError::NotFound {
+                entity: "enrollment token",
+            })
+    }
+
+    /// A page of tokens, newest first, and the total count.
+    pub async fn page(&self, offset: u64, limit: u64) -> StoreResult<(Vec<EnrollmentToken>, u64)> {
+        let query = enrollment_token::Entity::find()
+            .filter(enrollment_token::Column::TenantId.eq(self.scope.tenant_id()));
+        let total = query.clone().count(self.scope.connection()).await?;
+        let rows = query
+            .order_by_desc(enrollment_token::Column::Id)
+            .offset(offset)
+            .limit(limit)
+            .all(self.scope.connection())
+            .await?;
+        Ok((rows, total))
+    }
+
+    /// Finds a token by hash and locks its row to the end of the
+    /// transaction: concurrent redemptions of one token queue here.
+    pub async fn lock_by_hash(&self, hash: &[u8; 32]) -> StoreResult<Option<EnrollmentToken>> {
+        let mut query = enrollment_token::Entity::find()
+            .filter(enrollment_token::Column::TenantId.eq(self.scope.tenant_id()))
+            .filter(enrollment_token::Column::TokenHash.eq(hash.to_vec()));
+        if self.scope.backend() == Backend::Postgres {
+            query = query.lock_exclusive();
+        }
+        let row = query.one(self.scope.connection()).await?;
+        Ok(row.filter(|r| secrets::hashes_match(&r.token_hash, hash)))
+    }
+
+    pub async fn claim_use(&self, token: EnrollmentToken) -> StoreResult<()> {
+        let uses = token.uses + 1;
+        let mut row = token.into_active_model();
+        row.uses = Set(uses);
+        row.updated_at = Set(chrono::Utc::now());
+        row.update(self.scope.connection()).await?;
+        Ok(())
+    }
+
+    pub async fn revoke(&self, actor: &Actor, id: Uuid) -> StoreResult<EnrollmentToken> {
+        let token = self.get(id).await?;
+        if token.revoked_at.is_some() {
+            return Ok(token);
+        }
+        let now = chrono::Utc::now();
+        let mut row = token.into_active_model();
+        row.revoked_at = Set(Some(now));
+        row.updated_at = Set(now);
+        let row = row.update(self.scope.connection()).await?;
+        self.scope
+            .audit()
+            .record(
+                actor,
+                AuditRecord::new("enrollment_token.revoked", "enrollment_token", Some(id))
+                    .with_details(serde_json::json!({ "name": row.name })),
             )
             .await?;
         Ok(row)

@@ -8,6 +8,7 @@ pub mod access_tokens;
 mod api_tokens;
 mod audit;
 pub mod authz;
+mod device_enrollment;
 mod devices;
 mod enrollment;
 mod entities;
@@ -15,7 +16,9 @@ mod error;
 pub mod identity;
 mod invitations;
 pub mod passwords;
+pub mod pki;
 pub mod postgres_roles;
+pub mod presence;
 mod scope;
 pub mod sealing;
 pub mod secrets;
@@ -28,6 +31,9 @@ mod users;
 
 pub use api_tokens::{ApiToken, ApiTokens, DEFAULT_API_TOKEN_DAYS, NewApiToken};
 pub use audit::{Actor, ActorKind, AuditEvent, AuditLog, AuditRecord, ChainVerification};
+pub use device_enrollment::{
+    EnrollError, Enrolled, EnrollmentRequest, Entitlements, FixedDeviceLimit, enroll, parse_network,
+};
 pub use devices::{
     Device, DeviceFilter, DeviceOrder, DeviceStatus, Devices, HEARTBEAT_INTERVAL_SECS,
     MISSED_HEARTBEATS_OFFLINE,

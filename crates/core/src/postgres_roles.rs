@@ -47,6 +47,31 @@ pub async fn ensure_app_role(
     if owner.backend() != Backend::Postgres {
         return Ok(());
     }
+    // Role and grant changes write shared catalog rows; two servers doing
+    // this at once (replicas starting together) get "tuple concurrently
+    // updated" from one of them. Every step is idempotent, so try again.
+    let mut attempt = 0;
+    loop {
+        match apply_app_role(owner, role, password).await {
+            Err(err) if attempt < 8 && is_concurrent_catalog_update(&err) => {
+                attempt += 1;
+                let pause = 20 + rand::random::<u64>() % (40 * attempt);
+                tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn is_concurrent_catalog_update(err: &StoreError) -> bool {
+    matches!(err, StoreError::Database(e) if e.to_string().contains("tuple concurrently updated"))
+}
+
+async fn apply_app_role(
+    owner: &Store,
+    role: &str,
+    password: Option<&SecretString>,
+) -> StoreResult<()> {
     let db = owner.connection();
     let exists = db
         .query_one_raw(pg(

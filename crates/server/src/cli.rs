@@ -45,6 +45,9 @@ struct SettingsArgs {
     /// Data directory for the embedded store and generated secrets [default: ./mobius-data].
     #[arg(long, global = true, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// mTLS device listener address [default: 0.0.0.0:8443].
+    #[arg(long, global = true, value_name = "ADDR")]
+    device_listen: Option<std::net::SocketAddr>,
     /// Log format [default: auto: pretty on a terminal, JSON otherwise].
     #[arg(long, global = true, value_enum)]
     log_format: Option<LogFormat>,
@@ -75,6 +78,7 @@ pub fn main(edition: Edition) -> ExitCode {
         database_url: cli.settings.database_url.clone(),
         database_app_url: cli.settings.database_app_url.clone(),
         log_format: cli.settings.log_format,
+        device_listen: cli.settings.device_listen,
     };
     let settings = match Settings::load(cli.settings.config.as_deref(), &flags) {
         Ok(settings) => settings,

@@ -14,3 +14,6 @@ pub mod telemetry;
 
 pub use edition::Edition;
 pub use settings::Settings;
+pub mod device_api;
+pub mod device_listener;
+pub mod device_tls;

@@ -19,11 +19,18 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 
 use crate::app::{self, AppState};
+use crate::device_api::{self, DeviceState, Trust};
+use crate::device_listener;
+use crate::device_tls::{self, TenantCaVerifier};
 use crate::edition::Edition;
+use crate::graphql::DeviceAdmin;
 use crate::graphql::{self, GraphqlState};
 use crate::limits::LoginLimiter;
 use crate::metrics::Metrics;
 use crate::settings::Settings;
+use mobius_core::FixedDeviceLimit;
+use mobius_core::pki::Pki;
+use mobius_core::presence::{Presence, Revocations};
 
 /// Name of the embedded store's file inside the data directory.
 pub const SQLITE_FILE: &str = "mobius.db";
@@ -44,6 +51,18 @@ pub struct Server {
     tls: Option<axum_server::tls_rustls::RustlsConfig>,
     api_token_usage: Arc<ApiTokenUsage>,
     setup_code: Option<String>,
+    devices: DeviceSide,
+}
+
+/// The device listener and what runs beside it.
+struct DeviceSide {
+    listener: TcpListener,
+    tls: rustls::ServerConfig,
+    router: axum::Router,
+    presence: Arc<Presence>,
+    revocations: Arc<Revocations>,
+    trust: Arc<Trust>,
+    revocation_lookback: chrono::Duration,
 }
 
 impl Server {
@@ -80,7 +99,7 @@ impl Server {
             )
             .context("loading the master key (setting `master_key`)")?,
         );
-        let access = AccessTokens::load(store.clone(), sealer)
+        let access = AccessTokens::load(store.clone(), sealer.clone())
             .await
             .context("loading the JWT signing keys")?;
         let identity = Identity::new(store.clone(), Arc::new(access));
@@ -92,13 +111,83 @@ impl Server {
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {} (setting `listen`)", settings.listen))?;
+
+        // The device side: server identity, tenant CAs, the mTLS listener.
+        let certificate_ttl =
+            chrono::Duration::seconds(settings.device_certificate_ttl_secs as i64);
+        let pki = Arc::new(Pki::new(sealer, certificate_ttl));
+        {
+            let scope = store.begin(tenant_id).await?;
+            pki.current_ca(&scope, &mobius_core::Actor::system())
+                .await?;
+            scope.commit().await?;
+        }
+        let configured = match (
+            &settings.device_tls_cert_file,
+            &settings.device_tls_key_file,
+            &settings.device_tls_ca_file,
+        ) {
+            (Some(c), Some(k), Some(a)) => Some((c.as_path(), k.as_path(), a.as_path())),
+            _ => None,
+        };
+        let server_identity =
+            device_tls::server_identity(&settings.data_dir, configured, &settings.device_hostnames)
+                .context("loading the device listener's TLS identity")?;
+        let verifier = Arc::new(TenantCaVerifier::new());
+        let trust = Arc::new(Trust::new(store.clone(), verifier.clone()));
+        trust.reload().await.context("loading the tenant CAs")?;
+        let revocations = Arc::new(Revocations::default());
+        revocations
+            .poll(&store, certificate_ttl)
+            .await
+            .context("loading revoked devices")?;
+        let presence = Arc::new(Presence::default());
+        let device_state = DeviceState {
+            store: store.clone(),
+            pki: pki.clone(),
+            entitlements: Arc::new(FixedDeviceLimit(settings.device_limit)),
+            presence: presence.clone(),
+            revocations: revocations.clone(),
+            trust: trust.clone(),
+            server_ca_pem: Arc::new(server_identity.ca_pem.clone()),
+            heartbeat_interval_secs: settings.heartbeat_interval_secs,
+        };
+        let device_listener = TcpListener::bind(settings.device_listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} (setting `device_listen`)",
+                    settings.device_listen
+                )
+            })?;
+        let devices = DeviceSide {
+            listener: device_listener,
+            tls: device_tls::server_config(&server_identity, verifier)?,
+            router: device_api::router(device_state),
+            presence,
+            revocations: revocations.clone(),
+            trust: trust.clone(),
+            revocation_lookback: certificate_ttl,
+        };
+        let device_admin = DeviceAdmin {
+            pki,
+            trust,
+            revocations,
+            ca_pin: server_identity.ca_pin,
+            heartbeat_interval_secs: settings.heartbeat_interval_secs,
+        };
         let api_token_usage = Arc::new(ApiTokenUsage::default());
         let limiter = LoginLimiter::new(
             settings.login_attempts_per_minute_per_client,
             settings.login_attempts_per_minute_per_account,
         );
         let graphql = GraphqlState {
-            schema: graphql::schema(Some((store.clone(), identity.clone(), limiter))),
+            schema: graphql::schema(Some(graphql::Services {
+                store: store.clone(),
+                identity: identity.clone(),
+                limiter,
+                devices: device_admin,
+            })),
             store: store.clone(),
             identity,
             api_token_usage: api_token_usage.clone(),
@@ -115,7 +204,16 @@ impl Server {
             tls,
             api_token_usage,
             setup_code,
+            devices,
         })
+    }
+
+    /// Where the device listener listens.
+    pub fn device_addr(&self) -> SocketAddr {
+        self.devices
+            .listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
     /// The one-time setup code, when the store has no user yet.
@@ -146,12 +244,45 @@ impl Server {
                  mobius setup --server {url} --code {code} --email you@example.com --display-name 'Your Name'\n"
             );
         }
-        // After the setup code, so whoever waits for this line has both.
-        tracing::info!(address = %addr, url = %url, "admin API listening");
-        let flusher = tokio::spawn(flush_usage_periodically(
-            self.store.clone(),
-            self.api_token_usage.clone(),
+        // One shutdown signal, shared by both listeners.
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+
+        let device_addr = self.device_addr();
+        let devices = self.devices;
+        tracing::info!(address = %device_addr, url = %format!("https://{device_addr}"), "device listener listening");
+        let device_listener = tokio::spawn(device_listener::serve(
+            devices.listener,
+            devices.tls,
+            devices.router,
+            stopped(stop_rx.clone()),
         ));
+        let background = [
+            tokio::spawn(flush_usage_periodically(
+                self.store.clone(),
+                self.api_token_usage.clone(),
+            )),
+            tokio::spawn(flush_presence_periodically(
+                self.store.clone(),
+                devices.presence.clone(),
+            )),
+            tokio::spawn(poll_revocations(
+                self.store.clone(),
+                devices.revocations.clone(),
+                devices.revocation_lookback,
+            )),
+            tokio::spawn(reload_trust_periodically(devices.trust.clone())),
+        ];
+        // After the setup code and the device listener, so whoever waits
+        // for this line has all three.
+        tracing::info!(address = %addr, url = %url, "admin API listening");
+        let shutdown = stopped(stop_rx);
         let app = self
             .router
             .into_make_service_with_connect_info::<SocketAddr>();
@@ -174,13 +305,55 @@ impl Server {
                     .context("serving the admin API over TLS")?;
             }
         }
-        flusher.abort();
+        if let Err(err) = device_listener.await {
+            tracing::warn!(error = %err, "device listener task failed");
+        }
+        for task in background {
+            task.abort();
+        }
+        if let Err(err) = devices.presence.flush(&self.store).await {
+            tracing::warn!(error = %err, "could not write device last-seen times at shutdown");
+        }
         if let Err(err) = self.api_token_usage.flush(&self.store).await {
             tracing::warn!(error = %err, "could not write API-token use times at shutdown");
         }
         tracing::info!("in-flight requests drained; closing the store");
         self.store.close().await.context("closing the store")?;
         Ok(())
+    }
+}
+
+/// Heartbeats are recorded in memory; this writes them at least once a second.
+async fn flush_presence_periodically(store: Store, presence: Arc<Presence>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if let Err(err) = presence.flush(&store).await {
+            tracing::warn!(error = %err, "could not write device last-seen times");
+        }
+    }
+}
+
+/// Revocations made anywhere reach this listener within about a second.
+async fn poll_revocations(store: Store, revocations: Arc<Revocations>, lookback: chrono::Duration) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if let Err(err) = revocations.poll(&store, lookback).await {
+            tracing::warn!(error = %err, "could not poll device revocations");
+        }
+    }
+}
+
+/// Picks up CAs created or rotated by other servers (this server reloads
+/// at once after its own changes).
+async fn reload_trust_periodically(trust: Arc<Trust>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tick.tick().await;
+        if let Err(err) = trust.reload().await {
+            tracing::warn!(error = %err, "could not reload trusted tenant CAs");
+        }
     }
 }
 

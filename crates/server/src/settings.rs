@@ -69,6 +69,24 @@ pub struct Settings {
     pub login_attempts_per_minute_per_client: u32,
     /// Sign-in attempts allowed per minute for one account (email).
     pub login_attempts_per_minute_per_account: u32,
+    /// Address of the mTLS device listener (agents connect here).
+    pub device_listen: SocketAddr,
+    /// Extra names (DNS or IP) for the device listener's generated
+    /// certificate, besides localhost, 127.0.0.1 and ::1.
+    pub device_hostnames: Vec<String>,
+    /// Use this certificate chain (PEM) for the device listener instead of
+    /// generating one...
+    pub device_tls_cert_file: Option<PathBuf>,
+    /// ...with this key (PEM)...
+    pub device_tls_key_file: Option<PathBuf>,
+    /// ...issued by this CA (PEM), whose key enrollment tokens pin.
+    pub device_tls_ca_file: Option<PathBuf>,
+    /// Lifetime of device client certificates (agents renew at half-life).
+    pub device_certificate_ttl_secs: u64,
+    /// How often agents are told to heartbeat.
+    pub heartbeat_interval_secs: u64,
+    /// Most devices a tenant may enroll (unset: no limit).
+    pub device_limit: Option<u64>,
 }
 
 impl Default for Settings {
@@ -92,6 +110,14 @@ impl Default for Settings {
             tls_key_file: None,
             login_attempts_per_minute_per_client: 30,
             login_attempts_per_minute_per_account: 10,
+            device_listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            device_hostnames: Vec::new(),
+            device_tls_cert_file: None,
+            device_tls_key_file: None,
+            device_tls_ca_file: None,
+            device_certificate_ttl_secs: 24 * 3600,
+            heartbeat_interval_secs: 30,
+            device_limit: None,
         }
     }
 }
@@ -118,6 +144,14 @@ const SETTING_NAMES: &[&str] = &[
     "tls_key_file",
     "login_attempts_per_minute_per_client",
     "login_attempts_per_minute_per_account",
+    "device_listen",
+    "device_hostnames",
+    "device_tls_cert_file",
+    "device_tls_key_file",
+    "device_tls_ca_file",
+    "device_certificate_ttl_secs",
+    "heartbeat_interval_secs",
+    "device_limit",
 ];
 
 /// Values given as command-line flags; `None` means "not given".
@@ -133,6 +167,8 @@ pub struct FlagOverrides {
     pub database_app_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_listen: Option<SocketAddr>,
 }
 
 /// A setting that could not be loaded, with the setting's name in the text.
@@ -197,6 +233,27 @@ impl Settings {
         if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
             return Err(SettingsError(
                 "tls_cert_file and tls_key_file must be set together".into(),
+            ));
+        }
+        let device_files = [
+            &self.device_tls_cert_file,
+            &self.device_tls_key_file,
+            &self.device_tls_ca_file,
+        ];
+        let given = device_files.iter().filter(|f| f.is_some()).count();
+        if given != 0 && given != 3 {
+            return Err(SettingsError(
+                "device_tls_cert_file, device_tls_key_file and device_tls_ca_file must be set together".into(),
+            ));
+        }
+        if self.device_certificate_ttl_secs < 60 {
+            return Err(SettingsError(
+                "device_certificate_ttl_secs must be at least 60".into(),
+            ));
+        }
+        if self.heartbeat_interval_secs == 0 {
+            return Err(SettingsError(
+                "heartbeat_interval_secs must be at least 1".into(),
             ));
         }
         for origin in &self.cors_allowed_origins {

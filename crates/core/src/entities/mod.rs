@@ -3,10 +3,12 @@
 
 pub(crate) mod api_token;
 pub(crate) mod audit_event;
+pub(crate) mod certificate_authority;
 pub(crate) mod device;
 pub(crate) mod enrollment_token;
 pub(crate) mod invitation;
 pub(crate) mod refresh_token;
+pub(crate) mod revoked_device;
 pub(crate) mod signing_key;
 pub(crate) mod site;
 pub(crate) mod team;

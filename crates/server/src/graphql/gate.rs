@@ -100,6 +100,27 @@ pub async fn read<'c>(
     Ok((principal, scope))
 }
 
+/// For operations on one device: finds it (NOT_FOUND if it is not in the
+/// caller's tenant), then checks `op` against the device's team before
+/// anything is changed or returned.
+pub async fn write_on_device<'c>(
+    ctx: &Context<'c>,
+    op: Operation,
+    device: Uuid,
+) -> Result<(&'c Principal, TenantScope)> {
+    let principal = principal(ctx)?;
+    let store = &ctx.data::<WriteStore>()?.0;
+    let scope = store
+        .begin(principal.tenant_id)
+        .await
+        .map_err(errors::store)?;
+    let found = scope.devices().get(device).await.map_err(errors::store)?;
+    principal
+        .authorize(op, found.team_id)
+        .map_err(errors::denied)?;
+    Ok((principal, scope))
+}
+
 /// Checks `op`, then opens a write transaction in the caller's tenant; the
 /// resolver commits it.
 pub async fn write<'c>(

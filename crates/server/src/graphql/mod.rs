@@ -2,6 +2,7 @@
 //! mutations, GET for GraphiQL, and graphql-ws subscriptions on the same
 //! path.
 
+mod devices;
 mod errors;
 pub mod gate;
 mod mutation;
@@ -29,7 +30,11 @@ pub use errors::sanitize;
 use gate::{Caller, ReadScope, RequestContext, WriteStore};
 use types::{SiteLoader, TeamLoader};
 
-pub type MobiusSchema = Schema<query::Query, mutation::Mutation, subscription::Subscription>;
+pub type MobiusSchema = Schema<query::Query, MutationRoot, subscription::Subscription>;
+
+/// Mutations are split by area and merged.
+#[derive(async_graphql::MergedObject, Default)]
+pub struct MutationRoot(mutation::Mutation, devices::DeviceMutation);
 
 /// Depth 15 admits GraphiQL's introspection query; complexity 1000 admits a
 /// full 500-device page with its sites and teams but not nested abuse.
@@ -45,13 +50,42 @@ pub struct GraphqlState {
     pub api_token_usage: Arc<ApiTokenUsage>,
 }
 
+/// What resolvers use besides the request context.
+pub struct Services {
+    pub store: Store,
+    pub identity: Identity,
+    pub limiter: LoginLimiter,
+    pub devices: DeviceAdmin,
+}
+
+/// The device side, as the admin API needs it.
+pub struct DeviceAdmin {
+    pub pki: Arc<mobius_core::pki::Pki>,
+    /// Reloaded after a CA is created or rotated, so the device listener
+    /// trusts it at once.
+    pub trust: Arc<crate::device_api::Trust>,
+    /// Updated at once on revocation (other servers poll).
+    pub revocations: Arc<mobius_core::presence::Revocations>,
+    /// Pin of the device listener's CA, embedded in enrollment tokens.
+    pub ca_pin: [u8; 32],
+    pub heartbeat_interval_secs: u64,
+}
+
 /// The schema with its services. `print-schema` builds it without them.
-pub fn schema(services: Option<(Store, Identity, LoginLimiter)>) -> MobiusSchema {
-    let mut builder = Schema::build(query::Query, mutation::Mutation, subscription::Subscription)
-        .limit_depth(MAX_DEPTH)
-        .limit_complexity(MAX_COMPLEXITY);
-    if let Some((store, identity, limiter)) = services {
-        builder = builder.data(WriteStore(store)).data(identity).data(limiter);
+pub fn schema(services: Option<Services>) -> MobiusSchema {
+    let mut builder = Schema::build(
+        query::Query,
+        MutationRoot::default(),
+        subscription::Subscription,
+    )
+    .limit_depth(MAX_DEPTH)
+    .limit_complexity(MAX_COMPLEXITY);
+    if let Some(services) = services {
+        builder = builder
+            .data(WriteStore(services.store))
+            .data(services.identity)
+            .data(services.limiter)
+            .data(services.devices);
     }
     builder.finish()
 }

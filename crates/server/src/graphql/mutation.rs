@@ -13,6 +13,7 @@ use super::types::*;
 use crate::error::ErrorCode;
 use crate::limits::{LoginLimiter, RateLimited};
 
+#[derive(Default)]
 pub struct Mutation;
 
 #[derive(InputObject)]

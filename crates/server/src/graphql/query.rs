@@ -172,6 +172,26 @@ impl Query {
         Ok(page(rows, total, offset, |d| DeviceNode::new(d, now)))
     }
 
+    async fn enrollment_tokens(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Page<super::devices::EnrollmentTokenNode>> {
+        super::devices::enrollment_tokens(ctx, first, after).await
+    }
+
+    async fn device(&self, ctx: &Context<'_>, id: ID) -> Result<DeviceNode> {
+        let id = parse_id(&id, "device")?;
+        let principal = gate::principal(ctx)?;
+        let (_, scope) = gate::read(ctx, Operation::ViewDevices, principal.token_team).await?;
+        let device = scope.devices().get(id).await.map_err(errors::store)?;
+        if principal.token_team.is_some() && device.team_id != principal.token_team {
+            return Err(errors::not_found("device"));
+        }
+        Ok(DeviceNode::new(device, chrono::Utc::now()))
+    }
+
     async fn audit_events(
         &self,
         ctx: &Context<'_>,
