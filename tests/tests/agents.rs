@@ -832,3 +832,90 @@ async fn enrollment_and_heartbeat_throughput_figures() {
     );
     assert_eq!(fleet.device_count().await, 200);
 }
+
+#[tokio::test]
+async fn operators_drive_enrollment_and_revocation_from_the_cli() {
+    let fleet = Fleet::start(&[]).await;
+    let site = fleet.default_site().await;
+    let mobius = |args: &[&str]| {
+        Command::new(workspace_binary("mobius"))
+            .args(args)
+            .env("MOBIUS_SERVER", fleet.server.url(""))
+            .env("MOBIUS_TOKEN", &fleet.token)
+            .env("MOBIUS_CONFIG_DIR", fleet.data_dir.path().join("cli"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let created = mobius(&[
+        "enroll-tokens",
+        "create",
+        "--site-id",
+        &site,
+        "--max-uses",
+        "2",
+        "-o",
+        "json",
+    ]);
+    assert!(created.status.success(), "{}", text(&created));
+    let created: Value = serde_json::from_slice(&created.stdout).unwrap();
+    let token = created["token"].as_str().unwrap();
+    assert!(token.starts_with("mobius1."));
+    let bad = mobius(&[
+        "enroll-tokens",
+        "create",
+        "--site-id",
+        &site,
+        "--allowed-ip",
+        "not-an-ip",
+    ]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(text(&bad).contains("BAD_USER_INPUT"), "{}", text(&bad));
+
+    let state = tempfile::tempdir().unwrap();
+    let enrolled = agent(
+        &state.path().join("a"),
+        &["enroll", "--server", &fleet.device_url(), "--token", token],
+        "cli-host",
+    )
+    .output()
+    .unwrap();
+    assert!(enrolled.status.success(), "{}", text(&enrolled));
+    let listed = mobius(&["enroll-tokens", "list", "-o", "json"]);
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed[0]["uses"], 1);
+    assert!(
+        !listed
+            .to_string()
+            .contains(token.split('.').nth(1).unwrap()),
+        "secrets are never listed"
+    );
+
+    let devices = mobius(&["devices", "list", "-o", "json"]);
+    let devices: Value = serde_json::from_slice(&devices.stdout).unwrap();
+    assert_eq!(devices.as_array().unwrap().len(), 1, "{devices}");
+    let id = devices[0]["id"].as_str().unwrap().to_owned();
+    let revoked = mobius(&["devices", "revoke", &id]);
+    assert!(revoked.status.success(), "{}", text(&revoked));
+    let listed = mobius(&["devices", "list", "--status", "revoked", "-o", "json"]);
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed[0]["id"], id.as_str());
+    let deleted = mobius(&["devices", "delete", &id]);
+    assert!(deleted.status.success(), "{}", text(&deleted));
+    assert_eq!(fleet.device_count().await, 0);
+    let revoke_token = mobius(&[
+        "enroll-tokens",
+        "revoke",
+        created["enrollmentToken"]["id"].as_str().unwrap(),
+    ]);
+    assert!(revoke_token.status.success(), "{}", text(&revoke_token));
+    let again = agent(
+        &state.path().join("b"),
+        &["enroll", "--server", &fleet.device_url(), "--token", token],
+        "cli-host-2",
+    )
+    .output()
+    .unwrap();
+    assert_eq!(again.status.code(), Some(1));
+    assert!(text(&again).contains("revoked"), "{}", text(&again));
+}

@@ -139,6 +139,15 @@ pub enum Command {
     #[command(subcommand)]
     Devices(DevicesCommand),
 
+    /// Manage enrollment tokens, which agents use once to enroll
+    #[command(
+        subcommand,
+        name = "enroll-tokens",
+        after_help = "Example:\n  mobius enroll-tokens create --site-id <SITE> --max-uses 10 --ttl-minutes 60\n  \
+                      mobius-agent enroll --server https://mobius.example:8443 --token <TOKEN>"
+    )]
+    EnrollTokens(EnrollTokensCommand),
+
     /// Read the audit log
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -257,10 +266,60 @@ pub struct CreateApiTokenArgs {
 pub enum DevicesCommand {
     /// List devices, optionally filtered
     List(DeviceListArgs),
+    /// Revoke a device: its agent is refused within seconds and stops
+    Revoke {
+        /// The device's ID
+        id: String,
+    },
+    /// Delete a device (its certificate is refused from then on)
+    Delete {
+        /// The device's ID
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EnrollTokensCommand {
+    /// List enrollment tokens (without their secrets)
+    List(ListArgs),
+    /// Create a token; it is printed once and cannot be shown again
+    Create(CreateEnrollTokenArgs),
+    /// Revoke a token so no further agent can use it
+    Revoke {
+        /// The token's ID (not the token itself)
+        id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateEnrollTokenArgs {
+    /// The site enrolled devices join
+    #[arg(long, value_name = "ID")]
+    pub site_id: String,
+
+    /// A name that says what the token is for
+    #[arg(long, default_value = "enrollment token")]
+    pub name: String,
+
+    /// Minutes until the token expires (at most a week)
+    #[arg(long, value_name = "MINUTES", default_value_t = 15, value_parser = clap::value_parser!(u32).range(1..=10080))]
+    pub ttl_minutes: u32,
+
+    /// How many agents may enroll with it
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100000))]
+    pub max_uses: u32,
+
+    /// Only agents connecting from this address or CIDR network (repeatable)
+    #[arg(long = "allowed-ip", value_name = "IP_OR_CIDR")]
+    pub allowed_ips: Vec<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct DeviceListArgs {
+    /// Only devices reporting this OS name (as in `devices list`)
+    #[arg(long = "os", value_name = "NAME")]
+    pub os_name: Option<String>,
+
     /// Only devices in this site
     #[arg(long, value_name = "ID")]
     pub site_id: Option<String>,

@@ -57,6 +57,8 @@ pub struct DeviceFilter {
     pub status: Option<DeviceStatus>,
     /// Case-insensitive substring of the hostname.
     pub hostname_search: Option<String>,
+    /// Exact OS name as reported by the agent (e.g. `Debian GNU/Linux`).
+    pub os_name: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -153,6 +155,9 @@ impl<'s> Devices<'s> {
         }
         if let Some(team) = filter.team_id {
             condition = condition.add(device::Column::TeamId.eq(team));
+        }
+        if let Some(os) = &filter.os_name {
+            condition = condition.add(device::Column::OsName.eq(os.as_str()));
         }
         if let Some(search) = filter
             .hostname_search

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
 use super::Context;
 use crate::cli::{DeviceListArgs, DevicesCommand};
@@ -11,11 +11,11 @@ use crate::pagination::fetch_list;
 
 const LIST: &str = "query Devices(
   $first: Int, $after: String, $siteId: ID, $teamId: ID,
-  $status: DeviceStatus, $hostnameSearch: String, $orderBy: DeviceOrder
+  $status: DeviceStatus, $hostnameSearch: String, $osName: String, $orderBy: DeviceOrder
 ) {
   devices(
     first: $first, after: $after, siteId: $siteId, teamId: $teamId,
-    status: $status, hostnameSearch: $hostnameSearch, orderBy: $orderBy
+    status: $status, hostnameSearch: $hostnameSearch, osName: $osName, orderBy: $orderBy
   ) {
     nodes {
       id hostname status lastSeenAt createdAt
@@ -88,8 +88,28 @@ pub async fn run(ctx: &Context, command: DevicesCommand) -> Result<()> {
             listing.note_truncation("devices");
             Ok(())
         }
+        DevicesCommand::Revoke { id } => {
+            let mut client = ctx.client()?;
+            let revoked: Value = client
+                .query("revokeDevice", REVOKE, json!({ "id": id }))
+                .await?;
+            ctx.output
+                .confirmation(&format!("revoked device {id}\n"), &revoked)
+        }
+        DevicesCommand::Delete { id } => {
+            let mut client = ctx.client()?;
+            let _: Value = client
+                .query("deleteDevice", DELETE, json!({ "id": id }))
+                .await?;
+            ctx.output
+                .confirmation(&format!("deleted device {id}\n"), &json!({ "id": id }))
+        }
     }
 }
+
+const REVOKE: &str =
+    "mutation RevokeDevice($id: ID!) { revokeDevice(id: $id) { id hostname status revokedAt } }";
+const DELETE: &str = "mutation DeleteDevice($id: ID!) { deleteDevice(id: $id) }";
 
 /// Only the filters given are sent: an explicit null could mean "no site"
 /// rather than "any site".
@@ -104,6 +124,7 @@ fn filters(args: &DeviceListArgs) -> Map<String, Value> {
     set("teamId", args.team_id.as_deref());
     set("status", args.status.map(|status| status.as_graphql()));
     set("hostnameSearch", args.search.as_deref());
+    set("osName", args.os_name.as_deref());
     set("orderBy", Some(args.order_by.as_graphql()));
     filters
 }

@@ -4,6 +4,7 @@
 pub mod api_tokens;
 pub mod audit;
 pub mod devices;
+mod enrollment_tokens;
 pub mod graphql;
 pub mod session;
 pub mod sites_and_teams;
@@ -130,6 +131,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Users(command) => users::run(&ctx, command).await,
         Command::ApiTokens(command) => api_tokens::run(&ctx, command).await,
         Command::Devices(command) => devices::run(&ctx, command).await,
+        Command::EnrollTokens(command) => enrollment_tokens::run(&ctx, command).await,
         Command::Audit(command) => audit::run(&ctx, command).await,
         Command::Graphql(args) => graphql::run(&ctx, args).await,
     }

@@ -138,6 +138,7 @@ impl Query {
         team_id: Option<ID>,
         status: Option<DeviceStatus>,
         hostname_search: Option<String>,
+        os_name: Option<String>,
         order_by: Option<DeviceOrder>,
     ) -> Result<Page<DeviceNode>> {
         let (offset, limit) = page_window(first, after.as_deref())?;
@@ -153,6 +154,7 @@ impl Query {
                 .transpose()?,
             status: status.map(Into::into),
             hostname_search,
+            os_name,
         };
         if let Some(scoped) = principal.token_team {
             filter.team_id = Some(scoped);
