@@ -187,12 +187,10 @@ impl Identity {
         meta: &RequestMeta,
     ) -> IdentityResult<Session> {
         let hash = secrets::sha256(refresh_token);
-        let tenant = self
-            .store
-            .tenant_by_secret_hash(SecretKind::RefreshToken, &hash)
-            .await?
-            .ok_or(IdentityError::InvalidToken)?;
-        let scope = self.store.begin(tenant).await?;
+        let scope = self
+            .owner_scope(SecretKind::RefreshToken, &hash, IdentityError::InvalidToken)
+            .await?;
+        let tenant = scope.tenant_id();
         let token = scope
             .refresh_tokens()
             .find_by_hash(&hash)
@@ -279,12 +277,9 @@ impl Identity {
     ) -> IdentityResult<Session> {
         let password_hash = hash_password(password).await?;
         let hash = secrets::sha256(code);
-        let tenant = self
-            .store
-            .tenant_by_secret_hash(SecretKind::Invitation, &hash)
-            .await?
-            .ok_or(IdentityError::InvalidCode)?;
-        let scope = self.store.begin(tenant).await?;
+        let scope = self
+            .owner_scope(SecretKind::Invitation, &hash, IdentityError::InvalidCode)
+            .await?;
         let invitation = scope
             .invitations()
             .find_by_hash(&hash)
@@ -365,12 +360,10 @@ impl Identity {
         meta: &RequestMeta,
     ) -> IdentityResult<(Principal, Option<ApiToken>)> {
         let hash = secrets::sha256(secret);
-        let tenant = self
-            .store
-            .tenant_by_secret_hash(SecretKind::ApiToken, &hash)
-            .await?
-            .ok_or(IdentityError::InvalidToken)?;
-        let scope = self.store.begin(tenant).await?;
+        let scope = self
+            .owner_scope(SecretKind::ApiToken, &hash, IdentityError::InvalidToken)
+            .await?;
+        let tenant = scope.tenant_id();
         let token = scope
             .api_tokens()
             .find_by_hash(&hash)
@@ -409,6 +402,23 @@ impl Identity {
             },
             Some(token),
         ))
+    }
+
+    /// Opens the scope of the tenant that owns a secret of `kind` (found
+    /// through that kind's named cross-tenant lookup), or fails with
+    /// `missing` when no tenant does.
+    async fn owner_scope(
+        &self,
+        kind: SecretKind,
+        hash: &[u8; 32],
+        missing: IdentityError,
+    ) -> IdentityResult<TenantScope> {
+        let tenant = self
+            .store
+            .tenant_by_secret_hash(kind, hash)
+            .await?
+            .ok_or(missing)?;
+        Ok(self.store.begin(tenant).await?)
     }
 
     async fn start_session(
