@@ -257,18 +257,37 @@ impl<'s> Devices<'s> {
         id: Uuid,
         certificate: &IssuedCertificate,
     ) -> StoreResult<()> {
-        let mut row = self.get(id).await?.into_active_model();
-        row.ca_id = Set(Some(certificate.ca_id));
-        row.cert_serial = Set(Some(certificate.serial.clone()));
-        row.cert_not_after = Set(Some(certificate.not_after));
-        row.updated_at = Set(chrono::Utc::now());
-        row.update(self.scope.connection()).await?;
+        self.update_columns(
+            id,
+            device::ActiveModel {
+                ca_id: Set(Some(certificate.ca_id)),
+                cert_serial: Set(Some(certificate.serial.clone())),
+                cert_not_after: Set(Some(certificate.not_after)),
+                updated_at: Set(chrono::Utc::now()),
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// One UPDATE of just the columns set in `changes` (no read first);
+    /// NotFound when the device is not in this tenant.
+    async fn update_columns(&self, id: Uuid, changes: device::ActiveModel) -> StoreResult<()> {
+        let result = device::Entity::update_many()
+            .set(changes)
+            .filter(device::Column::TenantId.eq(self.scope.tenant_id()))
+            .filter(device::Column::Id.eq(id))
+            .exec(self.scope.connection())
+            .await?;
+        if result.rows_affected == 0 {
+            return Err(StoreError::NotFound { entity: "device" });
+        }
         Ok(())
     }
 
     /// Keeps the latest facts: the common ones as columns, all as JSON.
     pub async fn record_facts(&self, id: Uuid, facts: &HostFacts) -> StoreResult<()> {
-        let mut row = self.get(id).await?.into_active_model();
+        let mut row = <device::ActiveModel as Default>::default();
         let text =
             |s: &str| (!s.trim().is_empty()).then(|| s.chars().take(200).collect::<String>());
         if let Some(hostname) = text(&facts.hostname) {
@@ -287,8 +306,7 @@ impl<'s> Devices<'s> {
         let now = chrono::Utc::now();
         row.facts_updated_at = Set(Some(now));
         row.updated_at = Set(now);
-        row.update(self.scope.connection()).await?;
-        Ok(())
+        self.update_columns(id, row).await
     }
 
     /// Writes coalesced heartbeat times in one statement per 500 devices.

@@ -105,6 +105,14 @@ impl Trust {
         Ok(count)
     }
 
+    /// Whether `ca_id` is the tenant's signing CA as last loaded.
+    fn knows(&self, tenant_id: Uuid, ca_id: Uuid) -> bool {
+        self.current
+            .read()
+            .map(|m| m.get(&tenant_id) == Some(&ca_id))
+            .unwrap_or(false)
+    }
+
     /// Whether `ca_id` is still the tenant's signing CA (if not, the device
     /// should renew now to move to the new one).
     fn is_current(&self, tenant_id: Uuid, ca_id: Uuid) -> bool {
@@ -295,8 +303,12 @@ async fn enroll(
         Err(e) => return enroll_error(e),
     };
     // The CA may have been created by this enrollment: trust it before the
-    // agent's first ping.
-    if let Err(e) = state.trust.reload().await {
+    // agent's first ping (a known CA needs no reload).
+    if !state
+        .trust
+        .knows(enrolled.tenant_id, enrolled.certificate.ca_id)
+        && let Err(e) = state.trust.reload().await
+    {
         tracing::error!(error = %e, "reloading trusted CAs after enrollment");
     }
     tracing::info!(device_id = %enrolled.device_id, tenant_id = %enrolled.tenant_id, created = enrolled.created, "device enrolled");
