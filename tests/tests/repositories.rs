@@ -338,3 +338,66 @@ async fn second_tenant_needs_postgres(t: TestStore) {
 fn chrono_now_plus_minutes(minutes: i64) -> chrono::DateTime<chrono::Utc> {
     chrono::Utc::now() + chrono::Duration::minutes(minutes)
 }
+
+/// Online means seen within three of the intervals agents are told, so a
+/// fleet on a 5-minute heartbeat is not reported offline after 90 s.
+#[test]
+fn device_status_follows_the_configured_heartbeat_interval() {
+    use mobius_core::{Device, DeviceStatus};
+    let now = chrono::Utc::now();
+    let device = |seen_secs_ago: Option<i64>, revoked: bool| Device {
+        last_seen_at: seen_secs_ago.map(|s| now - chrono::Duration::seconds(s)),
+        revoked_at: revoked.then_some(now),
+        ..test_device()
+    };
+    assert_eq!(
+        DeviceStatus::of(&device(Some(200), false), now, 300),
+        DeviceStatus::Online
+    );
+    assert_eq!(
+        DeviceStatus::of(&device(Some(200), false), now, 30),
+        DeviceStatus::Offline
+    );
+    assert_eq!(
+        DeviceStatus::of(&device(Some(89), false), now, 30),
+        DeviceStatus::Online
+    );
+    assert_eq!(
+        DeviceStatus::of(&device(None, false), now, 30),
+        DeviceStatus::NeverSeen
+    );
+    assert_eq!(
+        DeviceStatus::of(&device(Some(1), true), now, 30),
+        DeviceStatus::Revoked
+    );
+}
+
+fn test_device() -> mobius_core::Device {
+    let now = chrono::Utc::now();
+    mobius_core::Device {
+        id: uuid::Uuid::now_v7(),
+        tenant_id: uuid::Uuid::now_v7(),
+        site_id: uuid::Uuid::now_v7(),
+        team_id: None,
+        hostname: "h".into(),
+        host_fingerprint: "f".into(),
+        last_seen_at: None,
+        revoked_at: None,
+        os_name: None,
+        os_version: None,
+        kernel_version: None,
+        architecture: None,
+        cpu_model: None,
+        cpu_cores: None,
+        memory_bytes: None,
+        agent_version: None,
+        hardware_uuid: None,
+        facts: None,
+        facts_updated_at: None,
+        ca_id: None,
+        cert_serial: None,
+        cert_not_after: None,
+        created_at: now,
+        updated_at: now,
+    }
+}

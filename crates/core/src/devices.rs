@@ -18,8 +18,8 @@ use sea_orm::{ConnectionTrait, DbBackend, IntoActiveModel, Statement};
 
 pub type Device = device::Model;
 
-/// How often agents are asked to heartbeat, in seconds.
-pub const HEARTBEAT_INTERVAL_SECS: i64 = 30;
+/// How often agents are asked to heartbeat unless configured otherwise.
+pub const HEARTBEAT_INTERVAL_SECS: u64 = 30;
 /// A device is offline after missing this many heartbeats.
 pub const MISSED_HEARTBEATS_OFFLINE: i64 = 3;
 
@@ -33,20 +33,29 @@ pub enum DeviceStatus {
 }
 
 impl DeviceStatus {
-    pub fn of(device: &Device, now: chrono::DateTime<chrono::Utc>) -> DeviceStatus {
+    /// The status at `now` for agents told to heartbeat every `interval_secs`.
+    pub fn of(
+        device: &Device,
+        now: chrono::DateTime<chrono::Utc>,
+        interval_secs: u64,
+    ) -> DeviceStatus {
         if device.revoked_at.is_some() {
             return DeviceStatus::Revoked;
         }
         match device.last_seen_at {
             None => DeviceStatus::NeverSeen,
-            Some(seen) if seen > offline_threshold(now) => DeviceStatus::Online,
+            Some(seen) if seen > offline_threshold(now, interval_secs) => DeviceStatus::Online,
             Some(_) => DeviceStatus::Offline,
         }
     }
 }
 
-fn offline_threshold(now: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
-    now - chrono::Duration::seconds(HEARTBEAT_INTERVAL_SECS * MISSED_HEARTBEATS_OFFLINE)
+fn offline_threshold(
+    now: chrono::DateTime<chrono::Utc>,
+    interval_secs: u64,
+) -> chrono::DateTime<chrono::Utc> {
+    let interval = i64::try_from(interval_secs).unwrap_or(i64::MAX / 4);
+    now - chrono::Duration::seconds(interval.saturating_mul(MISSED_HEARTBEATS_OFFLINE))
 }
 
 /// Filters for a device listing; `None` means "any".
@@ -59,6 +68,9 @@ pub struct DeviceFilter {
     pub hostname_search: Option<String>,
     /// Exact OS name as reported by the agent (e.g. `Debian GNU/Linux`).
     pub os_name: Option<String>,
+    /// The heartbeat interval agents are told, for the online/offline
+    /// split; `None` means [`HEARTBEAT_INTERVAL_SECS`].
+    pub heartbeat_interval_secs: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -176,7 +188,10 @@ impl<'s> Devices<'s> {
                     .like(sea_orm::sea_query::LikeExpr::new(format!("%{escaped}%")).escape('\\')),
             );
         }
-        let threshold = offline_threshold(chrono::Utc::now());
+        let interval = filter
+            .heartbeat_interval_secs
+            .unwrap_or(HEARTBEAT_INTERVAL_SECS);
+        let threshold = offline_threshold(chrono::Utc::now(), interval);
         condition = match filter.status {
             None => condition,
             Some(DeviceStatus::Revoked) => condition.add(device::Column::RevokedAt.is_not_null()),

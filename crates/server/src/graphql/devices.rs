@@ -176,7 +176,11 @@ impl DeviceMutation {
             .map_err(errors::store)?;
         scope.commit().await.map_err(errors::store)?;
         ctx.data::<DeviceAdmin>()?.revocations.insert(id);
-        Ok(DeviceNode::new(device, chrono::Utc::now()))
+        Ok(DeviceNode::new(
+            device,
+            chrono::Utc::now(),
+            super::query::heartbeat_interval(ctx),
+        ))
     }
 
     /// Deletes a device and refuses its certificate from then on.

@@ -6,7 +6,7 @@ mod devices;
 mod errors;
 pub mod gate;
 mod mutation;
-mod query;
+pub(crate) mod query;
 mod subscription;
 pub mod types;
 

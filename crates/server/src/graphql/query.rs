@@ -155,6 +155,7 @@ impl Query {
             status: status.map(Into::into),
             hostname_search,
             os_name,
+            heartbeat_interval_secs: Some(heartbeat_interval(ctx)),
         };
         if let Some(scoped) = principal.token_team {
             filter.team_id = Some(scoped);
@@ -171,7 +172,10 @@ impl Query {
             .map_err(errors::store)?;
         prefetch_sites_and_teams(ctx, &rows).await?;
         let now = chrono::Utc::now();
-        Ok(page(rows, total, offset, |d| DeviceNode::new(d, now)))
+        let interval = heartbeat_interval(ctx);
+        Ok(page(rows, total, offset, |d| {
+            DeviceNode::new(d, now, interval)
+        }))
     }
 
     async fn enrollment_tokens(
@@ -191,7 +195,11 @@ impl Query {
         if principal.token_team.is_some() && device.team_id != principal.token_team {
             return Err(errors::not_found("device"));
         }
-        Ok(DeviceNode::new(device, chrono::Utc::now()))
+        Ok(DeviceNode::new(
+            device,
+            chrono::Utc::now(),
+            heartbeat_interval(ctx),
+        ))
     }
 
     async fn audit_events(
@@ -221,6 +229,13 @@ impl Query {
             first_broken_seq: report.first_broken_seq,
         })
     }
+}
+
+/// The interval agents are told (the online/offline split follows it).
+pub fn heartbeat_interval(ctx: &Context<'_>) -> u64 {
+    ctx.data::<super::DeviceAdmin>()
+        .map(|d| d.heartbeat_interval_secs)
+        .unwrap_or(mobius_core::HEARTBEAT_INTERVAL_SECS)
 }
 
 /// Loads the page's sites and teams in one batch each (when the query asks

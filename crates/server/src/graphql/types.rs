@@ -238,10 +238,11 @@ pub struct DeviceNode {
 }
 
 impl DeviceNode {
-    pub fn new(d: mobius_core::Device, now: DateTime<Utc>) -> Self {
+    /// `interval_secs`: the heartbeat interval agents are told.
+    pub fn new(d: mobius_core::Device, now: DateTime<Utc>, interval_secs: u64) -> Self {
         DeviceNode {
             id: ID(d.id.to_string()),
-            status: CoreStatus::of(&d, now).into(),
+            status: CoreStatus::of(&d, now, interval_secs).into(),
             hostname: d.hostname,
             last_seen_at: d.last_seen_at,
             revoked_at: d.revoked_at,
