@@ -526,11 +526,16 @@ fn probe(op: Operation, role: &str, target_token: &str) -> Option<(String, Value
         }
         Operation::ViewDevices => ("{ devices { totalCount } }".to_owned(), json!({})),
         Operation::ViewAuditLog => ("{ auditEvents { totalCount } }".to_owned(), json!({})),
-        // Device management, enrollment tokens and tenant settings have no
-        // mutations yet; their cells are covered by tests/tests/rbac.rs.
-        Operation::ManageDevices | Operation::ManageEnrollmentTokens | Operation::ManageTenant => {
-            return None;
+        Operation::ManageTenant => (
+            "mutation { updateTenant(input: { apiTokenMaxDays: 365 }) { id } }".to_owned(),
+            json!({}),
+        ),
+        Operation::ManageEnrollmentTokens => {
+            ("{ enrollmentTokens { totalCount } }".to_owned(), json!({}))
         }
+        // Device operations act on one device; their cells are covered by
+        // tests/tests/rbac.rs and the agent tests.
+        Operation::ManageDevices => return None,
     };
     let _ = role;
     Some((query, variables, "FORBIDDEN"))
@@ -573,7 +578,7 @@ async fn the_rbac_matrix_holds_through_the_api() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 5 * 11);
+    assert_eq!(checked, 5 * 13);
     h.stop().await;
 }
 
@@ -709,6 +714,35 @@ async fn api_tokens_are_shown_once_revocable_team_scoped_and_record_last_use() {
     assert_eq!(
         too_long["errors"][0]["extensions"]["field"],
         "expiresInDays"
+    );
+
+    // The tenant's maximum lifetime bounds every new token.
+    let policy = h
+        .owner(
+            "mutation { updateTenant(input: { apiTokenMaxDays: 30 }) { apiTokenMaxDays } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        policy["data"]["updateTenant"]["apiTokenMaxDays"], 30,
+        "{policy}"
+    );
+    let over = h
+        .owner("mutation { createApiToken(input: { name: \"y\", role: OBSERVER, expiresInDays: 31 }) { token } }", json!({}))
+        .await;
+    assert_eq!(code(&over), Some("BAD_USER_INPUT"), "{over}");
+    let default_capped = h
+        .owner("mutation { createApiToken(input: { name: \"z\", role: OBSERVER }) { apiToken { expiresAt } } }", json!({}))
+        .await;
+    let expires: chrono::DateTime<chrono::Utc> =
+        default_capped["data"]["createApiToken"]["apiToken"]["expiresAt"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+    assert!(
+        expires <= chrono::Utc::now() + chrono::Duration::days(30),
+        "the 90-day default is capped at 30"
     );
 
     // Team scope: a devices query is limited to the team, and other

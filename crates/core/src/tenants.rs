@@ -2,8 +2,9 @@
 
 use sea_orm::{ActiveModelTrait, EntityTrait, IntoActiveModel, QuerySelect, Set};
 
+use crate::audit::{Actor, AuditRecord};
 use crate::entities::tenant;
-use crate::error::{StoreError, StoreResult};
+use crate::error::{StoreError, StoreResult, valid_name};
 use crate::scope::TenantScope;
 use crate::store::{Backend, Tenant};
 
@@ -34,6 +35,44 @@ impl<'s> TenantSettings<'s> {
             .one(self.scope.connection())
             .await?
             .ok_or(StoreError::NotFound { entity: "tenant" })
+    }
+
+    /// Renames the tenant and/or sets the longest lifetime an API token may
+    /// be given (1 to 3650 days); audited.
+    pub async fn update(
+        &self,
+        actor: &Actor,
+        name: Option<&str>,
+        api_token_max_days: Option<i32>,
+    ) -> StoreResult<Tenant> {
+        let current = self.get().await?;
+        let before = serde_json::json!({ "name": current.name, "api_token_max_days": current.api_token_max_days });
+        let mut row = current.into_active_model();
+        if let Some(name) = name {
+            row.name = Set(valid_name("name", name)?);
+        }
+        if let Some(days) = api_token_max_days {
+            if !(1..=3650).contains(&days) {
+                return Err(StoreError::Invalid {
+                    field: "apiTokenMaxDays",
+                    reason: "must be between 1 and 3650".into(),
+                });
+            }
+            row.api_token_max_days = Set(days);
+        }
+        row.updated_at = Set(chrono::Utc::now());
+        let tenant = row.update(self.scope.connection()).await?;
+        self.scope
+            .audit()
+            .record(
+                actor,
+                AuditRecord::new("tenant.updated", "tenant", Some(tenant.id)).with_details(serde_json::json!({
+                    "from": before,
+                    "to": { "name": tenant.name, "api_token_max_days": tenant.api_token_max_days },
+                })),
+            )
+            .await?;
+        Ok(tenant)
     }
 
     /// Stores (or clears) the SHA-256 of the one-time setup code.

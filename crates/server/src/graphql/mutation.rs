@@ -48,6 +48,13 @@ pub struct AcceptInvitationInput {
 }
 
 #[derive(InputObject)]
+pub struct TenantInput {
+    pub name: Option<String>,
+    /// Longest lifetime an API token may be given, in days (1 to 3650).
+    pub api_token_max_days: Option<i32>,
+}
+
+#[derive(InputObject)]
 pub struct SiteInput {
     pub name: String,
 }
@@ -186,6 +193,22 @@ impl Mutation {
             .await
             .map_err(errors::identity)?;
         Ok(deliver(ctx, session, input.use_cookie))
+    }
+
+    /// Renames the tenant or changes its API-token policy (owners and admins).
+    async fn update_tenant(&self, ctx: &Context<'_>, input: TenantInput) -> Result<TenantNode> {
+        let (principal, scope) = gate::write(ctx, Operation::ManageTenant, None).await?;
+        let tenant = scope
+            .tenant()
+            .update(
+                &principal.actor(),
+                input.name.as_deref(),
+                input.api_token_max_days,
+            )
+            .await
+            .map_err(errors::store)?;
+        scope.commit().await.map_err(errors::store)?;
+        Ok(tenant.into())
     }
 
     async fn create_site(&self, ctx: &Context<'_>, input: SiteInput) -> Result<SiteNode> {
