@@ -25,12 +25,9 @@ struct Harness {
     http: reqwest::Client,
     owner_token: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    running: Option<tokio::task::JoinHandle<anyhow_result::Result>>,
+    /// The server task; its error (if any) as text.
+    running: Option<tokio::task::JoinHandle<Result<(), String>>>,
     _dir: tempfile::TempDir,
-}
-
-mod anyhow_result {
-    pub type Result = std::result::Result<(), String>;
 }
 
 impl Harness {
