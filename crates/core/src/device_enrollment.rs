@@ -1,9 +1,14 @@
-//! Redeeming an enrollment token: one transaction claims a use of the
-//! token, checks the device limit, creates (or finds) the device, issues
-//! its certificate and writes the audit event. The token row is locked for
-//! the transaction, so 50 concurrent enrollments on a single-use token give
-//! exactly one device; the device count is checked under a per-tenant lock,
-//! so a limit of N admits exactly N.
+//! Redeeming an enrollment token: one transaction checks the token, creates
+//! (or finds) the device, issues its certificate, claims a use of the token
+//! and writes the audit event.
+//!
+//! The use is claimed last, with a conditional `UPDATE ... WHERE uses <
+//! max_uses`: concurrent enrollments do their work in parallel and queue
+//! only on that statement (the row lock it takes lasts to commit), where
+//! all but the allowed number find nothing to update and roll back. So 50
+//! concurrent enrollments on a single-use token still give exactly one
+//! device, without holding the lock through certificate signing. The device
+//! count is checked under a per-tenant lock, so a limit of N admits N.
 
 use std::net::IpAddr;
 
@@ -94,7 +99,7 @@ pub async fn enroll(
     let scope = store.begin(tenant_id).await?;
     let token = scope
         .enrollment_tokens()
-        .lock_by_hash(&hash)
+        .find_by_hash(&hash)
         .await?
         .ok_or(EnrollError::UnknownToken)?;
     if token.revoked_at.is_some() {
@@ -148,7 +153,6 @@ pub async fn enroll(
             (device, true)
         }
     };
-    scope.enrollment_tokens().claim_use(token).await?;
     let ca = pki.current_ca(&scope, &Actor::system()).await?;
     let name = DeviceName {
         tenant_id,
@@ -164,6 +168,11 @@ pub async fn enroll(
         .devices()
         .record_facts(device.id, request.facts)
         .await?;
+    if !scope.enrollment_tokens().claim_use(token_id).await? {
+        // Another enrollment took the last use (or the token was revoked
+        // or expired) while this one worked: roll everything back.
+        return Err(EnrollError::TokenUsedUp);
+    }
     let actor = Actor {
         kind: ActorKind::Device,
         id: Some(device.id),

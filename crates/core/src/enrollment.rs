@@ -9,7 +9,7 @@ use sea_orm::{
 };
 
 use crate::secrets;
-use crate::store::Backend;
+use sea_orm::sea_query::{Expr, ExprTrait};
 
 use crate::audit::{Actor, AuditRecord};
 use crate::entities::enrollment_token;
@@ -116,26 +116,39 @@ impl<'s> EnrollmentTokens<'s> {
         Ok((rows, total))
     }
 
-    /// Finds a token by hash and locks its row to the end of the
-    /// transaction: concurrent redemptions of one token queue here.
-    pub async fn lock_by_hash(&self, hash: &[u8; 32]) -> StoreResult<Option<EnrollmentToken>> {
-        let mut query = enrollment_token::Entity::find()
+    /// Finds a token by the SHA-256 of its secret (compared again in
+    /// constant time).
+    pub async fn find_by_hash(&self, hash: &[u8; 32]) -> StoreResult<Option<EnrollmentToken>> {
+        let row = enrollment_token::Entity::find()
             .filter(enrollment_token::Column::TenantId.eq(self.scope.tenant_id()))
-            .filter(enrollment_token::Column::TokenHash.eq(hash.to_vec()));
-        if self.scope.backend() == Backend::Postgres {
-            query = query.lock_exclusive();
-        }
-        let row = query.one(self.scope.connection()).await?;
+            .filter(enrollment_token::Column::TokenHash.eq(hash.to_vec()))
+            .one(self.scope.connection())
+            .await?;
         Ok(row.filter(|r| secrets::hashes_match(&r.token_hash, hash)))
     }
 
-    pub async fn claim_use(&self, token: EnrollmentToken) -> StoreResult<()> {
-        let uses = token.uses + 1;
-        let mut row = token.into_active_model();
-        row.uses = Set(uses);
-        row.updated_at = Set(chrono::Utc::now());
-        row.update(self.scope.connection()).await?;
-        Ok(())
+    /// Takes one use of a still-valid token; false when none is left (or
+    /// it was revoked or expired meanwhile). The row stays locked until the
+    /// transaction ends, which is what makes "N uses" exact.
+    pub async fn claim_use(&self, id: Uuid) -> StoreResult<bool> {
+        let now = chrono::Utc::now();
+        let result = enrollment_token::Entity::update_many()
+            .col_expr(
+                enrollment_token::Column::Uses,
+                Expr::col(enrollment_token::Column::Uses).add(1),
+            )
+            .col_expr(enrollment_token::Column::UpdatedAt, Expr::value(now))
+            .filter(enrollment_token::Column::TenantId.eq(self.scope.tenant_id()))
+            .filter(enrollment_token::Column::Id.eq(id))
+            .filter(
+                Expr::col(enrollment_token::Column::Uses)
+                    .lt(Expr::col(enrollment_token::Column::MaxUses)),
+            )
+            .filter(enrollment_token::Column::RevokedAt.is_null())
+            .filter(enrollment_token::Column::ExpiresAt.gt(now))
+            .exec(self.scope.connection())
+            .await?;
+        Ok(result.rows_affected == 1)
     }
 
     pub async fn revoke(&self, actor: &Actor, id: Uuid) -> StoreResult<EnrollmentToken> {
