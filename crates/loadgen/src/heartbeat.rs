@@ -1,0 +1,281 @@
+//! Enrolled agents at work: connecting (TCP, mutual TLS, first ping),
+//! heartbeating on a clock, and holding idle connections.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use mobius_api::device::{PING_PATH, PingRequest, PingResponse};
+use rand::Rng;
+use rustls::ClientConfig;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::identity::{Identity, simulated_facts};
+use crate::report::{Phase, PhaseReport, Recorder};
+use crate::tls::ServerTrust;
+use crate::transport::{Connection, Failure, Target};
+use crate::usage::Watch;
+
+/// ±10%, as the agent jitters its interval.
+const JITTER: f64 = 0.10;
+
+/// Which request a beat is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Beat {
+    /// POST ping with a PingRequest, as mobius-agent sends it.
+    Ping,
+    /// HEAD ping: the cheapest authenticated request.
+    Head,
+}
+
+/// When beats are due.
+#[derive(Clone, Copy, Debug)]
+pub enum Pace {
+    /// Every agent every `interval` ±10%, set by the clock.
+    Open { interval: Duration },
+    /// Each agent again as soon as its previous beat is answered.
+    Closed,
+}
+
+/// One simulated agent and its connection, if it has one.
+pub struct Agent {
+    pub index: u64,
+    identity: Identity,
+    tls: Arc<ClientConfig>,
+    connection: Option<Connection>,
+}
+
+impl Agent {
+    fn is_connected(&self) -> bool {
+        self.connection.as_ref().is_some_and(Connection::is_open)
+    }
+
+    /// Sends one beat, reconnecting first if the connection was lost (the
+    /// reconnection is part of that beat, as it would be for the agent).
+    /// `facts` makes it the agent's first ping, which reports its facts.
+    async fn beat(&mut self, target: &Target, beat: Beat, facts: bool) -> Result<(), Failure> {
+        if !self.is_connected() {
+            self.connection = Some(target.connect(self.tls.clone()).await?);
+        }
+        let Some(connection) = self.connection.as_mut() else {
+            return Err(Failure("connection: not connected".into()));
+        };
+        match beat {
+            Beat::Head => connection.head(target, PING_PATH).await,
+            Beat::Ping => {
+                let request = PingRequest {
+                    facts: facts.then(|| simulated_facts(&self.identity.hostname, self.index)),
+                };
+                let response: PingResponse = connection.post(target, PING_PATH, &request).await?;
+                if response.interval_secs == 0 {
+                    return Err(Failure("answer: interval of 0 seconds".into()));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// [`Agent::beat`] within the request timeout; a failed beat drops the
+    /// connection so the next one starts afresh.
+    async fn timed_beat(
+        &mut self,
+        target: &Target,
+        beat: Beat,
+        facts: bool,
+    ) -> Result<(), Failure> {
+        let result =
+            match tokio::time::timeout(target.timeout, self.beat(target, beat, facts)).await {
+                Ok(result) => result,
+                Err(_) => Err(Failure::timeout()),
+            };
+        if result.is_err() {
+            self.connection = None;
+        }
+        result
+    }
+}
+
+fn held(agents: &[Agent]) -> usize {
+    agents.iter().filter(|a| a.is_connected()).count()
+}
+
+fn phase(
+    name: &'static str,
+    agents: &[Agent],
+    elapsed: Duration,
+    offered_per_s: Option<f64>,
+    watch: Watch,
+) -> Phase {
+    let usage = watch.finish();
+    Phase {
+        name,
+        agents: agents.len(),
+        elapsed,
+        offered_per_s,
+        connections_held: held(agents),
+        server: usage.server.map(Into::into),
+        loadgen_cpu_seconds: usage.loadgen_cpu_seconds,
+        machine_cpu_busy_fraction: usage.machine_cpu_busy_fraction,
+    }
+}
+
+/// Runs `task` on every agent, at most `limit` at once, and gives the
+/// agents back in their order.
+async fn for_each_agent<F, Fut>(agents: Vec<Agent>, limit: Option<usize>, task: F) -> Vec<Agent>
+where
+    F: Fn(Agent) -> Fut,
+    Fut: Future<Output = Agent> + Send + 'static,
+{
+    let permits = limit.map(|n| Arc::new(Semaphore::new(n.max(1))));
+    let mut set = JoinSet::new();
+    for agent in agents {
+        let work = task(agent);
+        let permits = permits.clone();
+        set.spawn(async move {
+            let _permit = match &permits {
+                Some(p) => p.clone().acquire_owned().await.ok(),
+                None => None,
+            };
+            work.await
+        });
+    }
+    let mut done = Vec::with_capacity(set.len());
+    while let Some(joined) = set.join_next().await {
+        if let Ok(agent) = joined {
+            done.push(agent);
+        }
+    }
+    done.sort_by_key(|a| a.index);
+    done
+}
+
+/// The connect phase: every agent opens its connection and sends its
+/// first request (a ping with facts, or a HEAD for the baseline), at most
+/// `concurrency` at once. Latency here includes TCP and the TLS handshake.
+pub async fn connect(
+    target: Arc<Target>,
+    trust: &ServerTrust,
+    identities: &[Identity],
+    first: Beat,
+    concurrency: usize,
+    server_pid: Option<u32>,
+) -> Result<(Vec<Agent>, PhaseReport)> {
+    let agents = identities
+        .iter()
+        .enumerate()
+        .map(|(index, identity)| {
+            Ok(Agent {
+                index: index as u64,
+                tls: trust.agent_config(identity.certificate.clone(), identity.key())?,
+                identity: identity.clone(),
+                connection: None,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let recorder = Arc::new(Recorder::new()?);
+    let watch = Watch::start(server_pid);
+    let started = Instant::now();
+    let agents = for_each_agent(agents, Some(concurrency), |mut agent| {
+        let target = target.clone();
+        let recorder = recorder.clone();
+        async move {
+            let began = Instant::now();
+            match agent.timed_beat(&target, first, first == Beat::Ping).await {
+                Ok(()) => recorder.ok(began.elapsed()),
+                Err(failure) => recorder.error(failure.0),
+            }
+            agent
+        }
+    })
+    .await;
+    let report = recorder.finish(phase("connect", &agents, started.elapsed(), None, watch));
+    Ok((agents, report))
+}
+
+/// The measured phase: beats for `duration`. Open loop: each agent's first
+/// beat falls at a random point of its first interval, the next ones an
+/// interval ±10% later, whatever happened to the previous one, and latency
+/// counts from when a beat was due. Beats still due when the time is up
+/// (the server fell behind) are counted as errors, never silently dropped.
+pub async fn run(
+    target: Arc<Target>,
+    agents: Vec<Agent>,
+    beat: Beat,
+    pace: Pace,
+    duration: Duration,
+    server_pid: Option<u32>,
+) -> Result<(Vec<Agent>, PhaseReport)> {
+    let recorder = Arc::new(Recorder::new()?);
+    let watch = Watch::start(server_pid);
+    let started = Instant::now();
+    let end = started + duration;
+    let agents = for_each_agent(agents, None, |mut agent| {
+        let target = target.clone();
+        let recorder = recorder.clone();
+        async move {
+            let mut due = match pace {
+                Pace::Open { interval } => started + interval.mul_f64(rand::rng().random::<f64>()),
+                Pace::Closed => started,
+            };
+            while due < end {
+                // An answer that came after the end leaves the beats due
+                // meanwhile unsent (counted below); a beat due before the
+                // end is sent even if the timer wakes a little after it.
+                if Instant::now() >= end {
+                    break;
+                }
+                tokio::time::sleep_until(due).await;
+                match agent.timed_beat(&target, beat, false).await {
+                    Ok(()) => recorder.ok(due.elapsed()),
+                    Err(failure) => recorder.error(failure.0),
+                }
+                due = match pace {
+                    Pace::Open { interval } => {
+                        due + interval
+                            .mul_f64(rand::rng().random_range(1.0 - JITTER..=1.0 + JITTER))
+                    }
+                    Pace::Closed => Instant::now(),
+                };
+            }
+            if let Pace::Open { interval } = pace {
+                while due < end {
+                    recorder.error("not sent: the server fell behind the schedule");
+                    due += interval;
+                }
+            }
+            agent
+        }
+    })
+    .await;
+    let offered = match pace {
+        Pace::Open { interval } => Some(agents.len() as f64 / interval.as_secs_f64()),
+        Pace::Closed => None,
+    };
+    let name = match beat {
+        Beat::Ping => "heartbeat",
+        Beat::Head => "baseline",
+    };
+    let report = recorder.finish(phase(name, &agents, started.elapsed(), offered, watch));
+    Ok((agents, report))
+}
+
+/// Holds the connections idle for `hold`, then reports how many are still
+/// open and the server's memory meanwhile.
+pub async fn hold(
+    agents: Vec<Agent>,
+    hold: Duration,
+    server_pid: Option<u32>,
+) -> Result<(Vec<Agent>, PhaseReport)> {
+    let recorder = Recorder::new()?;
+    let watch = Watch::start(server_pid);
+    let started = Instant::now();
+    let opened = held(&agents);
+    tokio::time::sleep(hold).await;
+    for _ in held(&agents)..opened {
+        recorder.error("connection closed while idle");
+    }
+    let report = recorder.finish(phase("idle", &agents, started.elapsed(), None, watch));
+    Ok((agents, report))
+}
