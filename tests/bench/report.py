@@ -181,7 +181,7 @@ if not (enroll["throughput_per_s"] >= 1000 and enroll["errors"] == 0):
         text += " The machine was CPU-bound."
     else:
         text += (" The machine was not CPU-bound, so enrollments wait on something other than "
-                 "cores: see the analysis below.")
+                 "cores: see 'Enrollment analysis' at the end.")
     bounds.append(text)
 if not (heartbeat["throughput_per_s"] >= 7000 and heartbeat["errors"] == 0):
     bounds.append(f"**Heartbeats** ({n(heartbeat['throughput_per_s'], 1)}/s offered "
