@@ -181,7 +181,7 @@ if not (enroll["throughput_per_s"] >= 1000 and enroll["errors"] == 0):
         text += " The machine was CPU-bound."
     else:
         text += (" The machine was not CPU-bound, so enrollments wait on something other than "
-                 "cores: see 'Enrollment analysis' at the end.")
+                 "cores: see 'Analysis' at the end.")
     bounds.append(text)
 if not (heartbeat["throughput_per_s"] >= 7000 and heartbeat["errors"] == 0):
     bounds.append(f"**Heartbeats** ({n(heartbeat['throughput_per_s'], 1)}/s offered "
@@ -226,13 +226,25 @@ def latency_row(name: str, p: dict, note: str = "") -> str:
 
 
 scale = env("BENCH_SCALE", "full")
-dirty = sh("git", "-C", env("BENCH_ROOT", "."), "status", "--porcelain", "--untracked-files=no")
-commit = sh("git", "-C", env("BENCH_ROOT", "."), "rev-parse", "--short", "HEAD")
-free = sh("free", "-h").splitlines()
+
+
+def recorded(name: str, fallback) -> str:
+    """What run.sh recorded during the run, else the state now."""
+    try:
+        return open(os.path.join(WORK, name)).read().strip()
+    except OSError:
+        return fallback()
+
+
+commit = recorded("commit", lambda: sh("git", "-C", env("BENCH_ROOT", "."), "rev-parse", "--short", "HEAD"))
+dirty = recorded("dirty", lambda: str(len(sh("git", "-C", env("BENCH_ROOT", "."), "status", "--porcelain",
+                                             "--untracked-files=no").splitlines()))) not in ("", "0")
+free = recorded("free", lambda: sh("free", "-h")).splitlines()
+load_before = recorded("loadavg_before", lambda: "not recorded")
+load_after = recorded("loadavg_after", lambda: " ".join(open("/proc/loadavg").read().split()[:3]))
 cpu_model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                   if line.startswith("model name")), "unknown")
 postgres_version = sh("psql", "-X", "-w", "-At", env("BENCH_ADMIN_URL", ""), "-c", "SELECT version()")
-loadavg = open("/proc/loadavg").read().split()[:3]
 
 md = f"""# Performance
 
@@ -268,7 +280,7 @@ The same figures are in `performance.json`.
 | kernel | {sh('uname', '-sr')} |
 | open files per process | {fd_limit:,} (hard limit) |
 | ephemeral ports | {open('/proc/sys/net/ipv4/ip_local_port_range').read().split()[0]}–{open('/proc/sys/net/ipv4/ip_local_port_range').read().split()[1]} per source address |
-| load average at the end | {' '.join(loadavg)} (other work on the machine shares its cores) |
+| load average (1, 5, 15 min) | {load_before} before the scenarios, {load_after} at the end (the run's own processes count; so does other work sharing the machine) |
 | rustc | {sh('rustc', '--version')} |
 | Postgres | {postgres_version.split(',')[0] if postgres_version else 'unknown'} (default settings) |
 | mobius | {sh(env('BENCH_SERVER_BIN', 'mobius-server'), '--version')}, commit {commit}{' with uncommitted changes' if dirty else ''}, release build |

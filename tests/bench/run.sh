@@ -252,6 +252,10 @@ scenario() {
 }
 
 date -u +%Y-%m-%dT%H:%M:%SZ >"$WORK/measured_at"
+# What was measured and in what company, for the report.
+git -C "$ROOT" rev-parse --short HEAD >"$WORK/commit" 2>/dev/null || echo unknown >"$WORK/commit"
+git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null | wc -l >"$WORK/dirty"
+cut -d' ' -f1-3 /proc/loadavg >"$WORK/loadavg_before"
 scenario enroll enroll --duration "$BENCH_ENROLL_SECS" --concurrency "$BENCH_ENROLL_CONCURRENCY"
 scenario idle connect --agents "$IDLE_AGENTS" --hold "$BENCH_IDLE_HOLD_SECS"
 scenario latency heartbeat --agents "$AGENTS" --rate "$BENCH_LATENCY_RATE" --duration "$BENCH_LATENCY_SECS"
@@ -263,6 +267,9 @@ scenario capacity-baseline baseline --agents "$AGENTS" --closed-loop --duration 
 # ---------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------
+
+cut -d' ' -f1-3 /proc/loadavg >"$WORK/loadavg_after"
+free -h >"$WORK/free"
 
 # report.py reads the machine's description itself; it gets the rest here.
 export BENCH_SCALE="$SCALE" BENCH_REPRODUCE="$REPRODUCE" BENCH_FD_LIMIT="$FD_LIMIT" \
