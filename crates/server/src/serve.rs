@@ -68,6 +68,7 @@ struct DeviceSide {
 impl Server {
     pub async fn prepare(settings: &Settings, edition: &Edition) -> anyhow::Result<Server> {
         install_crypto_provider();
+        raise_open_file_limit();
         // Load TLS material first: a bad certificate must stop start-up
         // before anything announces itself as listening.
         let tls = match (&settings.tls_cert_file, &settings.tls_key_file) {
@@ -364,6 +365,16 @@ async fn flush_usage_periodically(store: Store, usage: Arc<ApiTokenUsage>) {
         if let Err(err) = usage.flush(&store).await {
             tracing::warn!(error = %err, "could not write API-token use times");
         }
+    }
+}
+
+/// Every agent holds a connection, and each is a file descriptor: raise
+/// the soft limit to the hard one (systemd's default soft limit of 1,024
+/// would refuse agents after about a thousand).
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(open_files = limit, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
     }
 }
 
