@@ -19,7 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use mobius_core::Store;
-use mobius_core::postgres_roles::ensure_app_role;
+use mobius_core::db::postgres_roles::ensure_app_role;
 use sea_orm::sqlx::{self, Connection, PgConnection};
 use secrecy::SecretString;
 use tokio::sync::OnceCell;

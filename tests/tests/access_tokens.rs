@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use mobius_core::Uuid;
-use mobius_core::access_tokens::{AccessTokenError, AccessTokens};
-use mobius_core::sealing::{LocalSealer, SecretSealer};
+use mobius_core::crypto::sealing::{LocalSealer, SecretSealer};
+use mobius_core::identity::access_tokens::{AccessTokenError, AccessTokens};
 use mobius_tests::{Backend, TestStore};
 
 #[tokio::test]

@@ -8,9 +8,12 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mobius_core::Uuid;
+use mobius_core::audit::Actor;
+use mobius_core::crypto::sealing::LocalSealer;
+use mobius_core::db::SystemTask;
+use mobius_core::identity::NewUser;
 use mobius_core::pki::Pki;
-use mobius_core::sealing::LocalSealer;
-use mobius_core::{Actor, NewUser, Uuid};
 use mobius_tests::{ServerProcess, TestDatabase, eventually, workspace_binary};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
@@ -588,7 +591,10 @@ async fn a_certificate_vouched_for_by_another_tenants_ca_gets_nothing() {
         .create_tenant(&Actor::system(), "Bravo", "bravo")
         .await
         .unwrap();
-    let scope = store.begin(bravo.id).await.unwrap();
+    let scope = store
+        .begin(&SystemTask::new("test", bravo.id))
+        .await
+        .unwrap();
     scope
         .users()
         .create(

@@ -6,8 +6,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use mobius_core::audit::Actor;
 use mobius_core::authz::{Operation, Role, permits};
-use mobius_core::{Actor, NewUser, Store, Uuid};
+use mobius_core::db::SystemTask;
+use mobius_core::identity::NewUser;
+use mobius_core::{Store, Uuid};
 use mobius_server::serve::Server;
 use mobius_server::{Edition, Settings};
 use mobius_tests::TestDatabase;
@@ -154,7 +157,10 @@ async fn second_tenant(h: &Harness) -> String {
         .create_tenant(&Actor::system(), "Bravo", "bravo")
         .await
         .unwrap();
-    let scope = store.begin(tenant.id).await.unwrap();
+    let scope = store
+        .begin(&SystemTask::new("test", tenant.id))
+        .await
+        .unwrap();
     scope
         .users()
         .create(
@@ -163,7 +169,7 @@ async fn second_tenant(h: &Harness) -> String {
                 email: "owner@bravo.test",
                 display_name: "Bob",
                 role: "owner",
-                password_hash: Some(mobius_core::passwords::hash(PASSWORD).unwrap()),
+                password_hash: Some(mobius_core::identity::passwords::hash(PASSWORD).unwrap()),
             },
         )
         .await
@@ -178,8 +184,13 @@ async fn second_tenant(h: &Harness) -> String {
 /// A second owner in the default tenant, signed in.
 async fn other_owner(h: &Harness) -> String {
     let store = h.store().await;
-    let tenant = store.default_tenant_id().await.unwrap().unwrap();
-    let scope = store.begin(tenant).await.unwrap();
+    let tenant = store
+        .default_tenant()
+        .await
+        .unwrap()
+        .map(|t| t.id())
+        .unwrap();
+    let scope = store.begin(&SystemTask::new("test", tenant)).await.unwrap();
     scope
         .users()
         .create(
@@ -188,7 +199,7 @@ async fn other_owner(h: &Harness) -> String {
                 email: "second@alpha.test",
                 display_name: "Second",
                 role: "owner",
-                password_hash: Some(mobius_core::passwords::hash(PASSWORD).unwrap()),
+                password_hash: Some(mobius_core::identity::passwords::hash(PASSWORD).unwrap()),
             },
         )
         .await
@@ -232,7 +243,7 @@ async fn schema_matches_the_checked_in_sdl() {
     ))
     .unwrap();
     assert!(
-        checked_in == mobius_server::graphql::sdl(),
+        checked_in == mobius_server::admin::graphql::sdl(),
         "graphql/schema.graphql is stale: run `cargo run -p mobius-oss -- print-schema > graphql/schema.graphql`"
     );
 }
@@ -960,8 +971,13 @@ async fn the_audit_chain_detects_tampering() {
 async fn a_500_device_page_costs_a_constant_number_of_queries() {
     let h = Harness::start().await;
     let store = h.store().await;
-    let tenant = store.default_tenant_id().await.unwrap().unwrap();
-    let scope = store.begin(tenant).await.unwrap();
+    let tenant = store
+        .default_tenant()
+        .await
+        .unwrap()
+        .map(|t| t.id())
+        .unwrap();
+    let scope = store.begin(&SystemTask::new("test", tenant)).await.unwrap();
     let actor = Actor::system();
     let sites = [
         scope.sites().list().await.unwrap().remove(0).id,

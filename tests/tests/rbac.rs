@@ -3,7 +3,7 @@
 //! docs/security/rbac.md; changing the matrix means changing both.
 
 use mobius_core::Uuid;
-use mobius_core::authz::{Operation, Principal, Role, TeamRole, permits, team_permits};
+use mobius_core::authz::{Grants, Operation, Role, TeamRole, permits, team_permits};
 
 /// Columns: owner, admin, maintainer, observer, gitops.
 const MATRIX: &[(Operation, [bool; 5])] = &[
@@ -71,16 +71,13 @@ fn grants_never_exceed_ones_own_role() {
     }
 }
 
-fn principal(role: Role, team_roles: Vec<(Uuid, TeamRole)>, token_team: Option<Uuid>) -> Principal {
-    Principal {
-        tenant_id: Uuid::now_v7(),
-        user_id: Uuid::now_v7(),
-        api_token_id: token_team.map(|_| Uuid::now_v7()),
+/// The grants of a principal (a `Principal` itself can only be made by
+/// authentication inside mobius-core).
+fn principal(role: Role, team_roles: Vec<(Uuid, TeamRole)>, token_team: Option<Uuid>) -> Grants {
+    Grants {
         role,
         team_roles,
         token_team,
-        ip: None,
-        user_agent: None,
     }
 }
 

@@ -1,9 +1,12 @@
 //! Repository behaviour, one body per test run against Postgres (as the
 //! request-path role, under RLS) and against the embedded SQLite store.
 
-use mobius_core::{
-    Actor, DEFAULT_SITE, DEFAULT_TENANT_SLUG, NewEnrollmentToken, NewUser, StoreError,
-};
+use mobius_core::StoreError;
+use mobius_core::audit::Actor;
+use mobius_core::db::{SecretKind, SystemTask};
+use mobius_core::enrollment::NewEnrollmentToken;
+use mobius_core::identity::NewUser;
+use mobius_core::tenancy::{DEFAULT_SITE, DEFAULT_TENANT_SLUG};
 use mobius_tests::{Backend, TestStore, on_both_backends};
 
 on_both_backends!(
@@ -18,13 +21,18 @@ on_both_backends!(
 );
 
 async fn default_tenant_is_created_once_with_its_site(t: TestStore) {
-    assert_eq!(t.store.default_tenant_id().await.unwrap(), None);
+    assert_eq!(
+        t.store.default_tenant().await.unwrap().map(|t| t.id()),
+        None
+    );
     let (id, created) = t.store.ensure_default_tenant().await.unwrap();
+    let id = id.id();
     assert!(created);
     let (again, created_again) = t.store.ensure_default_tenant().await.unwrap();
+    let again = again.id();
     assert_eq!((again, created_again), (id, false));
 
-    let scope = t.store.begin(id).await.unwrap();
+    let scope = t.store.begin(&SystemTask::new("test", id)).await.unwrap();
     let sites = scope.sites().list().await.unwrap();
     assert_eq!(sites.len(), 1);
     assert_eq!(sites[0].name, DEFAULT_SITE);
@@ -41,8 +49,13 @@ async fn default_tenant_is_created_once_with_its_site(t: TestStore) {
 
 async fn sites_crud_with_audit(t: TestStore) {
     let (tenant, _) = t.store.ensure_default_tenant().await.unwrap();
+    let tenant = tenant.id();
     let actor = Actor::system();
-    let scope = t.store.begin(tenant).await.unwrap();
+    let scope = t
+        .store
+        .begin(&SystemTask::new("test", tenant))
+        .await
+        .unwrap();
     let site = scope
         .sites()
         .create(&actor, "  Berlin office ")
@@ -73,7 +86,11 @@ async fn sites_crud_with_audit(t: TestStore) {
     ));
     scope.commit().await.unwrap();
 
-    let scope = t.store.begin(tenant).await.unwrap();
+    let scope = t
+        .store
+        .begin(&SystemTask::new("test", tenant))
+        .await
+        .unwrap();
     let events = scope.audit().recent(3).await.unwrap();
     let actions: Vec<_> = events.iter().map(|e| e.action.as_str()).collect();
     assert_eq!(actions, ["site.deleted", "site.renamed", "site.created"]);
@@ -87,12 +104,21 @@ async fn sites_crud_with_audit(t: TestStore) {
 
 async fn duplicate_and_invalid_names_are_refused(t: TestStore) {
     let (tenant, _) = t.store.ensure_default_tenant().await.unwrap();
+    let tenant = tenant.id();
     let actor = Actor::system();
-    let scope = t.store.begin(tenant).await.unwrap();
+    let scope = t
+        .store
+        .begin(&SystemTask::new("test", tenant))
+        .await
+        .unwrap();
     scope.teams().create(&actor, "Ops").await.unwrap();
     scope.commit().await.unwrap();
 
-    let scope = t.store.begin(tenant).await.unwrap();
+    let scope = t
+        .store
+        .begin(&SystemTask::new("test", tenant))
+        .await
+        .unwrap();
     assert!(matches!(
         scope.teams().create(&actor, "Ops").await,
         Err(StoreError::Conflict {
@@ -101,7 +127,11 @@ async fn duplicate_and_invalid_names_are_refused(t: TestStore) {
         })
     ));
     drop(scope);
-    let scope = t.store.begin(tenant).await.unwrap();
+    let scope = t
+        .store
+        .begin(&SystemTask::new("test", tenant))
+        .await
+        .unwrap();
     assert!(matches!(
         scope.teams().create(&actor, "   ").await,
         Err(StoreError::Invalid { field: "name", .. })
@@ -115,12 +145,21 @@ async fn duplicate_and_invalid_names_are_refused(t: TestStore) {
 
 async fn uncommitted_scope_leaves_nothing_behind(t: TestStore) {
     let (tenant, _) = t.store.ensure_default_tenant().await.unwrap();
+    let tenant = tenant.id();
     let before = {
-        let scope = t.store.begin(tenant).await.unwrap();
+        let scope = t
+            .store
+            .begin(&SystemTask::new("test", tenant))
+            .await
+            .unwrap();
         scope.audit().recent(100).await.unwrap().len()
     };
     {
-        let scope = t.store.begin(tenant).await.unwrap();
+        let scope = t
+            .store
+            .begin(&SystemTask::new("test", tenant))
+            .await
+            .unwrap();
         scope
             .teams()
             .create(&Actor::system(), "Rolled back")
@@ -128,15 +167,24 @@ async fn uncommitted_scope_leaves_nothing_behind(t: TestStore) {
             .unwrap();
         // Dropped without commit, as when a later step fails.
     }
-    let scope = t.store.begin(tenant).await.unwrap();
+    let scope = t
+        .store
+        .begin(&SystemTask::new("test", tenant))
+        .await
+        .unwrap();
     assert!(scope.teams().list().await.unwrap().is_empty());
     assert_eq!(scope.audit().recent(100).await.unwrap().len(), before);
 }
 
 async fn devices_memberships_and_users(t: TestStore) {
     let (tenant, _) = t.store.ensure_default_tenant().await.unwrap();
+    let tenant = tenant.id();
     let actor = Actor::system();
-    let scope = t.store.begin(tenant).await.unwrap();
+    let scope = t
+        .store
+        .begin(&SystemTask::new("test", tenant))
+        .await
+        .unwrap();
     let site = scope.sites().list().await.unwrap().remove(0);
     let device = scope
         .devices()
@@ -159,7 +207,11 @@ async fn devices_memberships_and_users(t: TestStore) {
     ));
     drop(scope);
 
-    let scope = t.store.begin(tenant).await.unwrap();
+    let scope = t
+        .store
+        .begin(&SystemTask::new("test", tenant))
+        .await
+        .unwrap();
     assert!(matches!(
         scope
             .devices()
@@ -231,7 +283,12 @@ async fn devices_memberships_and_users(t: TestStore) {
 
 async fn enrollment_token_lookup_by_hash(t: TestStore) {
     let (tenant, _) = t.store.ensure_default_tenant().await.unwrap();
-    let scope = t.store.begin(tenant).await.unwrap();
+    let tenant = tenant.id();
+    let scope = t
+        .store
+        .begin(&SystemTask::new("test", tenant))
+        .await
+        .unwrap();
     let site = scope.sites().list().await.unwrap().remove(0);
     let hash = [7u8; 32];
     scope
@@ -252,21 +309,31 @@ async fn enrollment_token_lookup_by_hash(t: TestStore) {
     scope.commit().await.unwrap();
 
     assert_eq!(
-        t.store.find_enrollment_token_tenant(&hash).await.unwrap(),
+        t.store
+            .tenant_by_secret_hash(SecretKind::EnrollmentToken, &hash)
+            .await
+            .unwrap()
+            .map(|t| t.id()),
         Some(tenant)
     );
     assert_eq!(
         t.store
-            .find_enrollment_token_tenant(&[8u8; 32])
+            .tenant_by_secret_hash(SecretKind::EnrollmentToken, &[8u8; 32])
             .await
-            .unwrap(),
+            .unwrap()
+            .map(|t| t.id()),
         None
     );
 }
 
 async fn login_lookup_by_email(t: TestStore) {
     let (tenant, _) = t.store.ensure_default_tenant().await.unwrap();
-    let scope = t.store.begin(tenant).await.unwrap();
+    let tenant = tenant.id();
+    let scope = t
+        .store
+        .begin(&SystemTask::new("test", tenant))
+        .await
+        .unwrap();
     let user = scope
         .users()
         .create(
@@ -288,7 +355,7 @@ async fn login_lookup_by_email(t: TestStore) {
         .unwrap();
     assert_eq!(candidates.len(), 1);
     assert_eq!(
-        (candidates[0].tenant_id, candidates[0].user_id),
+        (candidates[0].tenant.id(), candidates[0].user_id),
         (tenant, user.id)
     );
     assert_eq!(candidates[0].tenant_slug, DEFAULT_TENANT_SLUG);
@@ -343,7 +410,7 @@ fn chrono_now_plus_minutes(minutes: i64) -> chrono::DateTime<chrono::Utc> {
 /// fleet on a 5-minute heartbeat is not reported offline after 90 s.
 #[test]
 fn device_status_follows_the_configured_heartbeat_interval() {
-    use mobius_core::{Device, DeviceStatus};
+    use mobius_core::devices::{Device, DeviceStatus};
     let now = chrono::Utc::now();
     let device = |seen_secs_ago: Option<i64>, revoked: bool| Device {
         last_seen_at: seen_secs_ago.map(|s| now - chrono::Duration::seconds(s)),
@@ -372,9 +439,9 @@ fn device_status_follows_the_configured_heartbeat_interval() {
     );
 }
 
-fn test_device() -> mobius_core::Device {
+fn test_device() -> mobius_core::devices::Device {
     let now = chrono::Utc::now();
-    mobius_core::Device {
+    mobius_core::devices::Device {
         id: uuid::Uuid::now_v7(),
         tenant_id: uuid::Uuid::now_v7(),
         site_id: uuid::Uuid::now_v7(),

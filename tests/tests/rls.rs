@@ -4,11 +4,15 @@
 
 use std::sync::Arc;
 
+use mobius_core::audit::Actor;
 use mobius_core::authz::Role;
+use mobius_core::crypto::sealing::LocalSealer;
+use mobius_core::db::postgres_roles::verify_request_role;
+use mobius_core::db::{SecretKind, SystemTask};
+use mobius_core::enrollment::NewEnrollmentToken;
+use mobius_core::identity::{NewApiToken, NewUser};
 use mobius_core::pki::Pki;
-use mobius_core::postgres_roles::verify_request_role;
-use mobius_core::sealing::LocalSealer;
-use mobius_core::{Actor, NewApiToken, NewEnrollmentToken, NewUser, Store, StoreError, Uuid};
+use mobius_core::{Store, StoreError, Uuid};
 use mobius_migrations::TENANT_TABLES;
 use mobius_tests::{APP_ROLE, TestDatabase};
 use sea_orm::sqlx::{self, Connection, PgConnection, Row};
@@ -35,7 +39,10 @@ async fn two_populated_tenants(store: &Store) -> (Uuid, Uuid) {
     for (i, slug) in ["alpha", "bravo"].into_iter().enumerate() {
         let actor = Actor::system();
         let tenant = store.create_tenant(&actor, slug, slug).await.unwrap();
-        let scope = store.begin(tenant.id).await.unwrap();
+        let scope = store
+            .begin(&SystemTask::new("test", tenant.id))
+            .await
+            .unwrap();
         let site = scope.sites().list().await.unwrap().remove(0);
         let team = scope.teams().create(&actor, "team").await.unwrap();
         let user = scope
@@ -386,16 +393,18 @@ async fn cross_tenant_lookups_return_only_ids() {
     let (a, b) = two_populated_tenants(&store).await;
     assert_eq!(
         store
-            .find_enrollment_token_tenant(&[0u8; 32])
+            .tenant_by_secret_hash(SecretKind::EnrollmentToken, &[0u8; 32])
             .await
-            .unwrap(),
+            .unwrap()
+            .map(|t| t.id()),
         Some(a)
     );
     assert_eq!(
         store
-            .find_enrollment_token_tenant(&[1u8; 32])
+            .tenant_by_secret_hash(SecretKind::EnrollmentToken, &[1u8; 32])
             .await
-            .unwrap(),
+            .unwrap()
+            .map(|t| t.id()),
         Some(b)
     );
     let mut candidates: Vec<Uuid> = store
@@ -403,11 +412,14 @@ async fn cross_tenant_lookups_return_only_ids() {
         .await
         .unwrap()
         .into_iter()
-        .map(|candidate| candidate.tenant_id)
+        .map(|candidate| candidate.tenant.id())
         .collect();
     candidates.sort();
     assert_eq!(candidates, vec![a, b]);
-    assert_eq!(store.default_tenant_id().await.unwrap(), Some(a));
+    assert_eq!(
+        store.default_tenant().await.unwrap().map(|t| t.id()),
+        Some(a)
+    );
 
     // The functions are the only way across: the app role cannot call
     // anything that returns rows, and PUBLIC has no EXECUTE on them.

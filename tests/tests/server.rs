@@ -328,13 +328,13 @@ async fn readyz_is_503_with_the_pending_migrations_listed() {
         .await
         .unwrap();
     let settings = embedded_settings(dir.path());
-    let state = mobius_server::app::AppState {
+    let state = mobius_server::http::router::AppState {
         store: store.clone(),
-        metrics: mobius_server::metrics::Metrics::new(),
+        metrics: mobius_server::http::metrics::Metrics::new(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = mobius_server::app::router(state, &settings, None);
+    let app = mobius_server::http::router::router(state, &settings, None);
     let serving = tokio::spawn(async move { axum::serve(listener, app).await });
 
     let response = reqwest::get(format!("http://{addr}/readyz")).await.unwrap();

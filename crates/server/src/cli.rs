@@ -89,7 +89,7 @@ pub fn main(edition: Edition) -> ExitCode {
     };
 
     if let Command::PrintSchema = cli.command {
-        print!("{}", crate::graphql::sdl());
+        print!("{}", crate::admin::graphql::sdl());
         return ExitCode::SUCCESS;
     }
     if let Command::Config = cli.command {
@@ -102,6 +102,9 @@ pub fn main(edition: Edition) -> ExitCode {
         if !edition.features.is_empty() {
             println!("# features: {}", edition.features.join(", "));
         }
+        let names = edition.provider.describe(&settings);
+        println!("# sealer: {}", names.sealer);
+        println!("# entitlements: {}", names.entitlements);
         print!("{}", settings.to_redacted_toml());
         return ExitCode::SUCCESS;
     }

@@ -1,7 +1,22 @@
-//! What distinguishes the editions at run time. The binaries in
-//! `editions/` pick one; handlers never test for an edition.
+//! What distinguishes the editions at run time: an [`Edition`] names the
+//! binary and carries the [`EditionProvider`] that builds its
+//! [`EditionServices`] (secret sealer, entitlements, extra routes) from the
+//! settings. The binaries in `editions/` pick one in `main.rs`; handlers
+//! only ever see the services, never an edition `cfg`.
 
-#[derive(Clone, Debug)]
+use std::sync::Arc;
+
+use anyhow::Context;
+use mobius_core::authz::{Entitlements, FixedDeviceLimit};
+use mobius_core::crypto::sealing::{LocalSealer, SecretSealer};
+use secrecy::ExposeSecret;
+
+use crate::settings::Settings;
+
+/// The generated master key, when `master_key` is not set.
+pub const MASTER_KEY_FILE: &str = "master.key";
+
+#[derive(Clone, Copy)]
 pub struct Edition {
     /// `oss` or `cloud`.
     pub name: &'static str,
@@ -11,13 +26,99 @@ pub struct Edition {
     pub requires_postgres: bool,
     /// Cargo features compiled into this binary, for `config` output.
     pub features: &'static [&'static str],
+    /// Builds this edition's services at start-up.
+    pub provider: &'static dyn EditionProvider,
+}
+
+impl std::fmt::Debug for Edition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Edition")
+            .field("name", &self.name)
+            .field("binary", &self.binary)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Edition {
+    /// The OSS edition (also what in-process tests run).
     pub const OSS: Edition = Edition {
         name: "oss",
         binary: "mobius-server",
         requires_postgres: false,
         features: &[],
+        provider: &LocalServices,
     };
+}
+
+/// The services an edition plugs into the server.
+pub struct EditionServices {
+    /// Seals tenant CA keys and JWT signing keys at rest.
+    pub sealer: Arc<dyn SecretSealer>,
+    /// The entitlement gate (device limit; later license tier and plan).
+    pub entitlements: Arc<dyn Entitlements>,
+    /// Routes only this edition serves (SSO callbacks, billing webhooks),
+    /// merged into the admin router.
+    pub routes: axum::Router,
+}
+
+/// Which implementation an edition uses for each service, for the
+/// start-up log and `mobius-server config`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceNames {
+    pub sealer: String,
+    pub entitlements: String,
+}
+
+/// One implementation per edition, chosen by the binary.
+pub trait EditionProvider: Send + Sync {
+    /// Names the services [`EditionProvider::build`] would use, without
+    /// side effects (no key file is created).
+    fn describe(&self, settings: &Settings) -> ServiceNames;
+
+    fn build(&self, settings: &Settings) -> anyhow::Result<EditionServices>;
+}
+
+/// The OSS services: AES-256-GCM sealing under a local master key, and the
+/// `device_limit` setting as the one entitlement.
+pub struct LocalServices;
+
+impl LocalServices {
+    /// The local master-key sealer: `master_key` if set, else the key file
+    /// in the data directory (created on first run).
+    pub fn sealer(settings: &Settings) -> anyhow::Result<Arc<dyn SecretSealer>> {
+        Ok(Arc::new(
+            LocalSealer::from_key_or_file(
+                settings.master_key.as_ref().map(|k| k.expose_secret()),
+                &settings.data_dir.join(MASTER_KEY_FILE),
+            )
+            .context("loading the master key (setting `master_key`)")?,
+        ))
+    }
+
+    fn sealer_name(settings: &Settings) -> String {
+        match settings.master_key {
+            Some(_) => "local AES-256-GCM (master key from setting `master_key`)".to_owned(),
+            None => format!(
+                "local AES-256-GCM (master key file {})",
+                settings.data_dir.join(MASTER_KEY_FILE).display()
+            ),
+        }
+    }
+}
+
+impl EditionProvider for LocalServices {
+    fn describe(&self, settings: &Settings) -> ServiceNames {
+        ServiceNames {
+            sealer: LocalServices::sealer_name(settings),
+            entitlements: FixedDeviceLimit(settings.device_limit).describe(),
+        }
+    }
+
+    fn build(&self, settings: &Settings) -> anyhow::Result<EditionServices> {
+        Ok(EditionServices {
+            sealer: LocalServices::sealer(settings)?,
+            entitlements: Arc::new(FixedDeviceLimit(settings.device_limit)),
+            routes: axum::Router::new(),
+        })
+    }
 }

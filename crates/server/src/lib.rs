@@ -1,19 +1,15 @@
-//! The Mobius server: the axum application and its start-up.
+//! The Mobius server: the axum application and its start-up, by surface
+//! (`http`, `admin`, `device`) with background work in `jobs`.
 
-pub mod app;
+pub mod admin;
 pub mod cli;
+pub mod device;
 pub mod edition;
-pub mod error;
-pub mod graphql;
-pub mod hardening;
-pub mod limits;
-pub mod metrics;
+pub mod http;
+pub mod jobs;
 pub mod serve;
 pub mod settings;
 pub mod telemetry;
 
-pub use edition::Edition;
+pub use edition::{Edition, EditionServices};
 pub use settings::Settings;
-pub mod device_api;
-pub mod device_listener;
-pub mod device_tls;

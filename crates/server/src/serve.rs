@@ -8,38 +8,36 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use mobius_core::access_tokens::AccessTokens;
+use mobius_core::Store;
+use mobius_core::crypto::sealing::write_private_file;
+use mobius_core::db::Backend;
+use mobius_core::db::SystemTask;
+use mobius_core::db::postgres_roles::{ensure_app_role, request_role_url, verify_request_role};
+use mobius_core::identity::ApiTokenUsage;
 use mobius_core::identity::Identity;
-use mobius_core::postgres_roles::{ensure_app_role, request_role_url, verify_request_role};
-use mobius_core::sealing::{LocalSealer, SecretSealer, write_private_file};
-use mobius_core::usage::ApiTokenUsage;
-use mobius_core::{Backend, Store};
+use mobius_core::identity::access_tokens::AccessTokens;
 use rand::distr::{Alphanumeric, SampleString};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 
-use crate::app::{self, AppState};
-use crate::device_api::{self, DeviceState, Trust};
-use crate::device_listener;
-use crate::device_tls::{self, TenantCaVerifier};
+use crate::admin::graphql::DeviceAdmin;
+use crate::admin::graphql::{self, GraphqlState};
+use crate::device::listener;
+use crate::device::tls::{self, TenantCaVerifier};
+use crate::device::{self, DeviceState, Trust};
 use crate::edition::Edition;
-use crate::graphql::DeviceAdmin;
-use crate::graphql::{self, GraphqlState};
-use crate::limits::LoginLimiter;
-use crate::metrics::Metrics;
+use crate::http::limits::LoginLimiter;
+use crate::http::metrics::Metrics;
+use crate::http::router::{self, AppState};
+use crate::jobs;
 use crate::settings::Settings;
-use mobius_core::FixedDeviceLimit;
+use mobius_core::devices::presence::{Presence, Revocations};
 use mobius_core::pki::Pki;
-use mobius_core::presence::{Presence, Revocations};
 
 /// Name of the embedded store's file inside the data directory.
 pub const SQLITE_FILE: &str = "mobius.db";
 /// Where the development-mode request role's generated password is kept.
 pub const APP_ROLE_PASSWORD_FILE: &str = "postgres-app-role.secret";
-/// The generated master key, when `master_key` is not set.
-pub const MASTER_KEY_FILE: &str = "master.key";
-/// How often coalesced API-token use times are written.
-const USAGE_FLUSH_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A server that has opened its store and bound its listener but not yet
 /// served a request; [`Server::local_addr`] tells where it listens (useful
@@ -91,15 +89,17 @@ impl Server {
             .await
             .context("creating the default tenant")?;
         if created {
-            tracing::info!(%tenant_id, "empty store: created the default tenant and its default site");
+            tracing::info!(tenant_id = %tenant_id.id(), "empty store: created the default tenant and its default site");
         }
-        let sealer: Arc<dyn SecretSealer> = Arc::new(
-            LocalSealer::from_key_or_file(
-                settings.master_key.as_ref().map(|k| k.expose_secret()),
-                &settings.data_dir.join(MASTER_KEY_FILE),
-            )
-            .context("loading the master key (setting `master_key`)")?,
+        let names = edition.provider.describe(settings);
+        let services = edition.provider.build(settings)?;
+        tracing::info!(
+            edition = edition.name,
+            sealer = %names.sealer,
+            entitlements = %names.entitlements,
+            "edition services"
         );
+        let sealer = services.sealer.clone();
         let access = AccessTokens::load(store.clone(), sealer.clone())
             .await
             .context("loading the JWT signing keys")?;
@@ -118,8 +118,10 @@ impl Server {
             chrono::Duration::seconds(settings.device_certificate_ttl_secs as i64);
         let pki = Arc::new(Pki::new(sealer, certificate_ttl));
         {
-            let scope = store.begin(tenant_id).await?;
-            pki.current_ca(&scope, &mobius_core::Actor::system())
+            let scope = store
+                .begin(&SystemTask::new("default-tenant-ca", tenant_id.id()))
+                .await?;
+            pki.current_ca(&scope, &mobius_core::audit::Actor::system())
                 .await?;
             scope.commit().await?;
         }
@@ -132,7 +134,7 @@ impl Server {
             _ => None,
         };
         let server_identity =
-            device_tls::server_identity(&settings.data_dir, configured, &settings.device_hostnames)
+            tls::server_identity(&settings.data_dir, configured, &settings.device_hostnames)
                 .context("loading the device listener's TLS identity")?;
         let verifier = Arc::new(TenantCaVerifier::new());
         let trust = Arc::new(Trust::new(store.clone(), verifier.clone()));
@@ -146,7 +148,7 @@ impl Server {
         let device_state = DeviceState {
             store: store.clone(),
             pki: pki.clone(),
-            entitlements: Arc::new(FixedDeviceLimit(settings.device_limit)),
+            entitlements: services.entitlements.clone(),
             presence: presence.clone(),
             revocations: revocations.clone(),
             trust: trust.clone(),
@@ -163,8 +165,8 @@ impl Server {
             })?;
         let devices = DeviceSide {
             listener: device_listener,
-            tls: device_tls::server_config(&server_identity, verifier)?,
-            router: device_api::router(device_state),
+            tls: tls::server_config(&server_identity, verifier)?,
+            router: device::router(device_state),
             presence,
             revocations: revocations.clone(),
             trust: trust.clone(),
@@ -197,7 +199,7 @@ impl Server {
             store: store.clone(),
             metrics: Metrics::new(),
         };
-        let router = app::router(state, settings, Some(graphql));
+        let router = router::router(state, settings, Some(graphql)).merge(services.routes);
         Ok(Server {
             store,
             listener,
@@ -258,27 +260,27 @@ impl Server {
         let device_addr = self.device_addr();
         let devices = self.devices;
         tracing::info!(address = %device_addr, url = %format!("https://{device_addr}"), "device listener listening");
-        let device_listener = tokio::spawn(device_listener::serve(
+        let device_listener = tokio::spawn(listener::serve(
             devices.listener,
             devices.tls,
             devices.router,
             stopped(stop_rx.clone()),
         ));
         let background = [
-            tokio::spawn(flush_usage_periodically(
+            tokio::spawn(jobs::flush_usage_periodically(
                 self.store.clone(),
                 self.api_token_usage.clone(),
             )),
-            tokio::spawn(flush_presence_periodically(
+            tokio::spawn(jobs::flush_presence_periodically(
                 self.store.clone(),
                 devices.presence.clone(),
             )),
-            tokio::spawn(poll_revocations(
+            tokio::spawn(jobs::poll_revocations(
                 self.store.clone(),
                 devices.revocations.clone(),
                 devices.revocation_lookback,
             )),
-            tokio::spawn(reload_trust_periodically(devices.trust.clone())),
+            tokio::spawn(jobs::reload_trust_periodically(devices.trust.clone())),
         ];
         // After the setup code and the device listener, so whoever waits
         // for this line has all three.
@@ -321,50 +323,6 @@ impl Server {
         tracing::info!("in-flight requests drained; closing the store");
         self.store.close().await.context("closing the store")?;
         Ok(())
-    }
-}
-
-/// Heartbeats are recorded in memory; this writes them at least once a second.
-async fn flush_presence_periodically(store: Store, presence: Arc<Presence>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tick.tick().await;
-        if let Err(err) = presence.flush(&store).await {
-            tracing::warn!(error = %err, "could not write device last-seen times");
-        }
-    }
-}
-
-/// Revocations made anywhere reach this listener within about a second.
-async fn poll_revocations(store: Store, revocations: Arc<Revocations>, lookback: chrono::Duration) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tick.tick().await;
-        if let Err(err) = revocations.poll(&store, lookback).await {
-            tracing::warn!(error = %err, "could not poll device revocations");
-        }
-    }
-}
-
-/// Picks up CAs created or rotated by other servers (this server reloads
-/// at once after its own changes).
-async fn reload_trust_periodically(trust: Arc<Trust>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(10));
-    loop {
-        tick.tick().await;
-        if let Err(err) = trust.reload().await {
-            tracing::warn!(error = %err, "could not reload trusted tenant CAs");
-        }
-    }
-}
-
-async fn flush_usage_periodically(store: Store, usage: Arc<ApiTokenUsage>) {
-    let mut tick = tokio::time::interval(USAGE_FLUSH_INTERVAL);
-    loop {
-        tick.tick().await;
-        if let Err(err) = usage.flush(&store).await {
-            tracing::warn!(error = %err, "could not write API-token use times");
-        }
     }
 }
 
@@ -510,11 +468,8 @@ pub async fn rotate_signing_key(
     edition: &Edition,
 ) -> anyhow::Result<mobius_core::Uuid> {
     let store = open_store(settings, edition, false).await?;
-    let sealer = LocalSealer::from_key_or_file(
-        settings.master_key.as_ref().map(|k| k.expose_secret()),
-        &settings.data_dir.join(MASTER_KEY_FILE),
-    )?;
-    let access = AccessTokens::load(store.clone(), Arc::new(sealer)).await?;
+    let services = edition.provider.build(settings)?;
+    let access = AccessTokens::load(store.clone(), services.sealer).await?;
     let kid = access.rotate().await?;
     store.close().await?;
     Ok(kid)

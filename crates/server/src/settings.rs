@@ -218,7 +218,7 @@ impl Settings {
                 }
             }
         }
-        mobius_core::postgres_roles::valid_role_name(&self.database_app_role)
+        mobius_core::db::postgres_roles::valid_role_name(&self.database_app_role)
             .map_err(|e| SettingsError(e.to_string()))?;
         if self.database_max_connections == 0 {
             return Err(SettingsError(

@@ -1,5 +1,8 @@
 //! `mobius-server-cloud`, the cloud edition: multi-tenant on Postgres, with
-//! the cloud-only features this binary was built with.
+//! the cloud-only features this binary was built with. Its services are
+//! built by [`services::CloudServices`].
+
+mod services;
 
 use mobius_server::Edition;
 
@@ -19,5 +22,6 @@ fn main() -> std::process::ExitCode {
         binary: "mobius-server-cloud",
         requires_postgres: true,
         features: FEATURES,
+        provider: &services::CloudServices,
     })
 }

@@ -1,0 +1,219 @@
+//! Every lookup that crosses tenants, in one file. Each answers one narrow
+//! question (which tenant owns this secret hash, which users have this
+//! login email, which tenant is the default) through a named SECURITY
+//! DEFINER function on Postgres, and returns a [`FoundTenant`] proof that
+//! [`Store::begin`] accepts. Nothing else in the crate reads across tenants.
+
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Statement,
+    prelude::Uuid,
+};
+
+use super::entities::{certificate_authority, tenant};
+use super::proof::FoundTenant;
+use super::{Backend, Store, StoreResult};
+
+/// Secrets whose owning tenant can be looked up by hash before a tenant is set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecretKind {
+    EnrollmentToken,
+    RefreshToken,
+    Invitation,
+    ApiToken,
+}
+
+/// One login candidate: a user with this email in some tenant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoginCandidate {
+    pub tenant: FoundTenant,
+    pub user_id: Uuid,
+    pub tenant_slug: String,
+}
+
+impl Store {
+    /// The oldest tenant, if any: the one an embedded install serves.
+    /// On Postgres this goes through the `mobius_default_tenant_id()`
+    /// SECURITY DEFINER function, since no tenant is set yet.
+    pub async fn default_tenant(&self) -> StoreResult<Option<FoundTenant>> {
+        let id = match self.backend() {
+            Backend::Postgres => {
+                self.lookup_one("SELECT mobius_default_tenant_id() AS id", Vec::new())
+                    .await?
+            }
+            Backend::Sqlite => {
+                tenant::Entity::find()
+                    .order_by_asc(tenant::Column::CreatedAt)
+                    .order_by_asc(tenant::Column::Id)
+                    .select_only()
+                    .column(tenant::Column::Id)
+                    .into_tuple::<Uuid>()
+                    .one(&self.db)
+                    .await?
+            }
+        };
+        Ok(id.map(FoundTenant::new))
+    }
+
+    /// The tenant owning a secret of `kind` whose SHA-256 is `hash`, through
+    /// that kind's named SECURITY DEFINER function on Postgres.
+    pub async fn tenant_by_secret_hash(
+        &self,
+        kind: SecretKind,
+        hash: &[u8; 32],
+    ) -> StoreResult<Option<FoundTenant>> {
+        let (function, table) = match kind {
+            SecretKind::EnrollmentToken => ("mobius_enrollment_token_tenant", "enrollment_tokens"),
+            SecretKind::RefreshToken => ("mobius_refresh_token_tenant", "refresh_tokens"),
+            SecretKind::Invitation => ("mobius_invitation_tenant", "invitations"),
+            SecretKind::ApiToken => ("mobius_api_token_tenant", "api_tokens"),
+        };
+        // Both names come from the match above, never from input.
+        let sql = match self.backend {
+            Backend::Postgres => format!("SELECT {function}($1) AS id"),
+            Backend::Sqlite => format!("SELECT tenant_id AS id FROM {table} WHERE token_hash = ?"),
+        };
+        Ok(self
+            .lookup_one(&sql, vec![hash.to_vec().into()])
+            .await?
+            .map(FoundTenant::new))
+    }
+
+    /// The users a login email belongs to, one per tenant (compared
+    /// case-insensitively): the login form's one cross-tenant lookup.
+    pub async fn find_login_candidates(&self, email: &str) -> StoreResult<Vec<LoginCandidate>> {
+        let sql = match self.backend {
+            Backend::Postgres => {
+                "SELECT tenant_id, user_id, tenant_slug FROM mobius_login_candidates($1)"
+            }
+            Backend::Sqlite => {
+                "SELECT u.tenant_id, u.id AS user_id, t.slug AS tenant_slug \
+                 FROM users u JOIN tenants t ON t.id = u.tenant_id WHERE lower(u.email) = lower(?)"
+            }
+        };
+        let rows = self
+            .db
+            .query_all_raw(Statement::from_sql_and_values(
+                self.db_backend(),
+                sql,
+                [email.into()],
+            ))
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(LoginCandidate {
+                    tenant: FoundTenant::new(row.try_get("", "tenant_id")?),
+                    user_id: row.try_get("", "user_id")?,
+                    tenant_slug: row.try_get("", "tenant_slug")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn lookup_one(
+        &self,
+        sql: &str,
+        values: Vec<sea_orm::Value>,
+    ) -> StoreResult<Option<Uuid>> {
+        let row = self
+            .db
+            .query_one_raw(Statement::from_sql_and_values(
+                self.db_backend(),
+                sql,
+                values,
+            ))
+            .await?;
+        Ok(match row {
+            Some(row) => row.try_get::<Option<Uuid>>("", "id")?,
+            None => None,
+        })
+    }
+}
+
+/// A CA the device listener trusts.
+#[derive(Clone, Debug)]
+pub struct TrustedCa {
+    pub tenant_id: Uuid,
+    pub ca_id: Uuid,
+    pub cert_pem: String,
+    /// Rotated away from: still trusted, no longer signing.
+    pub retiring: bool,
+}
+
+/// Every tenant's trusted CA certificates, for the device listener's trust
+/// store (one narrow cross-tenant lookup; certificates are public).
+impl Store {
+    pub async fn trusted_device_cas(&self) -> StoreResult<Vec<TrustedCa>> {
+        let store = self;
+        let db = store.connection();
+        let rows = match store.backend() {
+            Backend::Postgres => {
+                db.query_all_raw(Statement::from_sql_and_values(
+                    sea_orm::DbBackend::Postgres,
+                    "SELECT tenant_id, ca_id, cert_pem, retiring FROM mobius_trusted_device_cas()",
+                    Vec::<sea_orm::Value>::new(),
+                ))
+                .await?
+            }
+            Backend::Sqlite => {
+                db.query_all_raw(Statement::from_string(
+                    sea_orm::DbBackend::Sqlite,
+                    "SELECT tenant_id, id AS ca_id, cert_pem, retire_after IS NOT NULL AS retiring \
+                 FROM certificate_authorities",
+                ))
+                .await?
+            }
+        };
+        let now = chrono::Utc::now();
+        let mut trusted = Vec::new();
+        for row in &rows {
+            trusted.push(TrustedCa {
+                tenant_id: row.try_get("", "tenant_id")?,
+                ca_id: row.try_get("", "ca_id")?,
+                cert_pem: row.try_get("", "cert_pem")?,
+                retiring: row.try_get("", "retiring")?,
+            });
+        }
+        // SQLite keeps retired CAs in the table; the expiry check is ours.
+        if store.backend() == Backend::Sqlite {
+            let scoped: std::collections::HashSet<Uuid> = certificate_authority::Entity::find()
+                .filter(
+                    sea_orm::Condition::any()
+                        .add(certificate_authority::Column::RetireAfter.is_null())
+                        .add(certificate_authority::Column::RetireAfter.gt(now)),
+                )
+                .all(store.connection())
+                .await?
+                .into_iter()
+                .map(|ca| ca.id)
+                .collect();
+            trusted.retain(|ca| scoped.contains(&ca.ca_id));
+        }
+        Ok(trusted)
+    }
+}
+
+impl Store {
+    /// Devices revoked or deleted after `since`, in every tenant: what the
+    /// device listener refuses (ids only).
+    pub async fn revoked_devices_since(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<Vec<Uuid>> {
+        let sql = match self.backend {
+            Backend::Postgres => "SELECT device_id FROM mobius_revoked_devices_since($1)",
+            Backend::Sqlite => "SELECT device_id FROM revoked_devices WHERE revoked_at > ?",
+        };
+        let rows = self
+            .db
+            .query_all_raw(Statement::from_sql_and_values(
+                self.db_backend(),
+                sql,
+                [since.into()],
+            ))
+            .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| r.try_get("", "device_id").ok())
+            .collect())
+    }
+}

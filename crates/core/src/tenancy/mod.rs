@@ -1,0 +1,11 @@
+//! Tenancy: tenants, their sites (where devices live) and teams (who
+//! manages them), and team memberships.
+
+mod named;
+mod sites;
+mod teams;
+mod tenants;
+
+pub use sites::{Site, Sites};
+pub use teams::{TEAM_ROLES, Team, TeamMembership, TeamMemberships, Teams};
+pub use tenants::{DEFAULT_SITE, DEFAULT_TENANT_SLUG, Tenant, TenantSettings};

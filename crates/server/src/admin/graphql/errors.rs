@@ -1,0 +1,87 @@
+//! GraphQL errors: every error a client sees carries `extensions.code`
+//! from the fixed list, and internal causes never leave the server.
+
+use async_graphql::{Error, ErrorExtensions, Response};
+use mobius_core::StoreError;
+use mobius_core::authz::Denied;
+use mobius_core::identity::IdentityError;
+
+use crate::http::errors::{ApiError, ErrorCode};
+
+/// An error with a stable code (and the input field, when there is one).
+pub fn coded(code: ErrorCode, message: impl Into<String>, field: Option<&str>) -> Error {
+    Error::new(message).extend_with(|_, e| {
+        e.set("code", code.as_str());
+        if let Some(field) = field {
+            e.set("field", field);
+        }
+    })
+}
+
+pub fn not_found(what: &str) -> Error {
+    coded(ErrorCode::NotFound, format!("{what} not found"), None)
+}
+
+pub fn bad_input(field: &str, message: impl Into<String>) -> Error {
+    coded(ErrorCode::BadUserInput, message, Some(field))
+}
+
+pub fn forbidden(message: impl Into<String>) -> Error {
+    coded(ErrorCode::Forbidden, message, None)
+}
+
+impl From<ApiError> for Error {
+    fn from(err: ApiError) -> Error {
+        coded(err.code, err.message, err.field.as_deref())
+    }
+}
+
+pub fn store(err: StoreError) -> Error {
+    ApiError::from(err).into()
+}
+
+pub fn denied(_: Denied) -> Error {
+    forbidden("your role does not permit this")
+}
+
+/// Exhaustive, so a new identity failure needs a decision here.
+pub fn identity(err: IdentityError) -> Error {
+    match err {
+        IdentityError::InvalidCredentials
+        | IdentityError::InvalidToken
+        | IdentityError::AccessTokenExpired
+        | IdentityError::RefreshTokenReused => {
+            coded(ErrorCode::Unauthenticated, err.to_string(), None)
+        }
+        IdentityError::InvalidCode => coded(ErrorCode::BadUserInput, err.to_string(), Some("code")),
+        IdentityError::Store(e) => store(e),
+    }
+}
+
+/// Gives every error in a response a code. Errors from parsing and
+/// validation (no path) are the client's: BAD_USER_INPUT. A resolver error
+/// without a code is an unexpected failure: logged, and answered with a
+/// generic INTERNAL so its text cannot leak.
+pub fn sanitize(mut response: Response) -> Response {
+    for error in &mut response.errors {
+        let has_code = error
+            .extensions
+            .as_ref()
+            .is_some_and(|ext| ext.get("code").is_some());
+        if has_code {
+            continue;
+        }
+        if error.path.is_empty() {
+            let mut ext = error.extensions.take().unwrap_or_default();
+            ext.set("code", ErrorCode::BadUserInput.as_str());
+            error.extensions = Some(ext);
+        } else {
+            tracing::error!(error = %error.message, path = ?error.path, "GraphQL resolver failed");
+            error.message = "internal error".into();
+            let mut ext = async_graphql::ErrorExtensionValues::default();
+            ext.set("code", ErrorCode::Internal.as_str());
+            error.extensions = Some(ext);
+        }
+    }
+    response
+}

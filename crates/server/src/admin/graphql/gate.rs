@@ -1,0 +1,136 @@
+//! The one choke point between GraphQL resolvers and tenant data. The
+//! store is not in the schema's context at all: resolvers reach it only
+//! through [`read`] and [`write`], which check the caller's permission for
+//! the operation first.
+
+use std::sync::Arc;
+
+use async_graphql::{Context, Result};
+use mobius_core::authz::{Operation, Principal};
+use mobius_core::identity::{IdentityError, RequestMeta};
+use mobius_core::{Store, TenantScope, Uuid};
+use tokio::sync::OnceCell;
+
+use super::errors;
+use crate::http::errors::ErrorCode;
+
+/// Who is calling, as established before the operation ran.
+pub enum Caller {
+    Anonymous,
+    Authenticated(Principal),
+    /// A credential was presented and refused (expired, revoked, unknown).
+    Refused(IdentityError),
+}
+
+/// Per-request context: the caller, where the request came from, and the
+/// read transaction shared by the request's queries and loaders.
+pub struct RequestContext {
+    pub caller: Caller,
+    pub meta: RequestMeta,
+    /// Key for per-client rate limits (the peer IP).
+    pub client_key: String,
+    /// The refresh-token cookie and the CSRF proof, for the SPA.
+    pub refresh_cookie: Option<String>,
+    pub csrf_cookie: Option<String>,
+    pub csrf_header: Option<String>,
+    pub reads: Arc<ReadScope>,
+}
+
+/// One read-only transaction per request, opened on first use, so a page
+/// and its batched loads see the same snapshot and pay for one BEGIN.
+pub struct ReadScope {
+    store: Store,
+    /// The authenticated caller, the proof the scope is opened with (it
+    /// carries a team-scoped token's team, so device reads are filtered).
+    principal: Option<Principal>,
+    scope: OnceCell<TenantScope>,
+}
+
+impl ReadScope {
+    pub fn new(store: Store, principal: Option<Principal>) -> ReadScope {
+        ReadScope {
+            store,
+            principal,
+            scope: OnceCell::new(),
+        }
+    }
+
+    pub async fn get(&self) -> Result<&TenantScope> {
+        let principal = self
+            .principal
+            .as_ref()
+            .ok_or_else(|| errors::coded(ErrorCode::Unauthenticated, "sign in first", None))?;
+        self.scope
+            .get_or_try_init(|| async { self.store.begin(principal).await.map_err(errors::store) })
+            .await
+    }
+}
+
+/// The store for writes; deliberately not `Clone` and only in this module.
+pub struct WriteStore(pub(super) Store);
+
+pub fn request<'c>(ctx: &Context<'c>) -> Result<&'c RequestContext> {
+    ctx.data::<RequestContext>()
+}
+
+/// The authenticated caller, or UNAUTHENTICATED saying why not.
+pub fn principal<'c>(ctx: &Context<'c>) -> Result<&'c Principal> {
+    match &request(ctx)?.caller {
+        Caller::Authenticated(principal) => Ok(principal),
+        Caller::Anonymous => Err(errors::coded(
+            ErrorCode::Unauthenticated,
+            "sign in first: send `Authorization: Bearer <token>`",
+            None,
+        )),
+        Caller::Refused(err) => Err(errors::coded(
+            ErrorCode::Unauthenticated,
+            err.to_string(),
+            None,
+        )),
+    }
+}
+
+/// Checks `op` (on `team`, for device operations), then hands out the
+/// request's read scope.
+pub async fn read<'c>(
+    ctx: &Context<'c>,
+    op: Operation,
+    team: Option<Uuid>,
+) -> Result<(&'c Principal, &'c TenantScope)> {
+    let principal = principal(ctx)?;
+    principal.authorize(op, team).map_err(errors::denied)?;
+    let scope = request(ctx)?.reads.get().await?;
+    Ok((principal, scope))
+}
+
+/// For operations on one device: finds it (NOT_FOUND if it is not in the
+/// caller's tenant), then checks `op` against the device's team before
+/// anything is changed or returned.
+pub async fn write_on_device<'c>(
+    ctx: &Context<'c>,
+    op: Operation,
+    device: Uuid,
+) -> Result<(&'c Principal, TenantScope)> {
+    let principal = principal(ctx)?;
+    let store = &ctx.data::<WriteStore>()?.0;
+    let scope = store.begin(principal).await.map_err(errors::store)?;
+    let found = scope.devices().get(device).await.map_err(errors::store)?;
+    principal
+        .authorize(op, found.team_id)
+        .map_err(errors::denied)?;
+    Ok((principal, scope))
+}
+
+/// Checks `op`, then opens a write transaction in the caller's tenant; the
+/// resolver commits it.
+pub async fn write<'c>(
+    ctx: &Context<'c>,
+    op: Operation,
+    team: Option<Uuid>,
+) -> Result<(&'c Principal, TenantScope)> {
+    let principal = principal(ctx)?;
+    principal.authorize(op, team).map_err(errors::denied)?;
+    let store = &ctx.data::<WriteStore>()?.0;
+    let scope = store.begin(principal).await.map_err(errors::store)?;
+    Ok((principal, scope))
+}

@@ -1,0 +1,270 @@
+//! The GraphQL admin API at `/api/graphql`: POST for queries and
+//! mutations, GET for GraphiQL, and graphql-ws subscriptions on the same
+//! path.
+
+mod devices;
+mod errors;
+pub mod gate;
+mod mutation;
+pub(crate) mod query;
+mod subscription;
+pub mod types;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_graphql::dataloader::{DataLoader, HashMapCache};
+use async_graphql::http::GraphiQLSource;
+use async_graphql::{Data, Schema};
+use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State, WebSocketUpgrade};
+use axum::http::HeaderMap;
+use axum::http::header::{AUTHORIZATION, COOKIE, USER_AGENT};
+use axum::response::{Html, IntoResponse, Response};
+use mobius_core::Store;
+use mobius_core::identity::ApiTokenUsage;
+use mobius_core::identity::{Identity, RequestMeta};
+
+use crate::http::limits::LoginLimiter;
+pub use errors::sanitize;
+use gate::{Caller, ReadScope, RequestContext, WriteStore};
+use types::{SiteLoader, TeamLoader};
+
+pub type MobiusSchema = Schema<query::Query, MutationRoot, subscription::Subscription>;
+
+/// Mutations are split by area and merged.
+#[derive(async_graphql::MergedObject, Default)]
+pub struct MutationRoot(mutation::Mutation, devices::DeviceMutation);
+
+/// Depth 15 admits GraphiQL's introspection query; complexity 1000 admits a
+/// full 500-device page with its sites and teams but not nested abuse.
+const MAX_DEPTH: usize = 15;
+const MAX_COMPLEXITY: usize = 1000;
+
+/// What the GraphQL layer needs from the server.
+#[derive(Clone)]
+pub struct GraphqlState {
+    pub schema: MobiusSchema,
+    pub store: Store,
+    pub identity: Identity,
+    pub api_token_usage: Arc<ApiTokenUsage>,
+}
+
+/// What resolvers use besides the request context.
+pub struct Services {
+    pub store: Store,
+    pub identity: Identity,
+    pub limiter: LoginLimiter,
+    pub devices: DeviceAdmin,
+}
+
+/// The device side, as the admin API needs it.
+pub struct DeviceAdmin {
+    pub pki: Arc<mobius_core::pki::Pki>,
+    /// Reloaded after a CA is created or rotated, so the device listener
+    /// trusts it at once.
+    pub trust: Arc<crate::device::Trust>,
+    /// Updated at once on revocation (other servers poll).
+    pub revocations: Arc<mobius_core::devices::presence::Revocations>,
+    /// Pin of the device listener's CA, embedded in enrollment tokens.
+    pub ca_pin: [u8; 32],
+    pub heartbeat_interval_secs: u64,
+}
+
+/// The schema with its services. `print-schema` builds it without them.
+pub fn schema(services: Option<Services>) -> MobiusSchema {
+    let mut builder = Schema::build(
+        query::Query,
+        MutationRoot::default(),
+        subscription::Subscription,
+    )
+    .limit_depth(MAX_DEPTH)
+    .limit_complexity(MAX_COMPLEXITY);
+    if let Some(services) = services {
+        builder = builder
+            .data(WriteStore(services.store))
+            .data(services.identity)
+            .data(services.limiter)
+            .data(services.devices);
+    }
+    builder.finish()
+}
+
+/// The SDL checked in as `graphql/schema.graphql`.
+pub fn sdl() -> String {
+    schema(None).sdl()
+}
+
+/// POST: queries and mutations.
+pub async fn execute(
+    State(state): State<GraphqlState>,
+    headers: HeaderMap,
+    peer: Peer,
+    request: GraphQLRequest,
+) -> Response {
+    let context = request_context(&state, &headers, peer.0).await;
+    let reads = context.reads.clone();
+    let request = request
+        .into_inner()
+        .data(DataLoader::with_cache(
+            SiteLoader(reads.clone()),
+            tokio::spawn,
+            HashMapCache::default(),
+        ))
+        .data(DataLoader::with_cache(
+            TeamLoader(reads),
+            tokio::spawn,
+            HashMapCache::default(),
+        ))
+        .data(context);
+    let response = sanitize(state.schema.execute(request).await);
+    GraphQLResponse::from(response).into_response()
+}
+
+/// GET: GraphiQL for a browser, or the graphql-ws upgrade. The socket's
+/// `connection_init` payload carries `{"authorization": "Bearer ..."}`.
+pub async fn graphiql_or_socket(State(state): State<GraphqlState>, request: Request) -> Response {
+    let is_upgrade = request
+        .headers()
+        .get("upgrade")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if !is_upgrade {
+        return Html(
+            GraphiQLSource::build()
+                .endpoint("/api/graphql")
+                .subscription_endpoint("/api/graphql")
+                .finish(),
+        )
+        .into_response();
+    }
+    let (mut parts, _body) = request.into_parts();
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let protocol = match GraphQLProtocol::from_request_parts(&mut parts, &()).await {
+        Ok(protocol) => protocol,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let headers = parts.headers.clone();
+    upgrade
+        .protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |socket| async move {
+            let schema = state.schema.clone();
+            GraphQLWebSocket::new(socket, schema, protocol)
+                .on_connection_init(move |payload| async move {
+                    let mut headers = headers;
+                    let bearer = payload
+                        .get("authorization")
+                        .or_else(|| payload.get("Authorization"))
+                        .and_then(|v| v.as_str())
+                        .map(str::to_owned);
+                    if let Some(bearer) = bearer
+                        && let Ok(value) = bearer.parse()
+                    {
+                        headers.insert(AUTHORIZATION, value);
+                    }
+                    let mut data = Data::default();
+                    data.insert(request_context(&state, &headers, peer).await);
+                    Ok(data)
+                })
+                .serve()
+                .await
+        })
+}
+
+/// The client's address, when the server was started with connect info.
+pub struct Peer(pub Option<SocketAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Peer(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0),
+        ))
+    }
+}
+
+/// Authenticates the request's bearer credential (if any) before the
+/// operation runs, and gathers what resolvers may need from the headers.
+async fn request_context(
+    state: &GraphqlState,
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+) -> RequestContext {
+    let meta = RequestMeta {
+        ip: peer.map(|p| p.ip().to_string()),
+        user_agent: headers
+            .get(USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.chars().take(512).collect()),
+    };
+    let bearer = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    let caller = match bearer {
+        None => Caller::Anonymous,
+        Some(token) => match state.identity.authenticate(token, &meta).await {
+            Ok((principal, api_token)) => {
+                if let Some(token) = api_token {
+                    state.api_token_usage.record(token.tenant_id, token.id);
+                }
+                Caller::Authenticated(principal)
+            }
+            Err(err) => Caller::Refused(err),
+        },
+    };
+    let reader = match &caller {
+        Caller::Authenticated(principal) => Some(principal.clone()),
+        _ => None,
+    };
+    let cookies = parse_cookies(headers);
+    RequestContext {
+        caller,
+        client_key: meta.ip.clone().unwrap_or_else(|| "unknown".into()),
+        meta,
+        refresh_cookie: cookies
+            .iter()
+            .find(|(k, _)| k == "mobius_refresh")
+            .map(|(_, v)| v.clone()),
+        csrf_cookie: cookies
+            .iter()
+            .find(|(k, _)| k == "mobius_csrf")
+            .map(|(_, v)| v.clone()),
+        csrf_header: headers
+            .get("x-csrf-token")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        reads: Arc::new(ReadScope::new(state.store.clone(), reader)),
+    }
+}
+
+fn parse_cookies(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            Some((k.to_owned(), v.to_owned()))
+        })
+        .collect()
+}

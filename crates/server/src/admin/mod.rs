@@ -1,0 +1,4 @@
+//! The admin surface: the GraphQL API (and, as they come, REST endpoints
+//! for licenses, software, SSO callbacks and billing webhooks).
+
+pub mod graphql;

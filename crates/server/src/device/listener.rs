@@ -1,0 +1,92 @@
+//! The device listener: TLS 1.3 with optional client certificates, a
+//! [`Peer`] extension on every request telling handlers who is on the
+//! other end, and graceful shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+use mobius_core::devices::DeviceIdentity;
+
+use crate::device::Peer;
+
+/// A handshake that has not finished in this long is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// In-flight device requests get this long to finish on shutdown.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub async fn serve(
+    listener: TcpListener,
+    tls: rustls::ServerConfig,
+    router: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let acceptor = TlsAcceptor::from(Arc::new(tls));
+    let graceful = GracefulShutdown::new();
+    let builder = Arc::new(Builder::new(TokioExecutor::new()));
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, addr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly.
+                    tracing::warn!(error = %e, "device listener accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%addr, error = %e, "device TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%addr, "device TLS handshake timed out");
+                    return;
+                }
+            };
+            let device = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|leaf| DeviceIdentity::from_verified_certificate(leaf.as_ref()));
+            let peer = Peer { addr, device };
+            let service =
+                router.map_request(move |mut request: hyper::Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(peer.clone());
+                    request.map(axum::body::Body::new)
+                });
+            let connection =
+                builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(service));
+            if let Err(e) = watcher.watch(connection.into_owned()).await {
+                tracing::debug!(%addr, error = %e, "device connection ended with an error");
+            }
+        });
+    }
+    tracing::info!(connections = graceful.count(), "device listener draining");
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("device connections still open after the drain timeout; closing them");
+    }
+}

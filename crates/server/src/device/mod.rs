@@ -1,0 +1,62 @@
+//! The device endpoints, served on the mTLS device listener. Devices are
+//! authenticated by their client certificate through
+//! [`peer::DeviceScope`], an extractor of their own: admin authentication
+//! never shares this path.
+
+mod enroll;
+mod errors;
+pub mod listener;
+pub mod peer;
+mod ping;
+mod renew;
+pub mod tls;
+pub mod trust;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::{head, post};
+use mobius_api::device::{ENROLL_PATH, PING_PATH, RENEW_PATH};
+use mobius_core::Store;
+use mobius_core::authz::Entitlements;
+use mobius_core::devices::presence::{Presence, Revocations};
+use mobius_core::pki::Pki;
+
+pub use peer::{DeviceScope, Peer};
+pub use trust::Trust;
+
+use crate::http::errors::ErrorCode;
+
+/// Enrollment requests carry a CSR and facts: 64 KiB is plenty.
+pub const MAX_DEVICE_BODY_BYTES: usize = 64 * 1024;
+
+#[derive(Clone)]
+pub struct DeviceState {
+    pub store: Store,
+    pub pki: Arc<Pki>,
+    pub entitlements: Arc<dyn Entitlements>,
+    pub presence: Arc<Presence>,
+    pub revocations: Arc<Revocations>,
+    pub trust: Arc<Trust>,
+    pub server_ca_pem: Arc<String>,
+    pub heartbeat_interval_secs: u64,
+}
+
+pub fn router(state: DeviceState) -> Router {
+    Router::new()
+        .route(ENROLL_PATH, post(enroll::enroll))
+        .route(PING_PATH, head(ping::ping_head).post(ping::ping))
+        .route(RENEW_PATH, post(renew::renew))
+        .fallback(|| async {
+            errors::error(
+                StatusCode::NOT_FOUND,
+                ErrorCode::NotFound,
+                "no such device endpoint",
+                None,
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_DEVICE_BODY_BYTES))
+        .with_state(state)
+}

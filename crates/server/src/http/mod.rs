@@ -1,0 +1,8 @@
+//! The HTTP surface shared by every listener: the admin router, error
+//! bodies and codes, health, metrics, hardening headers and limits.
+
+pub mod errors;
+pub mod hardening;
+pub mod limits;
+pub mod metrics;
+pub mod router;
