@@ -310,6 +310,44 @@ fn cloud_edition_requires_postgres() {
     );
 }
 
+/// Each binary builds its own edition's services and says which: the
+/// `config` output and the start-up log name the sealer and entitlements.
+#[test]
+fn each_edition_binary_names_its_own_services() {
+    let dir = tempfile::tempdir().unwrap();
+    for (binary, edition, marker) in [
+        ("mobius-server", "(oss edition)", None),
+        (
+            "mobius-server-cloud",
+            "(cloud edition)",
+            Some("[cloud: KMS sealing not built yet]"),
+        ),
+    ] {
+        let output = Command::new(workspace_binary(binary))
+            .args(["config", "--data-dir", dir.path().to_str().unwrap()])
+            .env("MOBIUS_DEVICE_LIMIT", "7")
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(0), "{binary} config");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(stdout.contains(edition), "{binary}: {stdout}");
+        assert!(
+            stdout.contains("# sealer: local AES-256-GCM (master key file"),
+            "{binary}: {stdout}"
+        );
+        assert!(
+            stdout.contains("# entitlements: fixed device limit (7 devices per tenant)"),
+            "{binary}: {stdout}"
+        );
+        match marker {
+            Some(marker) => assert!(stdout.contains(marker), "{binary}: {stdout}"),
+            None => assert!(!stdout.contains("[cloud:"), "{binary}: {stdout}"),
+        }
+        // Describing the services has no side effects: no key file yet.
+        assert!(!dir.path().join("master.key").exists(), "{binary}");
+    }
+}
+
 #[test]
 fn every_subcommand_has_help() {
     for sub in ["serve", "migrate", "config"] {

@@ -18,6 +18,9 @@ use crate::db::{StoreResult, TenantScope};
 
 pub type AuditEvent = audit_event::Model;
 
+/// Events read per query when verifying the chain.
+const VERIFY_BATCH: u64 = 1000;
+
 /// What happened, to what.
 #[derive(Clone, Debug)]
 pub struct AuditRecord {
@@ -138,31 +141,50 @@ impl<'s> AuditLog<'s> {
     /// predecessor (`seq` without gaps, `prev_hash` = predecessor's hash)
     /// and hash to what it stores. Any edit or deletion shows up as the
     /// first broken link.
+    ///
+    /// The log is read in batches of [`VERIFY_BATCH`] by sequence number
+    /// (keyset, not offset), so memory stays flat however long the chain.
     pub async fn verify_chain(&self) -> StoreResult<ChainVerification> {
-        let events = audit_event::Entity::find()
+        let total = audit_event::Entity::find()
             .filter(audit_event::Column::TenantId.eq(self.scope.tenant_id()))
-            .order_by_asc(audit_event::Column::Seq)
-            .all(self.scope.connection())
+            .count(self.scope.connection())
             .await?;
         let mut previous: Option<Vec<u8>> = None;
-        for (index, event) in events.iter().enumerate() {
-            let expected_seq = index as i64 + 1;
-            let intact = event.seq == expected_seq
-                && event.prev_hash == previous
-                && event.hash.as_deref().is_some_and(|stored| {
-                    crate::crypto::secrets::hashes_match(stored, &chain_hash(event))
-                });
-            if !intact {
-                return Ok(ChainVerification {
-                    events: events.len() as u64,
-                    first_broken_seq: Some(expected_seq),
-                });
+        let mut expected_seq: i64 = 1;
+        loop {
+            let batch = audit_event::Entity::find()
+                .filter(audit_event::Column::TenantId.eq(self.scope.tenant_id()))
+                .filter(audit_event::Column::Seq.gte(expected_seq))
+                .order_by_asc(audit_event::Column::Seq)
+                .limit(VERIFY_BATCH)
+                .all(self.scope.connection())
+                .await?;
+            let done = (batch.len() as u64) < VERIFY_BATCH;
+            for event in &batch {
+                let intact = event.seq == expected_seq
+                    && event.prev_hash == previous
+                    && event.hash.as_deref().is_some_and(|stored| {
+                        crate::crypto::secrets::hashes_match(stored, &chain_hash(event))
+                    });
+                if !intact {
+                    return Ok(ChainVerification {
+                        events: total,
+                        first_broken_seq: Some(expected_seq),
+                    });
+                }
+                previous = event.hash.clone();
+                expected_seq += 1;
             }
-            previous = event.hash.clone();
+            if done {
+                break;
+            }
         }
+        // Rows the batches never reached (below the first sequence number,
+        // or a duplicate) break the chain at the first unverified number.
+        let verified = (expected_seq - 1) as u64;
         Ok(ChainVerification {
-            events: events.len() as u64,
-            first_broken_seq: None,
+            events: total,
+            first_broken_seq: (verified != total).then_some(expected_seq),
         })
     }
 

@@ -36,7 +36,7 @@ pub struct RequestContext {
     pub reads: Arc<ReadScope>,
 }
 
-/// One read-only transaction per request, opened on first use, so a page
+/// One transaction for the request's reads, opened on first use, so a page
 /// and its batched loads see the same snapshot and pay for one BEGIN.
 pub struct ReadScope {
     store: Store,

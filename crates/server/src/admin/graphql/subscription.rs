@@ -12,8 +12,9 @@ pub struct Subscription;
 
 #[SubscriptionDerive]
 impl Subscription {
-    /// Audit events of the caller's tenant as they are committed (on this
-    /// server; a multi-replica setup fans out through Postgres NOTIFY).
+    /// Audit events of the caller's tenant as they are committed on the
+    /// server this subscription is connected to (replicas do not share
+    /// them yet).
     async fn audit_events(&self, ctx: &Context<'_>) -> Result<impl Stream<Item = AuditEventNode>> {
         let principal = gate::principal(ctx)?;
         principal
