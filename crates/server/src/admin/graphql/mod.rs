@@ -2,13 +2,50 @@
 //! mutations, GET for GraphiQL, and graphql-ws subscriptions on the same
 //! path.
 
+mod audit;
 mod devices;
-mod errors;
+mod enrollment;
+pub(crate) mod errors;
 pub mod gate;
-mod mutation;
-pub(crate) mod query;
-mod subscription;
-pub mod types;
+mod identity;
+mod ids;
+mod loaders;
+mod pagination;
+mod tenancy;
+
+/// What every area's resolvers and types use: async-graphql, the gate,
+/// errors, pagination, ids, loaders and each area's object types.
+pub(crate) mod prelude {
+    pub(crate) use std::collections::HashMap;
+    pub(crate) use std::sync::Arc;
+
+    pub(crate) use async_graphql::connection::{Connection, Edge, EmptyFields};
+    pub(crate) use async_graphql::dataloader::{DataLoader, HashMapCache, Loader};
+    pub(crate) use async_graphql::{
+        ComplexObject, Context, Enum, ID, InputObject, Json, Object, Result, SimpleObject,
+    };
+    pub(crate) use base64::Engine;
+    pub(crate) use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    pub(crate) use chrono::{DateTime, Utc};
+    pub(crate) use mobius_api::device::EnrollmentToken as TokenString;
+    pub(crate) use mobius_core::authz::{Operation, Role as CoreRole};
+    pub(crate) use mobius_core::devices::{
+        DeviceFilter, DeviceOrder as CoreOrder, DeviceStatus as CoreStatus,
+    };
+    pub(crate) use mobius_core::enrollment::NewEnrollmentToken;
+    pub(crate) use mobius_core::identity::{Identity, NewApiToken, Session};
+    pub(crate) use mobius_core::{StoreError, Uuid};
+
+    pub(crate) use super::devices::{heartbeat_interval, prefetch_sites_and_teams, reload};
+    pub(crate) use super::gate::{self, ReadScope, RequestContext};
+    pub(crate) use super::ids::*;
+    pub(crate) use super::loaders::*;
+    pub(crate) use super::pagination::*;
+    pub(crate) use super::tenancy::types::*;
+    pub(crate) use super::{DeviceAdmin, errors};
+    pub(crate) use crate::http::errors::ErrorCode;
+    pub(crate) use crate::http::limits::{LoginLimiter, RateLimited};
+}
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,13 +65,35 @@ use mobius_core::identity::{Identity, RequestMeta};
 use crate::http::limits::LoginLimiter;
 pub use errors::sanitize;
 use gate::{Caller, ReadScope, RequestContext, WriteStore};
-use types::{SiteLoader, TeamLoader};
+use loaders::{SiteLoader, TeamLoader};
 
-pub type MobiusSchema = Schema<query::Query, MutationRoot, subscription::Subscription>;
+pub type MobiusSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
+
+// Each area's queries, merged: a new area adds its folder and one entry
+// here (and in the mutation and subscription roots when it has them).
+#[derive(async_graphql::MergedObject, Default)]
+#[graphql(name = "Query")]
+pub struct QueryRoot(
+    identity::IdentityQuery,
+    tenancy::TenancyQuery,
+    devices::DeviceQuery,
+    enrollment::EnrollmentQuery,
+    audit::AuditQuery,
+);
 
 /// Mutations are split by area and merged.
 #[derive(async_graphql::MergedObject, Default)]
-pub struct MutationRoot(mutation::Mutation, devices::DeviceMutation);
+pub struct MutationRoot(
+    identity::IdentityMutation,
+    tenancy::TenancyMutation,
+    devices::DeviceMutation,
+    enrollment::EnrollmentMutation,
+);
+
+// Each area's subscriptions, merged.
+#[derive(async_graphql::MergedSubscription, Default)]
+#[graphql(name = "Subscription")]
+pub struct SubscriptionRoot(audit::AuditSubscription);
 
 /// Depth 15 admits GraphiQL's introspection query; complexity 1000 admits a
 /// full 500-device page with its sites and teams but not nested abuse.
@@ -74,9 +133,9 @@ pub struct DeviceAdmin {
 /// The schema with its services. `print-schema` builds it without them.
 pub fn schema(services: Option<Services>) -> MobiusSchema {
     let mut builder = Schema::build(
-        query::Query,
+        QueryRoot::default(),
         MutationRoot::default(),
-        subscription::Subscription,
+        SubscriptionRoot::default(),
     )
     .limit_depth(MAX_DEPTH)
     .limit_complexity(MAX_COMPLEXITY);

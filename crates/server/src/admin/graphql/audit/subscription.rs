@@ -5,13 +5,14 @@ use futures_util::{Stream, StreamExt};
 use mobius_core::authz::Operation;
 use tokio_stream::wrappers::BroadcastStream;
 
-use super::gate::{self, WriteStore};
 use super::types::AuditEventNode;
+use crate::admin::graphql::gate::{self, WriteStore};
 
-pub struct Subscription;
+#[derive(Default)]
+pub struct AuditSubscription;
 
 #[SubscriptionDerive]
-impl Subscription {
+impl AuditSubscription {
     /// Audit events of the caller's tenant as they are committed on the
     /// server this subscription is connected to (replicas do not share
     /// them yet).
@@ -19,7 +20,7 @@ impl Subscription {
         let principal = gate::principal(ctx)?;
         principal
             .authorize(Operation::ViewAuditLog, None)
-            .map_err(super::errors::denied)?;
+            .map_err(crate::admin::graphql::errors::denied)?;
         let tenant = principal.tenant_id;
         let feed = ctx.data::<WriteStore>()?.0.subscribe_audit();
         Ok(

@@ -1,0 +1,39 @@
+//! Audit queries.
+
+use super::types::*;
+use crate::admin::graphql::prelude::*;
+
+/// Queries of this area, merged into the root `Query`.
+#[derive(Default)]
+pub struct AuditQuery;
+
+#[Object]
+impl AuditQuery {
+    async fn audit_events(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Page<AuditEventNode>> {
+        let (offset, limit) = page_window(first, after.as_deref())?;
+        let (_, scope) = gate::read(ctx, Operation::ViewAuditLog, None).await?;
+        let (rows, total) = scope
+            .audit()
+            .page(offset, limit)
+            .await
+            .map_err(errors::store)?;
+        Ok(page(rows, total, offset, AuditEventNode::from))
+    }
+
+    /// Recomputes the tenant's audit hash chain; `firstBrokenSeq` is null
+    /// when every event is intact.
+    async fn audit_chain(&self, ctx: &Context<'_>) -> Result<AuditChain> {
+        let (_, scope) = gate::read(ctx, Operation::ViewAuditLog, None).await?;
+        let report = scope.audit().verify_chain().await.map_err(errors::store)?;
+        Ok(AuditChain {
+            events: report.events as i64,
+            intact: report.is_intact(),
+            first_broken_seq: report.first_broken_seq,
+        })
+    }
+}

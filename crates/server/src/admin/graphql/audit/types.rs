@@ -1,0 +1,45 @@
+//! Audit object and input types, built from core rows.
+
+use crate::admin::graphql::prelude::*;
+
+#[derive(SimpleObject, Clone)]
+#[graphql(name = "AuditEvent")]
+pub struct AuditEventNode {
+    pub id: ID,
+    /// Position in the tenant's hash chain.
+    pub seq: i64,
+    pub actor_kind: String,
+    pub actor_id: Option<ID>,
+    pub action: String,
+    pub target_kind: String,
+    pub target_id: Option<ID>,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub details: Json<serde_json::Value>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<mobius_core::audit::AuditEvent> for AuditEventNode {
+    fn from(e: mobius_core::audit::AuditEvent) -> Self {
+        AuditEventNode {
+            id: ID(e.id.to_string()),
+            seq: e.seq,
+            actor_kind: e.actor_kind,
+            actor_id: e.actor_id.map(|id| ID(id.to_string())),
+            action: e.action,
+            target_kind: e.target_kind,
+            target_id: e.target_id.map(|id| ID(id.to_string())),
+            ip: e.ip,
+            user_agent: e.user_agent,
+            details: Json(e.details),
+            created_at: e.created_at,
+        }
+    }
+}
+
+#[derive(async_graphql::SimpleObject)]
+pub struct AuditChain {
+    pub events: i64,
+    pub intact: bool,
+    pub first_broken_seq: Option<i64>,
+}

@@ -1,0 +1,77 @@
+//! Device queries.
+
+use super::types::*;
+use crate::admin::graphql::prelude::*;
+
+/// Queries of this area, merged into the root `Query`.
+#[derive(Default)]
+pub struct DeviceQuery;
+
+#[Object]
+impl DeviceQuery {
+    /// Devices, filtered and ordered. Team-scoped callers see their team only.
+    #[allow(clippy::too_many_arguments)]
+    async fn devices(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        site_id: Option<ID>,
+        team_id: Option<ID>,
+        status: Option<DeviceStatus>,
+        hostname_search: Option<String>,
+        os_name: Option<String>,
+        order_by: Option<DeviceOrder>,
+    ) -> Result<Page<DeviceNode>> {
+        let (offset, limit) = page_window(first, after.as_deref())?;
+        let principal = gate::principal(ctx)?;
+        let filter = DeviceFilter {
+            site_id: site_id
+                .as_ref()
+                .map(|id| parse_id(id, "site"))
+                .transpose()?,
+            team_id: team_id
+                .as_ref()
+                .map(|id| parse_id(id, "team"))
+                .transpose()?,
+            status: status.map(Into::into),
+            hostname_search,
+            os_name,
+            heartbeat_interval_secs: Some(heartbeat_interval(ctx)),
+        };
+        // A team-scoped caller is authorized for its team; the scope then
+        // filters every device read to that team by itself.
+        let team = filter.team_id.or(principal.grants.token_team);
+        let (_, scope) = gate::read(ctx, Operation::ViewDevices, team).await?;
+        let order = match order_by.unwrap_or_default() {
+            DeviceOrder::Hostname => CoreOrder::Hostname,
+            DeviceOrder::LastSeen => CoreOrder::LastSeen,
+        };
+        let (rows, total) = scope
+            .devices()
+            .page(&filter, order, offset, limit)
+            .await
+            .map_err(errors::store)?;
+        prefetch_sites_and_teams(ctx, &rows).await?;
+        let now = chrono::Utc::now();
+        let interval = heartbeat_interval(ctx);
+        Ok(page(rows, total, offset, |d| {
+            DeviceNode::new(d, now, interval)
+        }))
+    }
+
+    async fn device(&self, ctx: &Context<'_>, id: ID) -> Result<DeviceNode> {
+        let id = parse_id(&id, "device")?;
+        let principal = gate::principal(ctx)?;
+        let (_, scope) =
+            gate::read(ctx, Operation::ViewDevices, principal.grants.token_team).await?;
+        // Another team's device is NOT_FOUND for a team-scoped caller:
+        // the scope's device reads see its team only.
+        let device = scope.devices().get(id).await.map_err(errors::store)?;
+        Ok(DeviceNode::new(
+            device,
+            chrono::Utc::now(),
+            heartbeat_interval(ctx),
+        ))
+    }
+}

@@ -1,0 +1,77 @@
+//! Identity queries.
+
+use super::types::*;
+use crate::admin::graphql::prelude::*;
+
+/// Queries of this area, merged into the root `Query`.
+#[derive(Default)]
+pub struct IdentityQuery;
+
+#[Object]
+impl IdentityQuery {
+    /// Who is calling: the user (or the API token's creator), role and tenant.
+    async fn viewer(&self, ctx: &Context<'_>) -> Result<Viewer> {
+        let (principal, scope) = gate::read(ctx, Operation::ViewTenant, None).await?;
+        let user = scope
+            .users()
+            .get(principal.user_id)
+            .await
+            .map_err(errors::store)?;
+        let tenant = scope.tenant().get().await.map_err(errors::store)?;
+        Ok(Viewer {
+            kind: if principal.api_token_id.is_some() {
+                "api_token"
+            } else {
+                "user"
+            }
+            .into(),
+            role: principal.grants.role.into(),
+            user: user.into(),
+            tenant: tenant.into(),
+            team_id: principal.grants.token_team.map(|t| ID(t.to_string())),
+        })
+    }
+
+    async fn users(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Page<UserNode>> {
+        let (offset, limit) = page_window(first, after.as_deref())?;
+        let (_, scope) = gate::read(ctx, Operation::ViewUsers, None).await?;
+        let (rows, total) = scope
+            .users()
+            .page(offset, limit)
+            .await
+            .map_err(errors::store)?;
+        Ok(page(rows, total, offset, UserNode::from))
+    }
+
+    async fn user(&self, ctx: &Context<'_>, id: ID) -> Result<UserNode> {
+        let id = parse_id(&id, "user")?;
+        let (_, scope) = gate::read(ctx, Operation::ViewUsers, None).await?;
+        Ok(scope.users().get(id).await.map_err(errors::store)?.into())
+    }
+
+    /// The caller's own tokens; every token in the tenant for owners and admins.
+    async fn api_tokens(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Page<ApiTokenNode>> {
+        let (offset, limit) = page_window(first, after.as_deref())?;
+        let (principal, scope) = gate::read(ctx, Operation::ManageOwnApiTokens, None).await?;
+        let only = match principal.authorize(Operation::ManageAllApiTokens, None) {
+            Ok(()) => None,
+            Err(_) => Some(principal.user_id),
+        };
+        let (rows, total) = scope
+            .api_tokens()
+            .page(only, offset, limit)
+            .await
+            .map_err(errors::store)?;
+        Ok(page(rows, total, offset, ApiTokenNode::from))
+    }
+}
