@@ -438,3 +438,21 @@ impl Drop for ServerProcess {
         let _ = self.child.wait();
     }
 }
+
+/// The row id inside a GraphQL global ID (for comparing with what agents,
+/// audit details and SQL show).
+pub fn uuid_of(global_id: &str) -> uuid::Uuid {
+    let id = async_graphql_id(global_id);
+    mobius_server::admin::graphql::ids::decode_global_id(&id)
+        .unwrap_or_else(|| panic!("not a global ID: {global_id}"))
+        .1
+}
+
+/// The global ID of the object of GraphQL type `type_name` with row id `id`.
+pub fn global_id(type_name: &str, id: uuid::Uuid) -> String {
+    mobius_server::admin::graphql::ids::global_id(type_name, id).0
+}
+
+fn async_graphql_id(id: &str) -> mobius_server::admin::graphql::ids::Id {
+    mobius_server::admin::graphql::ids::Id::from(id.to_owned())
+}

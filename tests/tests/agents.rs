@@ -252,7 +252,8 @@ async fn an_agent_enrolls_heartbeats_reports_facts_and_stops_when_revoked() {
         .output()
         .unwrap();
     assert!(status.status.success(), "{}", text(&status));
-    assert!(text(&status).contains(&device_id), "{}", text(&status));
+    let device_uuid = mobius_tests::uuid_of(&device_id).to_string();
+    assert!(text(&status).contains(&device_uuid), "{}", text(&status));
 
     // Revoke: the next ping is refused and the agent stops, saying why.
     let revoked = fleet
@@ -366,7 +367,7 @@ async fn refused_enrollments_get_a_clear_4xx_and_leave_no_device() {
     sea_orm::sqlx::query(
         "UPDATE enrollment_tokens SET expires_at = now() - interval '1 minute' WHERE id = $1::uuid",
     )
-    .bind(&expired_id)
+    .bind(mobius_tests::uuid_of(&expired_id).to_string())
     .execute(&mut admin)
     .await
     .unwrap();
@@ -719,7 +720,11 @@ async fn a_running_agent_moves_to_the_new_ca_after_rotation_and_stays_online() {
         .find(|e| e["action"] == "device.renewed")
         .cloned()
         .expect("a renewal was audited");
-    assert_eq!(renewal["details"]["ca_id"], new_ca_id.as_str(), "{renewal}");
+    assert_eq!(
+        renewal["details"]["ca_id"],
+        mobius_tests::uuid_of(&new_ca_id).to_string().as_str(),
+        "{renewal}"
+    );
     assert!(audit.to_string().contains("tenant.ca_rotated"));
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(serial().await["status"], "ONLINE");

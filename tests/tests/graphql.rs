@@ -803,7 +803,7 @@ async fn api_tokens_are_shown_once_revocable_team_scoped_and_record_last_use() {
     let mut admin = PgConnection::connect(&db.admin_url()).await.unwrap();
     let last_used: Option<chrono::DateTime<chrono::Utc>> =
         sqlx::query_scalar("SELECT last_used_at FROM api_tokens WHERE id = $1::uuid")
-            .bind(id)
+            .bind(mobius_tests::uuid_of(id).to_string())
             .fetch_one(&mut admin)
             .await
             .unwrap();
@@ -903,6 +903,147 @@ async fn cookie_sessions_need_the_csrf_header() {
         "{ok}"
     );
     h.stop().await;
+}
+
+/// Relay conventions: global IDs carry their type, `node`/`nodes` find
+/// objects the caller may see (null otherwise), every connection pages
+/// backwards with `last`/`before`, and crafted cursors are refused.
+#[tokio::test]
+async fn relay_nodes_global_ids_and_backward_paging() {
+    let h = Harness::start().await;
+    for name in ["Site A", "Site B", "Site C", "Site D"] {
+        let created = h
+            .owner(
+                "mutation($n: String!) { createSite(input: { name: $n }) { id } }",
+                json!({ "n": name }),
+            )
+            .await;
+        assert!(created["errors"].is_null(), "{created}");
+    }
+    // Five sites with the default one, by name: A, B, C, D, default.
+    let all = h
+        .owner("{ sites(first: 10) { nodes { id name } } }", json!({}))
+        .await;
+    let sites = all["data"]["sites"]["nodes"].as_array().unwrap().clone();
+    assert_eq!(sites.len(), 5, "{all}");
+    let site_a = sites[0]["id"].as_str().unwrap().to_owned();
+
+    // node(id:) finds the site; the ID names its type and is not a bare UUID.
+    let found = h
+        .owner(
+            "query($id: ID!) { node(id: $id) { __typename id ... on Site { name } } }",
+            json!({ "id": site_a }),
+        )
+        .await;
+    assert_eq!(found["data"]["node"]["__typename"], "Site", "{found}");
+    assert_eq!(found["data"]["node"]["name"], "Site A", "{found}");
+    assert!(
+        site_a.parse::<Uuid>().is_err(),
+        "global IDs are opaque: {site_a}"
+    );
+    let uuid = mobius_tests::uuid_of(&site_a);
+    assert_eq!(mobius_tests::global_id("Site", uuid), site_a);
+
+    // An ID of one type is NOT_FOUND where another is expected, and a
+    // bare UUID names nothing.
+    let as_team = h
+        .owner(
+            "query($id: ID!) { team(id: $id) { name } }",
+            json!({ "id": site_a }),
+        )
+        .await;
+    assert_eq!(code(&as_team), Some("NOT_FOUND"), "{as_team}");
+    let bare = h
+        .owner(
+            "query($id: ID!) { site(id: $id) { name } }",
+            json!({ "id": uuid.to_string() }),
+        )
+        .await;
+    assert_eq!(code(&bare), Some("NOT_FOUND"), "{bare}");
+
+    // nodes(ids:) keeps order and answers null for what the caller cannot
+    // see: another tenant's site, a made-up ID, garbage.
+    let bravo = second_tenant(&h).await;
+    let bravo_site = h
+        .gql(Some(&bravo), "{ sites { nodes { id } } }", json!({}))
+        .await["data"]["sites"]["nodes"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let many = h
+        .owner(
+            "query($ids: [ID!]!) { nodes(ids: $ids) { id } }",
+            json!({ "ids": [
+                site_a,
+                bravo_site,
+                mobius_tests::global_id("Device", Uuid::now_v7()),
+                "garbage"
+            ] }),
+        )
+        .await;
+    assert!(many["errors"].is_null(), "{many}");
+    assert_eq!(many["data"]["nodes"][0]["id"], site_a.as_str());
+    assert!(
+        many["data"]["nodes"][1].is_null(),
+        "another tenant's site: {many}"
+    );
+    assert!(many["data"]["nodes"][2].is_null());
+    assert!(many["data"]["nodes"][3].is_null());
+
+    // Backward paging: the last two, then the two before those.
+    let last = h
+        .owner(
+            "{ sites(last: 2) { nodes { name } pageInfo { hasPreviousPage hasNextPage startCursor } } }",
+            json!({}),
+        )
+        .await;
+    let names = |v: &Value| -> Vec<String> {
+        v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let page = &last["data"]["sites"];
+    assert_eq!(names(page), ["Site D", "default"], "{last}");
+    assert_eq!(page["pageInfo"]["hasPreviousPage"], true);
+    assert_eq!(page["pageInfo"]["hasNextPage"], false);
+    let before = page["pageInfo"]["startCursor"].as_str().unwrap();
+    let earlier = h
+        .owner(
+            "query($b: String!) { sites(last: 2, before: $b) { nodes { name } } }",
+            json!({ "b": before }),
+        )
+        .await;
+    assert_eq!(
+        names(&earlier["data"]["sites"]),
+        ["Site B", "Site C"],
+        "{earlier}"
+    );
+
+    // A crafted cursor past any real position is a client error on every
+    // connection, not a server failure.
+    use base64::Engine;
+    let crafted =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("o:{}", i64::MAX));
+    for connection in ["sites", "devices", "auditEvents", "users", "teams"] {
+        for argument in ["after", "before"] {
+            let answer = h
+                .owner(
+                    &format!(
+                        "query($c: String!) {{ {connection}({argument}: $c) {{ totalCount }} }}"
+                    ),
+                    json!({ "c": crafted }),
+                )
+                .await;
+            assert_eq!(
+                code(&answer),
+                Some("BAD_USER_INPUT"),
+                "{connection} {argument}: {answer}"
+            );
+        }
+    }
 }
 
 #[tokio::test]

@@ -8,8 +8,9 @@ mod enrollment;
 pub(crate) mod errors;
 pub mod gate;
 mod identity;
-mod ids;
+pub mod ids;
 mod loaders;
+mod node;
 mod pagination;
 mod tenancy;
 
@@ -79,6 +80,7 @@ pub struct QueryRoot(
     devices::DeviceQuery,
     enrollment::EnrollmentQuery,
     audit::AuditQuery,
+    node::NodeQuery,
 );
 
 /// Mutations are split by area and merged.

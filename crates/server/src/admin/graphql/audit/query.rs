@@ -14,15 +14,17 @@ impl AuditQuery {
         ctx: &Context<'_>,
         first: Option<i32>,
         after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
     ) -> Result<Page<AuditEventNode>> {
-        let (offset, limit) = page_window(first, after.as_deref())?;
+        let window = Window::new(first, after, last, before)?;
         let (_, scope) = gate::read(ctx, Operation::ViewAuditLog, None).await?;
-        let (rows, total) = scope
-            .audit()
-            .page(offset, limit)
-            .await
-            .map_err(errors::store)?;
-        Ok(page(rows, total, offset, AuditEventNode::from))
+        paged(
+            window,
+            |offset, limit| async move { scope.audit().page(offset, limit).await },
+            AuditEventNode::from,
+        )
+        .await
     }
 
     /// Recomputes the tenant's audit hash chain; `firstBrokenSeq` is null

@@ -21,14 +21,22 @@ pub struct AuditEventNode {
 
 impl From<mobius_core::audit::AuditEvent> for AuditEventNode {
     fn from(e: mobius_core::audit::AuditEvent) -> Self {
+        let actor_id = e
+            .actor_id
+            .zip(type_of_kind(&e.actor_kind))
+            .map(|(id, kind)| global_id(kind, id));
+        let target_id = e
+            .target_id
+            .zip(type_of_kind(&e.target_kind))
+            .map(|(id, kind)| global_id(kind, id));
         AuditEventNode {
-            id: ID(e.id.to_string()),
+            id: global_id("AuditEvent", e.id),
             seq: e.seq,
             actor_kind: e.actor_kind,
-            actor_id: e.actor_id.map(|id| ID(id.to_string())),
+            actor_id,
             action: e.action,
             target_kind: e.target_kind,
-            target_id: e.target_id.map(|id| ID(id.to_string())),
+            target_id,
             ip: e.ip,
             user_agent: e.user_agent,
             details: Json(e.details),

@@ -13,7 +13,7 @@ impl DeviceMutation {
     /// Revokes a device: its certificate is refused within seconds, and
     /// its agent stops.
     async fn revoke_device(&self, ctx: &Context<'_>, id: ID) -> Result<DeviceNode> {
-        let id = parse_id(&id, "device")?;
+        let id = parse_id(&id, "Device")?;
         let (principal, scope) = gate::write_on_device(ctx, Operation::ManageDevices, id).await?;
         let device = scope
             .devices()
@@ -31,7 +31,7 @@ impl DeviceMutation {
 
     /// Deletes a device and refuses its certificate from then on.
     async fn delete_device(&self, ctx: &Context<'_>, id: ID) -> Result<ID> {
-        let uuid = parse_id(&id, "device")?;
+        let uuid = parse_id(&id, "Device")?;
         let (principal, scope) = gate::write_on_device(ctx, Operation::ManageDevices, uuid).await?;
         scope
             .devices()
@@ -57,7 +57,7 @@ impl DeviceMutation {
         scope.commit().await.map_err(errors::store)?;
         reload(devices).await;
         Ok(CertificateAuthorityNode {
-            id: ID(ca.id.to_string()),
+            id: global_id("CertificateAuthority", ca.id),
             certificate_pem: ca.cert_pem,
             not_after: ca.not_after,
             created_at: ca.created_at,

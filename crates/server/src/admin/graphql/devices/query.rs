@@ -16,6 +16,8 @@ impl DeviceQuery {
         ctx: &Context<'_>,
         first: Option<i32>,
         after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
         site_id: Option<ID>,
         team_id: Option<ID>,
         status: Option<DeviceStatus>,
@@ -23,16 +25,16 @@ impl DeviceQuery {
         os_name: Option<String>,
         order_by: Option<DeviceOrder>,
     ) -> Result<Page<DeviceNode>> {
-        let (offset, limit) = page_window(first, after.as_deref())?;
+        let window = Window::new(first, after, last, before)?;
         let principal = gate::principal(ctx)?;
         let filter = DeviceFilter {
             site_id: site_id
                 .as_ref()
-                .map(|id| parse_id(id, "site"))
+                .map(|id| parse_id(id, "Site"))
                 .transpose()?,
             team_id: team_id
                 .as_ref()
-                .map(|id| parse_id(id, "team"))
+                .map(|id| parse_id(id, "Team"))
                 .transpose()?,
             status: status.map(Into::into),
             hostname_search,
@@ -47,11 +49,12 @@ impl DeviceQuery {
             DeviceOrder::Hostname => CoreOrder::Hostname,
             DeviceOrder::LastSeen => CoreOrder::LastSeen,
         };
-        let (rows, total) = scope
-            .devices()
-            .page(&filter, order, offset, limit)
-            .await
-            .map_err(errors::store)?;
+        let filter = &filter;
+        let (rows, total, offset) = window
+            .fetch(|offset, limit| async move {
+                scope.devices().page(filter, order, offset, limit).await
+            })
+            .await?;
         prefetch_sites_and_teams(ctx, &rows).await?;
         let now = chrono::Utc::now();
         let interval = heartbeat_interval(ctx);
@@ -61,7 +64,7 @@ impl DeviceQuery {
     }
 
     async fn device(&self, ctx: &Context<'_>, id: ID) -> Result<DeviceNode> {
-        let id = parse_id(&id, "device")?;
+        let id = parse_id(&id, "Device")?;
         let principal = gate::principal(ctx)?;
         let (_, scope) =
             gate::read(ctx, Operation::ViewDevices, principal.grants.token_team).await?;

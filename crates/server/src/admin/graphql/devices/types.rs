@@ -61,7 +61,7 @@ impl DeviceNode {
     /// `interval_secs`: the heartbeat interval agents are told.
     pub fn new(d: mobius_core::devices::Device, now: DateTime<Utc>, interval_secs: u64) -> Self {
         DeviceNode {
-            id: ID(d.id.to_string()),
+            id: global_id("Device", d.id),
             status: CoreStatus::of(&d, now, interval_secs).into(),
             hostname: d.hostname,
             last_seen_at: d.last_seen_at,

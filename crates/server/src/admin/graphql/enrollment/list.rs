@@ -6,15 +6,13 @@ use crate::admin::graphql::prelude::*;
 /// Enrollment tokens, newest first (without their secrets).
 pub async fn enrollment_tokens(
     ctx: &Context<'_>,
-    first: Option<i32>,
-    after: Option<String>,
+    window: Window,
 ) -> Result<Page<EnrollmentTokenNode>> {
-    let (offset, limit) = page_window(first, after.as_deref())?;
     let (_, scope) = gate::read(ctx, Operation::ManageEnrollmentTokens, None).await?;
-    let (rows, total) = scope
-        .enrollment_tokens()
-        .page(offset, limit)
-        .await
-        .map_err(errors::store)?;
-    Ok(page(rows, total, offset, EnrollmentTokenNode::from))
+    paged(
+        window,
+        |offset, limit| async move { scope.enrollment_tokens().page(offset, limit).await },
+        EnrollmentTokenNode::from,
+    )
+    .await
 }

@@ -26,7 +26,7 @@ impl EnrollmentMutation {
         if !(1..=100_000).contains(&input.max_uses) {
             return Err(errors::bad_input("maxUses", "must be between 1 and 100000"));
         }
-        let site_id = parse_id(&input.site_id, "site")?;
+        let site_id = parse_id(&input.site_id, "Site")?;
         let devices = ctx.data::<DeviceAdmin>()?;
         let (principal, scope) = gate::write(ctx, Operation::ManageEnrollmentTokens, None).await?;
         let secret = mobius_core::crypto::secrets::generate("");
@@ -77,7 +77,7 @@ impl EnrollmentMutation {
         ctx: &Context<'_>,
         id: ID,
     ) -> Result<EnrollmentTokenNode> {
-        let id = parse_id(&id, "enrollment token")?;
+        let id = parse_id(&id, "EnrollmentToken")?;
         let (principal, scope) = gate::write(ctx, Operation::ManageEnrollmentTokens, None).await?;
         let token = scope
             .enrollment_tokens()

@@ -14,7 +14,9 @@ impl EnrollmentQuery {
         ctx: &Context<'_>,
         first: Option<i32>,
         after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
     ) -> Result<Page<EnrollmentTokenNode>> {
-        super::enrollment_tokens(ctx, first, after).await
+        super::enrollment_tokens(ctx, Window::new(first, after, last, before)?).await
     }
 }

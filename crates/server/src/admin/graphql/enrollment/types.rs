@@ -22,9 +22,9 @@ pub struct EnrollmentTokenNode {
 impl From<mobius_core::enrollment::EnrollmentToken> for EnrollmentTokenNode {
     fn from(t: mobius_core::enrollment::EnrollmentToken) -> Self {
         EnrollmentTokenNode {
-            id: ID(t.id.to_string()),
+            id: global_id("EnrollmentToken", t.id),
             name: t.name,
-            site_id: ID(t.site_id.to_string()),
+            site_id: global_id("Site", t.site_id),
             expires_at: t.expires_at,
             max_uses: t.max_uses,
             uses: t.uses,

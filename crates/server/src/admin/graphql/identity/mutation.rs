@@ -154,7 +154,7 @@ impl IdentityMutation {
             .map_err(errors::store)?;
         scope.commit().await.map_err(errors::store)?;
         Ok(InvitationNode {
-            id: ID(invitation.id.to_string()),
+            id: global_id("Invitation", invitation.id),
             email: invitation.email,
             role: input.role,
             expires_at: invitation.expires_at,
@@ -165,7 +165,7 @@ impl IdentityMutation {
     /// Removes a user, their sessions and API tokens. Only owners remove
     /// owners, and the last owner stays.
     async fn remove_user(&self, ctx: &Context<'_>, id: ID) -> Result<ID> {
-        let uuid = parse_id(&id, "user")?;
+        let uuid = parse_id(&id, "User")?;
         let (principal, scope) = gate::write(ctx, Operation::ManageUsers, None).await?;
         let target = scope.users().get(uuid).await.map_err(errors::store)?;
         if target.id == principal.user_id {
@@ -189,7 +189,7 @@ impl IdentityMutation {
     /// Changes a user's role. You can move users only between roles you
     /// could grant, and the last owner cannot be demoted.
     async fn change_user_role(&self, ctx: &Context<'_>, id: ID, role: Role) -> Result<UserNode> {
-        let uuid = parse_id(&id, "user")?;
+        let uuid = parse_id(&id, "User")?;
         let (principal, scope) = gate::write(ctx, Operation::ManageUsers, None).await?;
         let target = scope.users().get(uuid).await.map_err(errors::store)?;
         let current: CoreRole = target.role.parse().unwrap_or(CoreRole::Observer);
@@ -240,7 +240,7 @@ impl IdentityMutation {
         let team_id = input
             .team_id
             .as_ref()
-            .map(|id| parse_id(id, "team"))
+            .map(|id| parse_id(id, "Team"))
             .transpose()?;
         if team_id.is_some() && !matches!(role, CoreRole::Maintainer | CoreRole::Observer) {
             return Err(errors::bad_input(
@@ -271,7 +271,7 @@ impl IdentityMutation {
 
     /// Revokes one of your tokens (any token, for owners and admins).
     async fn revoke_api_token(&self, ctx: &Context<'_>, id: ID) -> Result<ApiTokenNode> {
-        let uuid = parse_id(&id, "API token")?;
+        let uuid = parse_id(&id, "ApiToken")?;
         let (principal, scope) = gate::write(ctx, Operation::ManageOwnApiTokens, None).await?;
         let token = scope.api_tokens().get(uuid).await.map_err(errors::store)?;
         if token.user_id != principal.user_id

@@ -28,7 +28,7 @@ impl IdentityQuery {
             role: principal.grants.role.into(),
             user: user.into(),
             tenant: tenant.into(),
-            team_id: principal.grants.token_team.map(|t| ID(t.to_string())),
+            team_id: principal.grants.token_team.map(|t| global_id("Team", t)),
         })
     }
 
@@ -37,19 +37,21 @@ impl IdentityQuery {
         ctx: &Context<'_>,
         first: Option<i32>,
         after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
     ) -> Result<Page<UserNode>> {
-        let (offset, limit) = page_window(first, after.as_deref())?;
+        let window = Window::new(first, after, last, before)?;
         let (_, scope) = gate::read(ctx, Operation::ViewUsers, None).await?;
-        let (rows, total) = scope
-            .users()
-            .page(offset, limit)
-            .await
-            .map_err(errors::store)?;
-        Ok(page(rows, total, offset, UserNode::from))
+        paged(
+            window,
+            |offset, limit| async move { scope.users().page(offset, limit).await },
+            UserNode::from,
+        )
+        .await
     }
 
     async fn user(&self, ctx: &Context<'_>, id: ID) -> Result<UserNode> {
-        let id = parse_id(&id, "user")?;
+        let id = parse_id(&id, "User")?;
         let (_, scope) = gate::read(ctx, Operation::ViewUsers, None).await?;
         Ok(scope.users().get(id).await.map_err(errors::store)?.into())
     }
@@ -60,18 +62,20 @@ impl IdentityQuery {
         ctx: &Context<'_>,
         first: Option<i32>,
         after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
     ) -> Result<Page<ApiTokenNode>> {
-        let (offset, limit) = page_window(first, after.as_deref())?;
+        let window = Window::new(first, after, last, before)?;
         let (principal, scope) = gate::read(ctx, Operation::ManageOwnApiTokens, None).await?;
         let only = match principal.authorize(Operation::ManageAllApiTokens, None) {
             Ok(()) => None,
             Err(_) => Some(principal.user_id),
         };
-        let (rows, total) = scope
-            .api_tokens()
-            .page(only, offset, limit)
-            .await
-            .map_err(errors::store)?;
-        Ok(page(rows, total, offset, ApiTokenNode::from))
+        paged(
+            window,
+            |offset, limit| async move { scope.api_tokens().page(only, offset, limit).await },
+            ApiTokenNode::from,
+        )
+        .await
     }
 }

@@ -44,7 +44,7 @@ pub struct UserNode {
 impl From<mobius_core::identity::User> for UserNode {
     fn from(u: mobius_core::identity::User) -> Self {
         UserNode {
-            id: ID(u.id.to_string()),
+            id: global_id("User", u.id),
             role: role_of(&u.role),
             email: u.email,
             display_name: u.display_name,
@@ -69,10 +69,10 @@ pub struct ApiTokenNode {
 impl From<mobius_core::identity::ApiToken> for ApiTokenNode {
     fn from(t: mobius_core::identity::ApiToken) -> Self {
         ApiTokenNode {
-            id: ID(t.id.to_string()),
+            id: global_id("ApiToken", t.id),
             role: role_of(&t.role),
             name: t.name,
-            team_id: t.team_id.map(|id| ID(id.to_string())),
+            team_id: t.team_id.map(|id| global_id("Team", id)),
             expires_at: t.expires_at,
             last_used_at: t.last_used_at,
             revoked_at: t.revoked_at,

@@ -38,7 +38,7 @@ impl TenancyMutation {
     }
 
     async fn update_site(&self, ctx: &Context<'_>, id: ID, input: SiteInput) -> Result<SiteNode> {
-        let id = parse_id(&id, "site")?;
+        let id = parse_id(&id, "Site")?;
         let (principal, scope) = gate::write(ctx, Operation::ManageSites, None).await?;
         let site = scope
             .sites()
@@ -51,7 +51,7 @@ impl TenancyMutation {
 
     /// Deletes an empty site (one with devices is a CONFLICT).
     async fn delete_site(&self, ctx: &Context<'_>, id: ID) -> Result<ID> {
-        let uuid = parse_id(&id, "site")?;
+        let uuid = parse_id(&id, "Site")?;
         let (principal, scope) = gate::write(ctx, Operation::ManageSites, None).await?;
         scope
             .sites()
@@ -74,7 +74,7 @@ impl TenancyMutation {
     }
 
     async fn update_team(&self, ctx: &Context<'_>, id: ID, input: TeamInput) -> Result<TeamNode> {
-        let id = parse_id(&id, "team")?;
+        let id = parse_id(&id, "Team")?;
         let (principal, scope) = gate::write(ctx, Operation::ManageTeams, None).await?;
         let team = scope
             .teams()
@@ -86,7 +86,7 @@ impl TenancyMutation {
     }
 
     async fn delete_team(&self, ctx: &Context<'_>, id: ID) -> Result<ID> {
-        let uuid = parse_id(&id, "team")?;
+        let uuid = parse_id(&id, "Team")?;
         let (principal, scope) = gate::write(ctx, Operation::ManageTeams, None).await?;
         scope
             .teams()

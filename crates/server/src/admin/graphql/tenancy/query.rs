@@ -19,19 +19,21 @@ impl TenancyQuery {
         ctx: &Context<'_>,
         first: Option<i32>,
         after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
     ) -> Result<Page<SiteNode>> {
-        let (offset, limit) = page_window(first, after.as_deref())?;
+        let window = Window::new(first, after, last, before)?;
         let (_, scope) = gate::read(ctx, Operation::ViewSites, None).await?;
-        let (rows, total) = scope
-            .sites()
-            .page(offset, limit)
-            .await
-            .map_err(errors::store)?;
-        Ok(page(rows, total, offset, SiteNode::from))
+        paged(
+            window,
+            |offset, limit| async move { scope.sites().page(offset, limit).await },
+            SiteNode::from,
+        )
+        .await
     }
 
     async fn site(&self, ctx: &Context<'_>, id: ID) -> Result<SiteNode> {
-        let id = parse_id(&id, "site")?;
+        let id = parse_id(&id, "Site")?;
         let (_, scope) = gate::read(ctx, Operation::ViewSites, None).await?;
         Ok(scope.sites().get(id).await.map_err(errors::store)?.into())
     }
@@ -41,19 +43,21 @@ impl TenancyQuery {
         ctx: &Context<'_>,
         first: Option<i32>,
         after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
     ) -> Result<Page<TeamNode>> {
-        let (offset, limit) = page_window(first, after.as_deref())?;
+        let window = Window::new(first, after, last, before)?;
         let (_, scope) = gate::read(ctx, Operation::ViewTeams, None).await?;
-        let (rows, total) = scope
-            .teams()
-            .page(offset, limit)
-            .await
-            .map_err(errors::store)?;
-        Ok(page(rows, total, offset, TeamNode::from))
+        paged(
+            window,
+            |offset, limit| async move { scope.teams().page(offset, limit).await },
+            TeamNode::from,
+        )
+        .await
     }
 
     async fn team(&self, ctx: &Context<'_>, id: ID) -> Result<TeamNode> {
-        let id = parse_id(&id, "team")?;
+        let id = parse_id(&id, "Team")?;
         let (_, scope) = gate::read(ctx, Operation::ViewTeams, None).await?;
         Ok(scope.teams().get(id).await.map_err(errors::store)?.into())
     }

@@ -15,7 +15,7 @@ pub struct TenantNode {
 impl From<mobius_core::tenancy::Tenant> for TenantNode {
     fn from(t: mobius_core::tenancy::Tenant) -> Self {
         TenantNode {
-            id: ID(t.id.to_string()),
+            id: global_id("Tenant", t.id),
             name: t.name,
             slug: t.slug,
             api_token_max_days: t.api_token_max_days,
@@ -35,7 +35,7 @@ pub struct SiteNode {
 impl From<mobius_core::tenancy::Site> for SiteNode {
     fn from(s: mobius_core::tenancy::Site) -> Self {
         SiteNode {
-            id: ID(s.id.to_string()),
+            id: global_id("Site", s.id),
             name: s.name,
             created_at: s.created_at,
             updated_at: s.updated_at,
@@ -55,7 +55,7 @@ pub struct TeamNode {
 impl From<mobius_core::tenancy::Team> for TeamNode {
     fn from(t: mobius_core::tenancy::Team) -> Self {
         TeamNode {
-            id: ID(t.id.to_string()),
+            id: global_id("Team", t.id),
             name: t.name,
             created_at: t.created_at,
             updated_at: t.updated_at,
