@@ -603,7 +603,7 @@ async fn a_certificate_vouched_for_by_another_tenants_ca_gets_nothing() {
             NewUser {
                 email: "b@bravo.test",
                 display_name: "B",
-                role: "owner",
+                role: mobius_core::authz::Role::Owner,
                 password_hash: None,
             },
         )

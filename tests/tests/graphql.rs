@@ -168,7 +168,7 @@ async fn second_tenant(h: &Harness) -> String {
             NewUser {
                 email: "owner@bravo.test",
                 display_name: "Bob",
-                role: "owner",
+                role: mobius_core::authz::Role::Owner,
                 password_hash: Some(mobius_core::identity::passwords::hash(PASSWORD).unwrap()),
             },
         )
@@ -198,7 +198,7 @@ async fn other_owner(h: &Harness) -> String {
             NewUser {
                 email: "second@alpha.test",
                 display_name: "Second",
-                role: "owner",
+                role: mobius_core::authz::Role::Owner,
                 password_hash: Some(mobius_core::identity::passwords::hash(PASSWORD).unwrap()),
             },
         )

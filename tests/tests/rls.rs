@@ -52,7 +52,7 @@ async fn two_populated_tenants(store: &Store) -> (Uuid, Uuid) {
                 NewUser {
                     email: "same@example.com",
                     display_name: "U",
-                    role: "admin",
+                    role: mobius_core::authz::Role::Admin,
                     password_hash: None,
                 },
             )
@@ -60,7 +60,12 @@ async fn two_populated_tenants(store: &Store) -> (Uuid, Uuid) {
             .unwrap();
         scope
             .team_memberships()
-            .add(&actor, team.id, user.id, "observer")
+            .add(
+                &actor,
+                team.id,
+                user.id,
+                mobius_core::authz::TeamRole::Observer,
+            )
             .await
             .unwrap();
         let device = scope

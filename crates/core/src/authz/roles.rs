@@ -1,24 +1,39 @@
 //! Roles: a user's (or API token's) role in the tenant, and team roles.
-//! Stored as text; parsed here and nowhere else.
+//! Stored as text; the entities hold them as these enums (sea-orm's
+//! `DeriveActiveEnum` converts at the row boundary), so no code parses a
+//! role string, and an unknown value in the database is an error on load
+//! rather than a silent downgrade somewhere.
 
 use std::fmt;
 use std::str::FromStr;
 
+use sea_orm::sea_query::StringLen;
+use sea_orm::{DeriveActiveEnum, EnumIter};
+
 /// A user's (or API token's) role in the tenant.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
 pub enum Role {
+    #[sea_orm(string_value = "owner")]
     Owner,
+    #[sea_orm(string_value = "admin")]
     Admin,
+    #[sea_orm(string_value = "maintainer")]
     Maintainer,
+    #[sea_orm(string_value = "observer")]
     Observer,
     /// Automation that writes configuration but reads no inventory.
+    #[sea_orm(string_value = "gitops")]
     Gitops,
 }
 
 /// A role within one team, granting device access in that team only.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
 pub enum TeamRole {
+    #[sea_orm(string_value = "maintainer")]
     Maintainer,
+    #[sea_orm(string_value = "observer")]
     Observer,
 }
 

@@ -71,7 +71,7 @@ impl<'s> ApiTokens<'s> {
             user_id: Set(new.user_id),
             name: Set(name),
             token_hash: Set(secrets::sha256(&secret).to_vec()),
-            role: Set(new.role.as_str().to_owned()),
+            role: Set(new.role),
             team_id: Set(new.team_id),
             expires_at: Set(now + chrono::Duration::days(days)),
             last_used_at: Set(None),
@@ -86,7 +86,7 @@ impl<'s> ApiTokens<'s> {
             .record(
                 actor,
                 AuditRecord::new("api_token.created", "api_token", Some(row.id)).with_details(serde_json::json!({
-                    "name": row.name, "role": row.role, "team_id": row.team_id, "expires_at": row.expires_at,
+                    "name": row.name, "role": row.role.as_str(), "team_id": row.team_id, "expires_at": row.expires_at,
                 })),
             )
             .await?;

@@ -46,7 +46,7 @@ impl<'s> Invitations<'s> {
             id: Set(Uuid::now_v7()),
             tenant_id: Set(self.scope.tenant_id()),
             email: Set(email),
-            role: Set(role.as_str().to_owned()),
+            role: Set(role),
             token_hash: Set(secrets::sha256(&code).to_vec()),
             expires_at: Set(now + chrono::Duration::days(INVITATION_DAYS)),
             accepted_at: Set(None),
@@ -60,8 +60,9 @@ impl<'s> Invitations<'s> {
             .audit()
             .record(
                 actor,
-                AuditRecord::new("user.invited", "invitation", Some(row.id))
-                    .with_details(serde_json::json!({ "email": row.email, "role": row.role })),
+                AuditRecord::new("user.invited", "invitation", Some(row.id)).with_details(
+                    serde_json::json!({ "email": row.email, "role": row.role.as_str() }),
+                ),
             )
             .await?;
         Ok((code, row))

@@ -19,7 +19,7 @@ pub use api_token_usage::ApiTokenUsage;
 pub use api_tokens::{ApiToken, ApiTokens, DEFAULT_API_TOKEN_DAYS, NewApiToken};
 pub use invitations::{INVITATION_DAYS, Invitation, Invitations};
 pub use sessions::{REFRESH_TOKEN_DAYS, RefreshToken, RefreshTokens};
-pub use users::{NewUser, TENANT_ROLES, User, Users};
+pub use users::{NewUser, User, Users};
 
 use crate::audit::{Actor, ActorKind, AuditRecord};
 use crate::authz::{Grants, Principal, Role, TeamRole};
@@ -129,7 +129,7 @@ impl Identity {
                 NewUser {
                     email,
                     display_name,
-                    role: Role::Owner.as_str(),
+                    role: Role::Owner,
                     password_hash: Some(password_hash),
                 },
             )
@@ -304,7 +304,7 @@ impl Identity {
                 NewUser {
                     email: &invitation.email,
                     display_name,
-                    role: &invitation.role,
+                    role: invitation.role,
                     password_hash: Some(password_hash),
                 },
             )
@@ -347,7 +347,7 @@ impl Identity {
             .get(claims.sub)
             .await
             .map_err(|_| IdentityError::InvalidToken)?;
-        let role: Role = user.role.parse().map_err(|_| IdentityError::InvalidToken)?;
+        let role = user.role;
         let team_roles = team_roles(&scope, user.id).await?;
         Ok((
             Principal::new(
@@ -389,14 +389,8 @@ impl Identity {
             .get(token.user_id)
             .await
             .map_err(|_| IdentityError::InvalidToken)?;
-        let role: Role = token
-            .role
-            .parse()
-            .map_err(|_| IdentityError::InvalidToken)?;
-        let creator_role: Role = creator
-            .role
-            .parse()
-            .map_err(|_| IdentityError::InvalidToken)?;
+        let role = token.role;
+        let creator_role = creator.role;
         // A token never outranks its creator, even after a demotion.
         if !creator_role.can_grant(role) {
             return Err(IdentityError::InvalidToken);
@@ -462,7 +456,7 @@ async fn team_roles(scope: &TenantScope, user_id: Uuid) -> StoreResult<Vec<(Uuid
         .for_user(user_id)
         .await?
         .into_iter()
-        .filter_map(|m| m.role.parse().ok().map(|role| (m.team_id, role)))
+        .map(|m| (m.team_id, m.role))
         .collect())
 }
 

@@ -7,19 +7,17 @@ use sea_orm::{
 };
 
 use crate::audit::{Actor, AuditRecord};
+use crate::authz::Role;
 use crate::db::TenantScope;
 use crate::db::entities::user;
 use crate::db::{StoreError, StoreResult, conflict_on, valid_name};
 
 pub type User = user::Model;
 
-/// Tenant roles, highest first.
-pub const TENANT_ROLES: &[&str] = &["owner", "admin", "maintainer", "observer", "gitops"];
-
 pub struct NewUser<'a> {
     pub email: &'a str,
     pub display_name: &'a str,
-    pub role: &'a str,
+    pub role: Role,
     pub password_hash: Option<String>,
 }
 
@@ -41,19 +39,13 @@ impl<'s> Users<'s> {
     pub async fn create(&self, actor: &Actor, new: NewUser<'_>) -> StoreResult<User> {
         let email = valid_email(new.email)?;
         let display_name = valid_name("display_name", new.display_name)?;
-        if !TENANT_ROLES.contains(&new.role) {
-            return Err(StoreError::Invalid {
-                field: "role",
-                reason: format!("must be one of {}", TENANT_ROLES.join(", ")),
-            });
-        }
         let now = chrono::Utc::now();
         let row = user::ActiveModel {
             id: Set(Uuid::now_v7()),
             tenant_id: Set(self.scope.tenant_id()),
             email: Set(email),
             display_name: Set(display_name),
-            role: Set(new.role.to_owned()),
+            role: Set(new.role),
             password_hash: Set(new.password_hash),
             created_at: Set(now),
             updated_at: Set(now),
@@ -65,8 +57,9 @@ impl<'s> Users<'s> {
             .audit()
             .record(
                 actor,
-                AuditRecord::new("user.created", "user", Some(row.id))
-                    .with_details(serde_json::json!({ "email": row.email, "role": row.role })),
+                AuditRecord::new("user.created", "user", Some(row.id)).with_details(
+                    serde_json::json!({ "email": row.email, "role": row.role.as_str() }),
+                ),
             )
             .await?;
         Ok(row)
@@ -100,7 +93,7 @@ impl<'s> Users<'s> {
             .await?)
     }
 
-    pub async fn count_with_role(&self, role: &str) -> StoreResult<u64> {
+    pub async fn count_with_role(&self, role: Role) -> StoreResult<u64> {
         Ok(user::Entity::find()
             .filter(user::Column::TenantId.eq(self.scope.tenant_id()))
             .filter(user::Column::Role.eq(role))
@@ -116,11 +109,11 @@ impl<'s> Users<'s> {
             .await?)
     }
 
-    pub async fn set_role(&self, actor: &Actor, id: Uuid, role: &str) -> StoreResult<User> {
+    pub async fn set_role(&self, actor: &Actor, id: Uuid, role: Role) -> StoreResult<User> {
         let user = self.get(id).await?;
-        let from = user.role.clone();
+        let from = user.role;
         let mut row = user.into_active_model();
-        row.role = Set(role.to_owned());
+        row.role = Set(role);
         row.updated_at = Set(chrono::Utc::now());
         let row = row.update(self.scope.connection()).await?;
         self.scope
@@ -128,7 +121,7 @@ impl<'s> Users<'s> {
             .record(
                 actor,
                 AuditRecord::new("user.role_changed", "user", Some(id)).with_details(
-                    serde_json::json!({ "email": row.email, "from": from, "to": role }),
+                    serde_json::json!({ "email": row.email, "from": from.as_str(), "to": role.as_str() }),
                 ),
             )
             .await?;
@@ -145,8 +138,9 @@ impl<'s> Users<'s> {
             .audit()
             .record(
                 actor,
-                AuditRecord::new("user.removed", "user", Some(id))
-                    .with_details(serde_json::json!({ "email": user.email, "role": user.role })),
+                AuditRecord::new("user.removed", "user", Some(id)).with_details(
+                    serde_json::json!({ "email": user.email, "role": user.role.as_str() }),
+                ),
             )
             .await?;
         Ok(())

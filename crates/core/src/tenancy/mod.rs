@@ -7,5 +7,5 @@ mod teams;
 mod tenants;
 
 pub use sites::{Site, Sites};
-pub use teams::{TEAM_ROLES, Team, TeamMembership, TeamMemberships, Teams};
+pub use teams::{Team, TeamMembership, TeamMemberships, Teams};
 pub use tenants::{DEFAULT_SITE, DEFAULT_TENANT_SLUG, Tenant, TenantSettings};

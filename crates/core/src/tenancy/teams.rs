@@ -7,6 +7,7 @@ use sea_orm::{
 
 use super::named::named_repository;
 use crate::audit::{Actor, AuditRecord};
+use crate::authz::TeamRole;
 use crate::db::entities::{team, team_membership};
 use crate::db::{StoreError, StoreResult, TenantScope, conflict_on, in_use_by, valid_name};
 
@@ -25,9 +26,6 @@ impl TenantScope {
     }
 }
 
-/// Team roles a member can hold.
-pub const TEAM_ROLES: &[&str] = &["maintainer", "observer"];
-
 /// Who belongs to which team, with which team role.
 pub struct TeamMemberships<'s> {
     scope: &'s TenantScope,
@@ -43,14 +41,8 @@ impl<'s> TeamMemberships<'s> {
         actor: &Actor,
         team_id: Uuid,
         user_id: Uuid,
-        role: &str,
+        role: TeamRole,
     ) -> StoreResult<TeamMembership> {
-        if !TEAM_ROLES.contains(&role) {
-            return Err(StoreError::Invalid {
-                field: "role",
-                reason: format!("must be one of {}", TEAM_ROLES.join(", ")),
-            });
-        }
         // Both lookups are tenant-filtered, so a foreign id is "not found".
         self.scope.teams().get(team_id).await?;
         self.scope.users().get(user_id).await?;
@@ -60,7 +52,7 @@ impl<'s> TeamMemberships<'s> {
             tenant_id: Set(self.scope.tenant_id()),
             team_id: Set(team_id),
             user_id: Set(user_id),
-            role: Set(role.to_owned()),
+            role: Set(role),
             created_at: Set(now),
             updated_at: Set(now),
         }
@@ -72,7 +64,7 @@ impl<'s> TeamMemberships<'s> {
             .record(
                 actor,
                 AuditRecord::new("team.member_added", "team", Some(team_id))
-                    .with_details(serde_json::json!({ "user_id": user_id, "role": role })),
+                    .with_details(serde_json::json!({ "user_id": user_id, "role": role.as_str() })),
             )
             .await?;
         Ok(row)

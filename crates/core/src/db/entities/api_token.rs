@@ -9,7 +9,7 @@ pub struct Model {
     pub user_id: Uuid,
     pub name: String,
     pub token_hash: Vec<u8>,
-    pub role: String,
+    pub role: crate::authz::Role,
     pub team_id: Option<Uuid>,
     pub expires_at: DateTimeUtc,
     pub last_used_at: Option<DateTimeUtc>,

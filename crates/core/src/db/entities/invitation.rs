@@ -7,7 +7,7 @@ pub struct Model {
     pub id: Uuid,
     pub tenant_id: Uuid,
     pub email: String,
-    pub role: String,
+    pub role: crate::authz::Role,
     pub token_hash: Vec<u8>,
     pub expires_at: DateTimeUtc,
     pub accepted_at: Option<DateTimeUtc>,

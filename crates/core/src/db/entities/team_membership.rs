@@ -8,7 +8,7 @@ pub struct Model {
     pub tenant_id: Uuid,
     pub team_id: Uuid,
     pub user_id: Uuid,
-    pub role: String,
+    pub role: crate::authz::TeamRole,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

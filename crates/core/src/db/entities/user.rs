@@ -8,7 +8,7 @@ pub struct Model {
     pub tenant_id: Uuid,
     pub email: String,
     pub display_name: String,
-    pub role: String,
+    pub role: crate::authz::Role,
     pub password_hash: Option<String>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,

@@ -171,7 +171,7 @@ impl IdentityMutation {
         if target.id == principal.user_id {
             return Err(errors::bad_input("id", "you cannot remove yourself"));
         }
-        let target_role: CoreRole = target.role.parse().unwrap_or(CoreRole::Observer);
+        let target_role = target.role;
         if !principal.grants.role.can_grant(target_role) {
             return Err(errors::forbidden(format!(
                 "you cannot remove a user with the {target_role} role"
@@ -192,7 +192,7 @@ impl IdentityMutation {
         let uuid = parse_id(&id, "User")?;
         let (principal, scope) = gate::write(ctx, Operation::ManageUsers, None).await?;
         let target = scope.users().get(uuid).await.map_err(errors::store)?;
-        let current: CoreRole = target.role.parse().unwrap_or(CoreRole::Observer);
+        let current = target.role;
         let wanted = CoreRole::from(role);
         if !principal.grants.role.can_grant(current) || !principal.grants.role.can_grant(wanted) {
             return Err(errors::forbidden(format!(
@@ -203,7 +203,7 @@ impl IdentityMutation {
             && wanted != CoreRole::Owner
             && scope
                 .users()
-                .count_with_role("owner")
+                .count_with_role(CoreRole::Owner)
                 .await
                 .map_err(errors::store)?
                 <= 1
@@ -216,7 +216,7 @@ impl IdentityMutation {
         }
         let user = scope
             .users()
-            .set_role(&principal.actor(), uuid, wanted.as_str())
+            .set_role(&principal.actor(), uuid, wanted)
             .await
             .map_err(errors::store)?;
         scope.commit().await.map_err(errors::store)?;

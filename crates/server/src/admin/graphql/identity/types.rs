@@ -23,14 +23,6 @@ impl From<CoreRole> for Role {
     }
 }
 
-/// Roles are stored as text; an unreadable one shows as the least privileged.
-pub fn role_of(stored: &str) -> Role {
-    stored
-        .parse::<CoreRole>()
-        .map(Role::from)
-        .unwrap_or(Role::Observer)
-}
-
 #[derive(SimpleObject, Clone)]
 #[graphql(name = "User")]
 pub struct UserNode {
@@ -45,7 +37,7 @@ impl From<mobius_core::identity::User> for UserNode {
     fn from(u: mobius_core::identity::User) -> Self {
         UserNode {
             id: global_id("User", u.id),
-            role: role_of(&u.role),
+            role: u.role.into(),
             email: u.email,
             display_name: u.display_name,
             created_at: u.created_at,
@@ -70,7 +62,7 @@ impl From<mobius_core::identity::ApiToken> for ApiTokenNode {
     fn from(t: mobius_core::identity::ApiToken) -> Self {
         ApiTokenNode {
             id: global_id("ApiToken", t.id),
-            role: role_of(&t.role),
+            role: t.role.into(),
             name: t.name,
             team_id: t.team_id.map(|id| global_id("Team", id)),
             expires_at: t.expires_at,
