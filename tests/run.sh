@@ -337,6 +337,90 @@ fi
 export MOBIUS_TEST_DATABASE_URL="$URL"
 
 # ---------------------------------------------------------------------------
+# The tally
+# ---------------------------------------------------------------------------
+
+# The arguments for the test binaries among ours (those after `--`), so
+# that listing a binary's tests applies the filters the run applied.
+harness_args() {
+    local arg seen=0 out=()
+    for arg in "$@"; do
+        if [[ $seen -eq 1 ]]; then
+            out+=("$arg")
+        elif [[ "$arg" == "--" ]]; then
+            seen=1
+        fi
+    done
+    if [[ ${#out[@]} -gt 0 ]]; then printf '%q ' "${out[@]}"; fi
+}
+
+# tally FILE ARGS...: totals cargo's output in FILE over every test binary
+# as `tests: N passed, M failed, K skipped`. Summing the "test result:"
+# lines alone misses a binary that never printed one, because it crashed,
+# aborted or panicked outside a test: its tests would be neither passed nor
+# failed. Such a binary counts the tests it did not report passing or
+# ignored as failed (out of those it announced with "running N tests", else
+# those it lists with --list), and at least one; so does a binary that
+# printed its result but then exited unsuccessfully.
+tally() {
+    local file="$1"
+    shift
+    LIST_ARGS="$(harness_args "$@")" awk '
+        function quoted(s) { gsub(/\047/, "\047\\\047\047", s); return "\047" s "\047" }
+        # How many tests the binary lists (0 if it cannot even do that).
+        function listed(exe,   command, line, n) {
+            if (exe == "") return 0
+            command = quoted(exe) " --list " ENVIRON["LIST_ARGS"] " 2>/dev/null"
+            while ((command | getline line) > 0) if (line ~ /: test$/) n++
+            close(command)
+            return n
+        }
+        # The binary in progress ended without its "test result:" line.
+        function settle(   left) {
+            if (!open) return
+            left = (announced >= 0 ? announced : listed(exe)) - ok - ignored
+            p += ok; s += ignored; f += (left >= 1 ? left : 1)
+            incomplete++
+            open = 0; completed = 0
+        }
+        function start(path) {
+            settle()
+            open = 1; exe = path; announced = -1; ok = 0; ignored = 0
+        }
+        /^ +Running / {
+            start(match($0, /\(.*\)$/) ? substr($0, RSTART + 1, RLENGTH - 2) : "")
+            next
+        }
+        /^ +Doc-tests / { start(""); next }
+        /^running [0-9]+ tests?$/ { if (open) announced = $2; next }
+        /^test .* \.\.\. ok$/ { ok++; next }
+        /^test .* \.\.\. ignored(, .*)?$/ { ignored++; next }
+        /^test result:/ {
+            failed_here = 0
+            for (i = 1; i <= NF; i++) {
+                if ($(i+1) ~ /^passed;?$/) p += $i
+                if ($(i+1) ~ /^failed;?$/) { f += $i; failed_here += $i }
+                if ($(i+1) ~ /^ignored;?$/) s += $i
+            }
+            open = 0; completed = 1
+            next
+        }
+        # cargo names a binary that exited unsuccessfully.
+        /process didn.t exit successfully: / {
+            if (open) settle()
+            else if (completed && failed_here == 0) { f++; incomplete++ }
+            completed = 0
+            next
+        }
+        END {
+            settle()
+            printf "\ntests: %d passed, %d failed, %d skipped", p, f, s
+            if (incomplete) printf " (%d test binar%s did not complete)", incomplete, incomplete == 1 ? "y" : "ies"
+            printf "\n"
+        }' "$file"
+}
+
+# ---------------------------------------------------------------------------
 # Run the tests
 # ---------------------------------------------------------------------------
 
@@ -348,16 +432,15 @@ status=0
 # mode, so build them first.
 cargo build --workspace --bins --locked || status=$?
 if [[ $status -eq 0 ]]; then
-    # Keep a copy of the output to total the per-binary "test result:"
-    # lines: cargo's own last line is the (empty) doc-test run of the last
+    # Keep a copy of the output to total the test binaries' results (see
+    # tally): cargo's own last line is the (empty) doc-test run of the last
     # crate, which says nothing about the whole.
     results="$(mktemp)"
     set +e
     cargo test --workspace --locked "$@" 2>&1 | tee "$results"
     status=${PIPESTATUS[0]}
     set -e
-    awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i; if ($(i+1) ~ /^ignored;?$/) s += $i } }
-         END { printf "\ntests: %d passed, %d failed, %d skipped\n", p, f, s }' "$results"
+    tally "$results" "$@"
     rm -f "$results"
 fi
 exit "$status"

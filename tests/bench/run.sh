@@ -30,6 +30,9 @@ Scenarios, in order:
   heartbeat  heartbeats at 7,500 per second (open loop) for 5 minutes
   baseline   HEAD ping at the same rate over the same connections
   capacity   heartbeat and baseline closed loop (as fast as answered)
+  reconnect  the server restarts, then 100,000 enrolled agents reconnect at
+             the same moment, each with facts on its first ping: how long
+             until all are served, and the errors
 
 Connections are capped by the open-file limit (`ulimit -Hn`, which both the
 server and the simulator need one descriptor per connection under): where
@@ -53,7 +56,8 @@ Environment:
   BENCH_IDLE_AGENTS, BENCH_IDLE_HOLD_SECS,
   BENCH_AGENTS (heartbeat connections), BENCH_LATENCY_RATE,
   BENCH_LATENCY_SECS, BENCH_HEARTBEAT_RATE, BENCH_HEARTBEAT_SECS,
-  BENCH_BASELINE_SECS, BENCH_CAPACITY_SECS
+  BENCH_BASELINE_SECS, BENCH_CAPACITY_SECS,
+  BENCH_RECONNECT_AGENTS
                                override one scenario's size
 
 Example:
@@ -94,12 +98,12 @@ case "$SCALE" in
 full)
     : "${BENCH_ENROLL_SECS:=60}" "${BENCH_IDLE_AGENTS:=100000}" "${BENCH_IDLE_HOLD_SECS:=60}"
     : "${BENCH_AGENTS:=100000}" "${BENCH_LATENCY_SECS:=120}" "${BENCH_HEARTBEAT_SECS:=300}"
-    : "${BENCH_BASELINE_SECS:=60}" "${BENCH_CAPACITY_SECS:=60}"
+    : "${BENCH_BASELINE_SECS:=60}" "${BENCH_CAPACITY_SECS:=60}" "${BENCH_RECONNECT_AGENTS:=100000}"
     ;;
 quick)
     : "${BENCH_ENROLL_SECS:=30}" "${BENCH_IDLE_AGENTS:=5000}" "${BENCH_IDLE_HOLD_SECS:=15}"
     : "${BENCH_AGENTS:=5000}" "${BENCH_LATENCY_SECS:=30}" "${BENCH_HEARTBEAT_SECS:=60}"
-    : "${BENCH_BASELINE_SECS:=30}" "${BENCH_CAPACITY_SECS:=20}"
+    : "${BENCH_BASELINE_SECS:=30}" "${BENCH_CAPACITY_SECS:=20}" "${BENCH_RECONNECT_AGENTS:=5000}"
     ;;
 *) die "BENCH_SCALE must be full or quick, not $SCALE" ;;
 esac
@@ -146,15 +150,7 @@ PY
 # shellcheck disable=SC2317  # invoked by the trap
 cleanup() {
     local rc=$?
-    if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
-        kill -TERM "$SERVER_PID" 2>/dev/null || true
-        for _ in $(seq 1 300); do
-            kill -0 "$SERVER_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-    fi
+    if [[ -n "$SERVER_PID" ]]; then stop_server; fi
     if [[ "$DB_CREATED" -eq 1 ]]; then
         psql_admin -c "DROP DATABASE IF EXISTS ${DB_NAME} WITH (FORCE)" >/dev/null 2>&1 ||
             log "warning: could not drop database ${DB_NAME}"
@@ -193,28 +189,48 @@ FD_LIMIT="$(ulimit -n)"
 MAX_CONNECTIONS=$((FD_LIMIT - 500))
 
 mkdir -p "$WORK/data" "$WORK/results"
-SERVER_LOG="$WORK/server.log"
-log "starting the release server (logs: $SERVER_LOG)"
-MOBIUS_DATABASE_APP_ROLE="$APP_ROLE" \
-    MOBIUS_HEARTBEAT_INTERVAL_SECS=15 \
-    "$SERVER_BIN" serve \
-    --listen 127.0.0.1:0 --device-listen 127.0.0.1:0 \
-    --data-dir "$WORK/data" --database-url "$DB_URL" --log-format json \
-    >"$SERVER_LOG" 2>&1 &
-SERVER_PID=$!
+SERVER_LOG=""
 
-ADMIN_ADDR=""
-for _ in $(seq 1 600); do
-    kill -0 "$SERVER_PID" 2>/dev/null || die "the server exited at start-up: $(tail -5 "$SERVER_LOG")"
-    ADMIN_ADDR="$(jq -rR 'fromjson? | select(.message == "admin API listening") | .address' "$SERVER_LOG" | head -1)"
-    [[ -n "$ADMIN_ADDR" ]] && break
-    sleep 0.1
-done
-[[ -n "$ADMIN_ADDR" ]] || die "the server did not start listening within 60 s"
-DEVICE_ADDR="$(jq -rR 'fromjson? | select(.message == "device listener listening") | .address' "$SERVER_LOG" | head -1)"
+# start_server LOG ADMIN DEVICE: starts the release server on the work
+# directory's data and database, listening on ADMIN and DEVICE (host:port;
+# port 0 picks one), and waits until it listens. Sets SERVER_PID,
+# ADMIN_ADDR and DEVICE_ADDR.
+start_server() {
+    SERVER_LOG="$1"
+    log "starting the release server (logs: $SERVER_LOG)"
+    MOBIUS_DATABASE_APP_ROLE="$APP_ROLE" \
+        MOBIUS_HEARTBEAT_INTERVAL_SECS=15 \
+        "$SERVER_BIN" serve \
+        --listen "$2" --device-listen "$3" \
+        --data-dir "$WORK/data" --database-url "$DB_URL" --log-format json \
+        >"$SERVER_LOG" 2>&1 &
+    SERVER_PID=$!
+    ADMIN_ADDR=""
+    for _ in $(seq 1 600); do
+        kill -0 "$SERVER_PID" 2>/dev/null || die "the server exited at start-up: $(tail -5 "$SERVER_LOG")"
+        ADMIN_ADDR="$(jq -rR 'fromjson? | select(.message == "admin API listening") | .address' "$SERVER_LOG" | head -1)"
+        [[ -n "$ADMIN_ADDR" ]] && break
+        sleep 0.1
+    done
+    [[ -n "$ADMIN_ADDR" ]] || die "the server did not start listening within 60 s"
+    DEVICE_ADDR="$(jq -rR 'fromjson? | select(.message == "device listener listening") | .address' "$SERVER_LOG" | head -1)"
+    log "server pid $SERVER_PID: admin http://$ADMIN_ADDR, devices https://$DEVICE_ADDR"
+}
+
+# stop_server: SIGTERM, as systemd stops the unit; SIGKILL after 30 s.
+stop_server() {
+    kill -TERM "$SERVER_PID" 2>/dev/null || return 0
+    for _ in $(seq 1 300); do
+        kill -0 "$SERVER_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+}
+
+start_server "$WORK/server.log" 127.0.0.1:0 127.0.0.1:0
 SETUP_CODE="$(jq -rR 'fromjson? | select(.setup_code != null) | .setup_code' "$SERVER_LOG" | head -1)"
 [[ -n "$SETUP_CODE" ]] || die "the fresh server printed no setup code"
-log "server pid $SERVER_PID: admin http://$ADMIN_ADDR, devices https://$DEVICE_ADDR"
 
 TOKEN="$("$LOADGEN" token --admin "http://$ADMIN_ADDR" --setup-code "$SETUP_CODE")"
 export MOBIUS_LOADGEN_TOKEN="$TOKEN"
@@ -228,6 +244,7 @@ capped() { # capped N: N, or the largest connection count this machine allows
 }
 IDLE_AGENTS="$(capped "$BENCH_IDLE_AGENTS")"
 AGENTS="$(capped "$BENCH_AGENTS")"
+RECONNECT_AGENTS="$(capped "$BENCH_RECONNECT_AGENTS")"
 
 postgres_cpu() { python3 "$ROOT/tests/bench/cpu.py" "$DB_NAME"; }
 
@@ -264,6 +281,23 @@ scenario baseline baseline --agents "$AGENTS" --rate "$BENCH_HEARTBEAT_RATE" --d
 scenario capacity-heartbeat heartbeat --agents "$AGENTS" --closed-loop --duration "$BENCH_CAPACITY_SECS"
 scenario capacity-baseline baseline --agents "$AGENTS" --closed-loop --duration "$BENCH_CAPACITY_SECS"
 
+# Reconnect after a restart: the agents are enrolled beforehand (the
+# scenarios above enrolled most or all of them), the server restarts on the
+# same addresses (the identities file names the device listener's), and
+# only then do they all reconnect at once.
+enrolled="$(jq '.agents | length' "$WORK/identities.json")"
+if [[ "$enrolled" -lt "$RECONNECT_AGENTS" ]]; then
+    scenario reconnect-enroll enroll --count "$((RECONNECT_AGENTS - enrolled))" \
+        --concurrency "$BENCH_ENROLL_CONCURRENCY"
+fi
+log "restarting the server"
+restart_began="$(date +%s.%N)"
+stop_server
+start_server "$WORK/server-restarted.log" "$ADMIN_ADDR" "$DEVICE_ADDR"
+python3 -c 'import sys, time; print(round(time.time() - float(sys.argv[1]), 2))' \
+    "$restart_began" >"$WORK/restart_secs"
+scenario reconnect reconnect --agents "$RECONNECT_AGENTS"
+
 # ---------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------
@@ -276,7 +310,8 @@ export BENCH_SCALE="$SCALE" BENCH_REPRODUCE="$REPRODUCE" BENCH_FD_LIMIT="$FD_LIM
     BENCH_MAX_CONNECTIONS="$MAX_CONNECTIONS" BENCH_SERVER_BIN="$SERVER_BIN" \
     BENCH_ADMIN_URL="$ADMIN_URL" BENCH_ROOT="$ROOT" BENCH_ENROLL_SECS BENCH_ENROLL_CONCURRENCY \
     BENCH_IDLE_AGENTS BENCH_IDLE_HOLD_SECS BENCH_AGENTS BENCH_LATENCY_RATE BENCH_LATENCY_SECS \
-    BENCH_HEARTBEAT_RATE BENCH_HEARTBEAT_SECS BENCH_BASELINE_SECS BENCH_CAPACITY_SECS
+    BENCH_HEARTBEAT_RATE BENCH_HEARTBEAT_SECS BENCH_BASELINE_SECS BENCH_CAPACITY_SECS \
+    BENCH_RECONNECT_AGENTS
 
 # Kept with the results, so the report can be written again from them
 # (`set -a; . WORK/params.env; python3 tests/bench/report.py WORK DIR`).

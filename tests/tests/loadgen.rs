@@ -31,6 +31,73 @@ async fn gql(
     answer["data"].clone()
 }
 
+/// Sets a fresh server up (its first owner) and creates an enrollment
+/// token for `uses` agents: the owner's access token and the token.
+async fn owner_and_token(
+    http: &reqwest::Client,
+    server: &ServerProcess,
+    uses: usize,
+) -> (String, String) {
+    let code = server
+        .setup_code
+        .clone()
+        .expect("a fresh server prints a setup code");
+    let setup = gql(
+        http,
+        server,
+        "",
+        "mutation($i: SetupInput!) { setup(input: $i) { accessToken } }",
+        json!({ "i": { "code": code, "email": "owner@loadgen.test", "password": "correct horse battery staple", "displayName": "O" } }),
+    )
+    .await;
+    let access = setup["setup"]["accessToken"].as_str().unwrap().to_owned();
+    let sites = gql(
+        http,
+        server,
+        &access,
+        "{ sites { nodes { id } } }",
+        json!({}),
+    )
+    .await;
+    let site = sites["sites"]["nodes"][0]["id"].as_str().unwrap();
+    let created = gql(
+        http,
+        server,
+        &access,
+        "mutation($i: CreateEnrollmentTokenInput!) { createEnrollmentToken(input: $i) { token } }",
+        json!({ "i": { "siteId": site, "maxUses": uses } }),
+    )
+    .await;
+    let token = created["createEnrollmentToken"]["token"].as_str().unwrap();
+    (access, token.to_owned())
+}
+
+/// Runs mobius-loadgen with `args` and --json (within 60 s) and returns its
+/// exit status and report. Its standard error is passed on, so a failing
+/// test shows it.
+async fn loadgen(args: &[&str]) -> (std::process::ExitStatus, Value) {
+    let run = tokio::process::Command::new(workspace_binary("mobius-loadgen"))
+        .arg("--json")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("mobius-loadgen finished within 60 s")
+        .unwrap();
+    eprint!("{}", String::from_utf8_lossy(&output.stderr));
+    let report = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "--json printed no JSON ({e}):\n{}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    });
+    (output.status, report)
+}
+
 #[tokio::test]
 async fn simulated_agents_enroll_and_every_heartbeat_is_answered() {
     let db = TestDatabase::create().await;
@@ -41,78 +108,33 @@ async fn simulated_agents_enroll_and_every_heartbeat_is_answered() {
         &[("MOBIUS_HEARTBEAT_INTERVAL_SECS", "1")],
     );
     let http = reqwest::Client::new();
-    let code = server
-        .setup_code
-        .clone()
-        .expect("a fresh server prints a setup code");
-    let setup = gql(
-        &http,
-        &server,
-        "",
-        "mutation($i: SetupInput!) { setup(input: $i) { accessToken } }",
-        json!({ "i": { "code": code, "email": "owner@loadgen.test", "password": "correct horse battery staple", "displayName": "O" } }),
-    )
-    .await;
-    let access = setup["setup"]["accessToken"].as_str().unwrap().to_owned();
-    let sites = gql(
-        &http,
-        &server,
-        &access,
-        "{ sites { nodes { id } } }",
-        json!({}),
-    )
-    .await;
-    let site = sites["sites"]["nodes"][0]["id"].as_str().unwrap();
-    let created = gql(
-        &http,
-        &server,
-        &access,
-        "mutation($i: CreateEnrollmentTokenInput!) { createEnrollmentToken(input: $i) { token } }",
-        json!({ "i": { "siteId": site, "maxUses": AGENTS } }),
-    )
-    .await;
-    let token = created["createEnrollmentToken"]["token"].as_str().unwrap();
+    let (access, token) = owner_and_token(&http, &server, AGENTS).await;
+    let token = token.as_str();
 
     // No --server-ca: the simulator trusts the server through the token's
     // pin, as a fresh agent does.
     let identities = dir.path().join("identities.json");
-    let run = tokio::process::Command::new(workspace_binary("mobius-loadgen"))
-        .args(["--server", &format!("https://{}", server.device_addr)])
-        .args(["--token", token])
-        .arg("--identities")
-        .arg(&identities)
-        .args(["--server-pid", &server.pid().to_string(), "--json"])
-        .args([
-            "heartbeat",
-            "--agents",
-            &AGENTS.to_string(),
-            "--interval",
-            "1",
-            "--duration",
-            "3",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(60), run)
-        .await
-        .expect("mobius-loadgen finished within 60 s")
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "{:?}\n{stderr}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout)
-    );
-    let report: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "--json printed no JSON ({e}):\n{}",
-            String::from_utf8_lossy(&output.stdout)
-        )
-    });
+    let identities_arg = identities.to_str().unwrap();
+    let device_url = format!("https://{}", server.device_addr);
+    let (status, report) = loadgen(&[
+        "--server",
+        &device_url,
+        "--token",
+        token,
+        "--identities",
+        identities_arg,
+        "--server-pid",
+        &server.pid().to_string(),
+        "heartbeat",
+        "--agents",
+        &AGENTS.to_string(),
+        "--interval",
+        "1",
+        "--duration",
+        "3",
+    ])
+    .await;
+    assert!(status.success(), "{status:?}: {report}");
 
     let phases = report["phases"].as_array().unwrap();
     let names: Vec<&str> = phases
@@ -150,36 +172,21 @@ async fn simulated_agents_enroll_and_every_heartbeat_is_answered() {
     assert_eq!(devices["devices"]["totalCount"], AGENTS);
 
     // The identities were kept: a second run reuses them and enrolls no one.
-    let again = tokio::process::Command::new(workspace_binary("mobius-loadgen"))
-        .args([
-            "--server",
-            &format!("https://{}", server.device_addr),
-            "--json",
-        ])
-        .arg("--identities")
-        .arg(&identities)
-        .args([
-            "baseline",
-            "--agents",
-            "50",
-            "--interval",
-            "1",
-            "--duration",
-            "1",
-        ])
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let again = tokio::time::timeout(Duration::from_secs(60), again)
-        .await
-        .expect("mobius-loadgen finished within 60 s")
-        .unwrap();
-    assert!(
-        again.status.success(),
-        "{}",
-        String::from_utf8_lossy(&again.stderr)
-    );
-    let report: Value = serde_json::from_slice(&again.stdout).unwrap();
+    let (status, report) = loadgen(&[
+        "--server",
+        &device_url,
+        "--identities",
+        identities_arg,
+        "baseline",
+        "--agents",
+        "50",
+        "--interval",
+        "1",
+        "--duration",
+        "1",
+    ])
+    .await;
+    assert!(status.success(), "{status:?}: {report}");
     let names: Vec<&str> = report["phases"]
         .as_array()
         .unwrap()
@@ -202,33 +209,124 @@ async fn simulated_agents_enroll_and_every_heartbeat_is_answered() {
     // report counts the refusals by kind, and the exit status says so.
     let pin = token.rsplit('.').next().unwrap();
     let unknown = format!("mobius1.{}.{pin}", "A".repeat(43));
-    let refused = tokio::process::Command::new(workspace_binary("mobius-loadgen"))
-        .args([
-            "--server",
-            &format!("https://{}", server.device_addr),
-            "--json",
-        ])
-        .arg("--server-ca")
-        .arg(dir.path().join("mobius-data/device-ca.pem"))
-        .args(["--token", &unknown, "enroll", "--count", "3"])
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let refused = tokio::time::timeout(Duration::from_secs(60), refused)
-        .await
-        .expect("mobius-loadgen finished within 60 s")
-        .unwrap();
-    assert_eq!(
-        refused.status.code(),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&refused.stderr)
-    );
-    let report: Value = serde_json::from_slice(&refused.stdout).unwrap();
+    let server_ca = dir.path().join("mobius-data/device-ca.pem");
+    let (status, report) = loadgen(&[
+        "--server",
+        &device_url,
+        "--server-ca",
+        server_ca.to_str().unwrap(),
+        "--token",
+        &unknown,
+        "enroll",
+        "--count",
+        "3",
+    ])
+    .await;
+    assert_eq!(status.code(), Some(3), "{report}");
     assert_eq!(report["phases"][0]["ok"], 0, "{report}");
     assert_eq!(
         report["phases"][0]["errors_by_kind"],
         json!({ "http 401 UNAUTHENTICATED": 3 }),
         "{report}"
     );
+}
+
+/// The reconnect scenario in small: agents enrolled against one server
+/// process all reconnect at the same moment to its successor (same data
+/// directory and database, so the same server CA and devices), each with
+/// facts on its first ping, and every one is served.
+#[tokio::test]
+async fn agents_reconnecting_at_once_after_a_restart_are_all_served() {
+    const RECONNECTING: usize = 20;
+    let db = TestDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let owner_url = db.owner_url();
+    let database = ["--database-url", owner_url.expose_secret()];
+    let server = ServerProcess::start(dir.path(), &database, &[]);
+    let http = reqwest::Client::new();
+    let (access, token) = owner_and_token(&http, &server, RECONNECTING).await;
+    let identities = dir.path().join("identities.json");
+    let identities_arg = identities.to_str().unwrap();
+    let (status, report) = loadgen(&[
+        "--server",
+        &format!("https://{}", server.device_addr),
+        "--token",
+        &token,
+        "--identities",
+        identities_arg,
+        "enroll",
+        "--count",
+        &RECONNECTING.to_string(),
+    ])
+    .await;
+    assert!(status.success(), "{report}");
+    assert_eq!(report["phases"][0]["ok"], RECONNECTING, "{report}");
+
+    let stopping = tokio::task::spawn_blocking(move || server.terminate());
+    assert_eq!(stopping.await.unwrap(), Some(0), "a clean stop");
+    let restarted_at = chrono::Utc::now();
+    let server = ServerProcess::start(dir.path(), &database, &[]);
+    // The new process listens on another port (port 0): the identities
+    // are still its own, so point the file at the new address.
+    let device_url = format!("https://{}", server.device_addr);
+    let mut file: Value = serde_json::from_slice(&std::fs::read(&identities).unwrap()).unwrap();
+    file["server"] = json!(device_url);
+    std::fs::write(&identities, serde_json::to_vec(&file).unwrap()).unwrap();
+
+    let (status, report) = loadgen(&[
+        "--server",
+        &device_url,
+        "--identities",
+        identities_arg,
+        "--server-pid",
+        &server.pid().to_string(),
+        "reconnect",
+        "--agents",
+        &RECONNECTING.to_string(),
+    ])
+    .await;
+    assert!(status.success(), "{status:?}: {report}");
+    let phases = report["phases"].as_array().unwrap();
+    assert_eq!(phases.len(), 1, "no enrollment after the restart: {report}");
+    let reconnect = &phases[0];
+    assert_eq!(reconnect["phase"], "reconnect", "{report}");
+    assert_eq!(reconnect["ok"], RECONNECTING, "all served: {reconnect}");
+    assert_eq!(reconnect["errors"], 0, "{reconnect}");
+    assert_eq!(reconnect["errors_by_kind"], json!({}), "{reconnect}");
+    assert_eq!(reconnect["connections_held"], RECONNECTING, "{reconnect}");
+    let last_served = reconnect["last_served_secs"].as_f64().unwrap();
+    assert!(last_served > 0.0, "{reconnect}");
+    // The last agent served is the slowest first ping, counted from the
+    // same start as every other.
+    let max_ms = reconnect["latency_ms"]["max"].as_f64().unwrap();
+    assert!(
+        (last_served * 1000.0 - max_ms).abs() <= max_ms * 0.01 + 1.0,
+        "{reconnect}"
+    );
+    assert!(
+        reconnect["server"]["cpu_seconds"].is_number(),
+        "{reconnect}"
+    );
+    eprintln!(
+        "reconnect smoke: {RECONNECTING} agents served in {last_served} s, p50 {} ms, p99 {} ms",
+        reconnect["latency_ms"]["p50"], reconnect["latency_ms"]["p99"]
+    );
+
+    // Every first ping carried facts, and the new process recorded them.
+    let devices = gql(
+        &http,
+        &server,
+        &access,
+        "{ devices { totalCount nodes { hostname factsUpdatedAt } } }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(devices["devices"]["totalCount"], RECONNECTING);
+    let nodes = devices["devices"]["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), RECONNECTING, "{devices}");
+    for node in nodes {
+        let updated: chrono::DateTime<chrono::Utc> =
+            node["factsUpdatedAt"].as_str().unwrap().parse().unwrap();
+        assert!(updated >= restarted_at, "facts from the reconnect: {node}");
+    }
 }

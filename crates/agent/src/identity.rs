@@ -11,7 +11,6 @@ use chrono::{DateTime, TimeDelta, Utc};
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, PublicKeyData};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use sha2::{Digest, Sha256};
 
 /// The device's private key.
 pub struct DeviceKey {
@@ -122,15 +121,6 @@ pub fn certificates_from_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>> 
     Ok(certs)
 }
 
-/// Hex SHA-256 of a certificate's DER SubjectPublicKeyInfo: the form of
-/// the CA pin in enrollment tokens (as kubeadm pins its CA). Hashing the key
-/// rather than the certificate lets the server re-issue its CA certificate
-/// (new validity) without invalidating tokens already handed out.
-pub fn spki_sha256(cert_der: &[u8]) -> Option<[u8; 32]> {
-    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
-    Some(Sha256::digest(cert.public_key().raw).into())
-}
-
 /// Refuses a certificate that does not carry our key: storing it would
 /// leave a device that cannot authenticate.
 pub fn ensure_certificate_matches_key(cert: &CertificateInfo, key: &DeviceKey) -> Result<()> {
@@ -193,6 +183,5 @@ mod tests {
     fn garbage_is_not_a_certificate() {
         assert!(CertificateInfo::from_pem("hello").is_err());
         assert!(certificates_from_pem("").is_err());
-        assert_eq!(spki_sha256(b"junk"), None);
     }
 }

@@ -14,10 +14,7 @@ use mobius_api::device::{
 use mobius_api::{ErrorBody, ErrorDetail};
 use uuid::Uuid;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, PublicKeyData, SanType,
-};
+use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair, PublicKeyData, SanType};
 use rustls::RootCertStore;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
@@ -26,86 +23,47 @@ use tokio::net::TcpListener;
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::prelude::FromDer;
 
-use crate::identity::spki_sha256;
 use crate::tls::crypto_provider;
 
-/// A CA made with rcgen.
-pub struct TestCa {
-    pub cert: rcgen::Certificate,
-    pub issuer: Issuer<'static, KeyPair>,
+pub use mobius_tls_pin::testing::TestCa;
+
+/// A device certificate for `public_key` signed by `ca`, as the server
+/// issues it with a tenant CA.
+pub fn device_certificate(
+    ca: &TestCa,
+    public_key: &impl PublicKeyData,
+    uri: &str,
+    valid_from: SystemTime,
+    valid_until: SystemTime,
+) -> rcgen::Certificate {
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    // rcgen's timestamps, reached without naming its `time` crate.
+    let epoch = rcgen::date_time_ymd(1970, 1, 1);
+    params.not_before = epoch + valid_from.duration_since(UNIX_EPOCH).unwrap();
+    params.not_after = epoch + valid_until.duration_since(UNIX_EPOCH).unwrap();
+    params.signed_by(public_key, &ca.issuer).unwrap()
 }
 
-impl TestCa {
-    pub fn new(name: &str) -> TestCa {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut params = CertificateParams::default();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let cert = params.self_signed(&key).unwrap();
-        TestCa {
-            cert,
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    pub fn pin(&self) -> [u8; 32] {
-        spki_sha256(self.cert.der()).unwrap()
-    }
-
-    /// A server leaf for `names`, with its key.
-    pub fn server_leaf(&self, names: &[&str]) -> (rcgen::Certificate, KeyPair) {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let names: Vec<String> = names.iter().map(|name| name.to_string()).collect();
-        let mut params = CertificateParams::new(names).unwrap();
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert, key)
-    }
-
-    /// A device certificate for `public_key`, as the server issues it.
-    pub fn device_certificate(
-        &self,
-        public_key: &impl PublicKeyData,
-        uri: &str,
-        valid_from: SystemTime,
-        valid_until: SystemTime,
-    ) -> rcgen::Certificate {
-        let mut params = CertificateParams::default();
-        params.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        // rcgen's timestamps, reached without naming its `time` crate.
-        let epoch = rcgen::date_time_ymd(1970, 1, 1);
-        params.not_before = epoch + valid_from.duration_since(UNIX_EPOCH).unwrap();
-        params.not_after = epoch + valid_until.duration_since(UNIX_EPOCH).unwrap();
-        params.signed_by(public_key, &self.issuer).unwrap()
-    }
-
-    /// Signs the key in a PEM CSR, as the server's enroll and renew do.
-    pub fn sign_csr(
-        &self,
-        csr_pem: &str,
-        uri: &str,
-        valid_from: SystemTime,
-        valid_until: SystemTime,
-    ) -> rcgen::Certificate {
-        let (_, pem) = x509_parser::pem::parse_x509_pem(csr_pem.as_bytes()).unwrap();
-        let (_, csr) = X509CertificationRequest::from_der(&pem.contents).unwrap();
-        let key = P256PublicKey(
-            csr.certification_request_info
-                .subject_pki
-                .subject_public_key
-                .data
-                .to_vec(),
-        );
-        self.device_certificate(&key, uri, valid_from, valid_until)
-    }
+/// Signs the key in a PEM CSR with `ca`, as the server's enroll and renew do.
+pub fn sign_csr(
+    ca: &TestCa,
+    csr_pem: &str,
+    uri: &str,
+    valid_from: SystemTime,
+    valid_until: SystemTime,
+) -> rcgen::Certificate {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(csr_pem.as_bytes()).unwrap();
+    let (_, csr) = X509CertificationRequest::from_der(&pem.contents).unwrap();
+    let key = P256PublicKey(
+        csr.certification_request_info
+            .subject_pki
+            .subject_public_key
+            .data
+            .to_vec(),
+    );
+    device_certificate(ca, &key, uri, valid_from, valid_until)
 }
 
 /// A P-256 public key taken from a CSR.
@@ -308,7 +266,8 @@ impl FakeMobius {
         let handler: Handler = Arc::new(move |request| {
             let issue = |csr_pem: &str| {
                 let now = SystemTime::now();
-                signer.sign_csr(
+                sign_csr(
+                    &signer,
                     csr_pem,
                     &device.to_uri(),
                     now - Duration::from_secs(60),

@@ -1,10 +1,11 @@
 //! TLS for the two phases of a device's life.
 //!
 //! * Enrollment: the agent has no CA certificate yet, only the pin in the
-//!   token. [`PinnedCaVerifier`] accepts the server only if a certificate it
-//!   presents carries the pinned key *and* the whole chain verifies against
-//!   that certificate as the sole root, hostname included. Never is an
-//!   unpinned server trusted, even "just for enrollment".
+//!   token. [`PinnedCaVerifier`] (shared with mobius-loadgen, in
+//!   `mobius-tls-pin`) accepts the server only if a certificate it presents
+//!   carries the pinned key *and* the whole chain verifies against that
+//!   certificate as the sole root, hostname included. Never is an unpinned
+//!   server trusted, even "just for enrollment".
 //! * Afterwards: mutual TLS, the device certificate as client
 //!   authentication and the server verified against `server-ca.pem` alone
 //!   (no system roots: a public CA has no say over this server).
@@ -12,158 +13,19 @@
 //! Both speak TLS 1.3 only, as the device listener does, and offer no ALPN:
 //! the agent speaks HTTP/1.1, which the listener detects without it.
 
-use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, OtherError, RootCertStore,
-    SignatureScheme,
-};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ClientConfig, RootCertStore};
 
-use crate::identity::spki_sha256;
+pub use mobius_tls_pin::PinnedCaVerifier;
 
 /// The provider every configuration here uses, named explicitly because
 /// more than one may be linked into the binary.
 pub fn crypto_provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
-}
-
-/// Why the pinned verifier turned the server down, kept so `enroll` can
-/// say so plainly instead of relaying a generic handshake failure.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum PinRefusal {
-    #[error(
-        "the server's CA does not match the token's pin (expected sha256 {expected}, got {presented}): refusing to enroll"
-    )]
-    NoPinnedCertificate { expected: String, presented: String },
-    #[error(
-        "the server's certificate does not verify against the CA pinned in the token ({reason}): refusing to enroll"
-    )]
-    ChainInvalid { reason: String },
-}
-
-/// Trusts exactly the CA whose SubjectPublicKeyInfo hashes to the pin.
-pub struct PinnedCaVerifier {
-    pin: [u8; 32],
-    provider: Arc<CryptoProvider>,
-    refusal: Mutex<Option<PinRefusal>>,
-}
-
-impl fmt::Debug for PinnedCaVerifier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PinnedCaVerifier")
-            .field("pin", &hex::encode(self.pin))
-            .finish_non_exhaustive()
-    }
-}
-
-impl PinnedCaVerifier {
-    pub fn new(pin: [u8; 32], provider: Arc<CryptoProvider>) -> PinnedCaVerifier {
-        PinnedCaVerifier {
-            pin,
-            provider,
-            refusal: Mutex::new(None),
-        }
-    }
-
-    /// The reason for the last refusal, if the handshake failed here.
-    pub fn refusal(&self) -> Option<PinRefusal> {
-        self.refusal.lock().ok().and_then(|slot| slot.clone())
-    }
-
-    fn refuse(&self, refusal: PinRefusal) -> rustls::Error {
-        if let Ok(mut slot) = self.refusal.lock() {
-            *slot = Some(refusal.clone());
-        }
-        rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(refusal))))
-    }
-
-    fn algorithms(&self) -> &WebPkiSupportedAlgorithms {
-        &self.provider.signature_verification_algorithms
-    }
-}
-
-impl ServerCertVerifier for PinnedCaVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let presented: Vec<&CertificateDer<'_>> =
-            std::iter::once(end_entity).chain(intermediates).collect();
-        let pinned = presented
-            .iter()
-            .position(|cert| spki_sha256(cert) == Some(self.pin));
-        let Some(pinned) = pinned else {
-            let seen: Vec<String> = presented
-                .iter()
-                .map(|cert| spki_sha256(cert).map_or_else(|| "unparsable".into(), hex::encode))
-                .collect();
-            return Err(self.refuse(PinRefusal::NoPinnedCertificate {
-                expected: hex::encode(self.pin),
-                presented: seen.join(", "),
-            }));
-        };
-
-        let mut roots = RootCertStore::empty();
-        roots
-            .add(presented[pinned].clone().into_owned())
-            .map_err(|err| {
-                self.refuse(PinRefusal::ChainInvalid {
-                    reason: format!("the pinned certificate is not a usable CA: {err}"),
-                })
-            })?;
-        let webpki = WebPkiServerVerifier::builder_with_provider(
-            Arc::new(roots),
-            Arc::clone(&self.provider),
-        )
-        .build()
-        .map_err(|err| rustls::Error::General(err.to_string()))?;
-        // The root need not be presented again as an intermediate.
-        let others: Vec<CertificateDer<'_>> = intermediates
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| i + 1 != pinned)
-            .map(|(_, cert)| cert.clone())
-            .collect();
-        webpki
-            .verify_server_cert(end_entity, &others, server_name, ocsp_response, now)
-            .map_err(|err| {
-                self.refuse(PinRefusal::ChainInvalid {
-                    reason: err.to_string(),
-                })
-            })
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, self.algorithms())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, self.algorithms())
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms().supported_schemes()
-    }
 }
 
 /// TLS for enrollment: no client certificate, server pinned.
@@ -202,10 +64,11 @@ pub fn mutual_tls_config(
 mod tests {
     use std::time::{Duration, SystemTime};
 
+    use mobius_tls_pin::{PinRefusal, spki_sha256};
     use rcgen::KeyPair;
 
     use super::*;
-    use crate::testing::{TestCa, serve_ok};
+    use crate::testing::{TestCa, device_certificate, serve_ok};
 
     async fn get(config: ClientConfig, url: &str) -> Result<String, reqwest::Error> {
         let client = reqwest::Client::builder()
@@ -307,7 +170,8 @@ mod tests {
         let device = crate::identity::DeviceKey::generate().unwrap();
         let device_key = KeyPair::from_pem(&device.to_pem()).unwrap();
         let now = SystemTime::now();
-        let cert = tenant_ca.device_certificate(
+        let cert = device_certificate(
+            &tenant_ca,
             &device_key,
             "urn:mobius:device:a:b:c",
             now - Duration::from_secs(60),

@@ -230,7 +230,7 @@ mod tests {
     async fn a_handshake_refusing_an_expired_certificate_is_final() {
         use std::time::{Duration, SystemTime};
 
-        use crate::testing::{TestCa, serve_ok};
+        use crate::testing::{TestCa, device_certificate, serve_ok};
 
         let server_ca = TestCa::new("server CA");
         let tenant_ca = TestCa::new("tenant CA");
@@ -241,7 +241,8 @@ mod tests {
         let device = crate::identity::DeviceKey::generate().unwrap();
         let device_key = rcgen::KeyPair::from_pem(&device.to_pem()).unwrap();
         let now = SystemTime::now();
-        let expired = tenant_ca.device_certificate(
+        let expired = device_certificate(
+            &tenant_ca,
             &device_key,
             "urn:mobius:device:a:b:c",
             now - Duration::from_secs(7200),

@@ -17,7 +17,7 @@ use clap::{Args, Parser, Subcommand};
         connection, as mobius-agent does. Reports throughput, latency (p50, p90, p99, \
         max), errors by kind, connections held and, with --server-pid, the server's CPU \
         time and memory.\n\n\
-        Getting certificates: `enroll` (and heartbeat/baseline/connect when --identities \
+        Getting certificates: `enroll` (and the other scenarios when --identities \
         holds too few agents) needs an enrollment token allowing enough uses: pass it \
         with --token, or let the simulator create one with --admin URL and --setup-code \
         (a fresh server) or --admin-token (an access token). `mobius-loadgen token` \
@@ -30,7 +30,8 @@ use clap::{Args, Parser, Subcommand};
         mobius-loadgen token --admin http://127.0.0.1:8080 --setup-code CODE\n  \
         mobius-loadgen --server https://127.0.0.1:8443 --token TOKEN --identities ids.json enroll --duration 60\n  \
         mobius-loadgen --server https://127.0.0.1:8443 --identities ids.json heartbeat --agents 10000 --rate 3500 --duration 60\n  \
-        mobius-loadgen --server https://127.0.0.1:8443 --identities ids.json --server-pid 1234 connect --agents 10000 --hold 30"
+        mobius-loadgen --server https://127.0.0.1:8443 --identities ids.json --server-pid 1234 connect --agents 10000 --hold 30\n  \
+        mobius-loadgen --server https://127.0.0.1:8443 --identities ids.json reconnect --agents 10000"
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -138,6 +139,13 @@ pub enum Command {
     /// server accepted the certificate), hold them idle, and report how
     /// many stayed open and the server's memory.
     Connect(ConnectArgs),
+    /// Every agent reconnects at the same moment, as after a server
+    /// restart: opens its connection and sends its first ping with facts,
+    /// no concurrency limit. Reports how long until the last agent was
+    /// answered (latency counts from that moment for all) and the errors
+    /// by kind; each agent tries once. To measure a restart, enroll the
+    /// agents into --identities first, restart the server, then run this.
+    Reconnect(ReconnectArgs),
 }
 
 #[derive(Clone, Debug, Args)]
@@ -199,6 +207,16 @@ pub struct ConnectArgs {
     /// Connections being set up at once.
     #[arg(long, default_value_t = 64)]
     pub connect_concurrency: usize,
+    /// Enrollments in flight at once, for agents --identities lacks.
+    #[arg(long, default_value_t = 32)]
+    pub enroll_concurrency: usize,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct ReconnectArgs {
+    /// Agents (connections) reconnecting at once.
+    #[arg(long)]
+    pub agents: usize,
     /// Enrollments in flight at once, for agents --identities lacks.
     #[arg(long, default_value_t = 32)]
     pub enroll_concurrency: usize,

@@ -1,19 +1,21 @@
 //! Enrolled agents at work: connecting (TCP, mutual TLS, first ping),
-//! heartbeating on a clock, and holding idle connections.
+//! reconnecting all at once, heartbeating on a clock, and holding idle
+//! connections.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Result;
 use mobius_api::device::{PING_PATH, PingRequest, PingResponse};
 use rand::Rng;
 use rustls::ClientConfig;
-use tokio::sync::Semaphore;
+use tokio::sync::{Barrier, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::identity::{Identity, simulated_facts};
-use crate::report::{Phase, PhaseReport, Recorder};
+use crate::report::{Phase, PhaseReport, Recorder, round};
 use crate::tls::ServerTrust;
 use crate::transport::{Connection, Failure, Target};
 use crate::usage::Watch;
@@ -151,6 +153,23 @@ where
     done
 }
 
+/// The agents of `identities`, each with its mutual-TLS configuration made
+/// (before any clock starts: it is the simulator's work, not the server's).
+fn unconnected(trust: &ServerTrust, identities: &[Identity]) -> Result<Vec<Agent>> {
+    identities
+        .iter()
+        .enumerate()
+        .map(|(index, identity)| {
+            Ok(Agent {
+                index: index as u64,
+                tls: trust.agent_config(identity.certificate.clone(), identity.key())?,
+                identity: identity.clone(),
+                connection: None,
+            })
+        })
+        .collect()
+}
+
 /// The connect phase: every agent opens its connection and sends its
 /// first request (a ping with facts, or a HEAD for the baseline), at most
 /// `concurrency` at once. Latency here includes TCP and the TLS handshake.
@@ -162,18 +181,7 @@ pub async fn connect(
     concurrency: usize,
     server_pid: Option<u32>,
 ) -> Result<(Vec<Agent>, PhaseReport)> {
-    let agents = identities
-        .iter()
-        .enumerate()
-        .map(|(index, identity)| {
-            Ok(Agent {
-                index: index as u64,
-                tls: trust.agent_config(identity.certificate.clone(), identity.key())?,
-                identity: identity.clone(),
-                connection: None,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let agents = unconnected(trust, identities)?;
     let recorder = Arc::new(Recorder::new()?);
     let watch = Watch::start(server_pid);
     let started = Instant::now();
@@ -191,6 +199,64 @@ pub async fn connect(
     })
     .await;
     let report = recorder.finish(phase("connect", &agents, started.elapsed(), None, watch));
+    Ok((agents, report))
+}
+
+/// The reconnect phase: every agent at the same moment, as after a server
+/// restart, opens its connection (TCP, the full TLS handshake) and sends its
+/// first ping with its facts. All tasks are spawned first and released
+/// together by a barrier, so no agent gets a head start; latency counts
+/// from that release for every agent (as open-loop latency counts from when
+/// a beat was due), so its maximum is how long until the last agent was
+/// served, also reported as `last_served_secs`. Each agent tries once,
+/// within the request timeout: a failure is an error by kind (a real agent
+/// would retry it after its backoff).
+pub async fn reconnect(
+    target: Arc<Target>,
+    trust: &ServerTrust,
+    identities: &[Identity],
+    server_pid: Option<u32>,
+) -> Result<(Vec<Agent>, PhaseReport)> {
+    let agents = unconnected(trust, identities)?;
+    let recorder = Arc::new(Recorder::new()?);
+    let release = Arc::new(Barrier::new(agents.len() + 1));
+    let released = Arc::new(OnceLock::new());
+    let last_served_micros = Arc::new(AtomicU64::new(0));
+    let watch = Watch::start(server_pid);
+    // Waits with the agents, so the start is known even with no agent.
+    let start = {
+        let (release, released) = (release.clone(), released.clone());
+        tokio::spawn(async move {
+            release.wait().await;
+            *released.get_or_init(Instant::now)
+        })
+    };
+    let agents = for_each_agent(agents, None, |mut agent| {
+        let (target, recorder) = (target.clone(), recorder.clone());
+        let (release, released) = (release.clone(), released.clone());
+        let last_served_micros = last_served_micros.clone();
+        async move {
+            release.wait().await;
+            let began = *released.get_or_init(Instant::now);
+            match agent.timed_beat(&target, Beat::Ping, true).await {
+                Ok(()) => {
+                    let served = began.elapsed();
+                    recorder.ok(served);
+                    let micros = u64::try_from(served.as_micros()).unwrap_or(u64::MAX);
+                    last_served_micros.fetch_max(micros, Ordering::Relaxed);
+                }
+                Err(failure) => recorder.error(failure.0),
+            }
+            agent
+        }
+    })
+    .await;
+    let started = start.await?;
+    let mut report = recorder.finish(phase("reconnect", &agents, started.elapsed(), None, watch));
+    report.last_served_secs = (report.ok > 0).then(|| {
+        let micros = last_served_micros.load(Ordering::Relaxed);
+        round(Duration::from_micros(micros).as_secs_f64(), 3)
+    });
     Ok((agents, report))
 }
 

@@ -18,7 +18,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use mobius_api::device::EnrollmentToken;
 
-use crate::cli::{Cli, Command, Common, ConnectArgs, HeartbeatArgs};
+use crate::cli::{Cli, Command, Common, ConnectArgs, HeartbeatArgs, ReconnectArgs};
 use crate::enroll::Stop;
 use crate::heartbeat::{Beat, Pace};
 use crate::identity::Fleet;
@@ -97,6 +97,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Heartbeat(args) => run.heartbeat(&args, Beat::Ping, descriptors).await?,
         Command::Baseline(args) => run.heartbeat(&args, Beat::Head, descriptors).await?,
         Command::Connect(args) => run.connect(&args, descriptors).await?,
+        Command::Reconnect(args) => run.reconnect(&args, descriptors).await?,
     }
 
     if run.common.json {
@@ -221,13 +222,25 @@ impl Run {
         Ok(())
     }
 
+    /// What every scenario on mutual TLS needs first: room for `agents`
+    /// connections, that many enrolled agents, and the server's trust.
+    async fn prepare(
+        &mut self,
+        agents: usize,
+        enroll_concurrency: usize,
+        descriptors: u64,
+    ) -> Result<ServerTrust> {
+        check_descriptors(agents, descriptors)?;
+        self.ensure_agents(agents, enroll_concurrency).await?;
+        self.trust(None)
+    }
+
     async fn heartbeat(
         &mut self,
         args: &HeartbeatArgs,
         beat: Beat,
         descriptors: u64,
     ) -> Result<()> {
-        check_descriptors(args.agents, descriptors)?;
         let pace = if args.closed_loop {
             Pace::Closed
         } else {
@@ -243,9 +256,9 @@ impl Run {
                 interval: Duration::from_secs_f64(interval),
             }
         };
-        self.ensure_agents(args.agents, args.enroll_concurrency)
+        let trust = self
+            .prepare(args.agents, args.enroll_concurrency, descriptors)
             .await?;
-        let trust = self.trust(None)?;
         eprintln!(
             "mobius-loadgen: connecting {} agents ({} at once)",
             args.agents, args.connect_concurrency
@@ -275,10 +288,9 @@ impl Run {
     }
 
     async fn connect(&mut self, args: &ConnectArgs, descriptors: u64) -> Result<()> {
-        check_descriptors(args.agents, descriptors)?;
-        self.ensure_agents(args.agents, args.enroll_concurrency)
+        let trust = self
+            .prepare(args.agents, args.enroll_concurrency, descriptors)
             .await?;
-        let trust = self.trust(None)?;
         eprintln!(
             "mobius-loadgen: connecting {} agents ({} at once)",
             args.agents, args.connect_concurrency
@@ -301,6 +313,25 @@ impl Run {
         )
         .await?;
         self.report.phases.push(idle);
+        Ok(())
+    }
+
+    async fn reconnect(&mut self, args: &ReconnectArgs, descriptors: u64) -> Result<()> {
+        let trust = self
+            .prepare(args.agents, args.enroll_concurrency, descriptors)
+            .await?;
+        eprintln!(
+            "mobius-loadgen: reconnecting {} agents at once",
+            args.agents
+        );
+        let (_agents, reconnected) = heartbeat::reconnect(
+            self.target.clone(),
+            &trust,
+            &self.fleet.agents[..args.agents],
+            self.common.server_pid,
+        )
+        .await?;
+        self.report.phases.push(reconnected);
         Ok(())
     }
 }

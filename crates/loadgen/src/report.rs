@@ -90,6 +90,7 @@ impl Recorder {
                 0.0
             },
             latency_ms: latency,
+            last_served_secs: None,
             connections_held,
             server,
             loadgen_cpu_seconds: loadgen_cpu_seconds.map(|s| round(s, 2)),
@@ -164,7 +165,7 @@ impl From<UsageDelta> for ServerUsage {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct PhaseReport {
-    /// enroll, connect, heartbeat, baseline or idle.
+    /// enroll, connect, reconnect, heartbeat, baseline or idle.
     pub phase: &'static str,
     pub agents: usize,
     pub duration_secs: f64,
@@ -178,6 +179,10 @@ pub struct PhaseReport {
     /// Answered requests per second of the phase.
     pub throughput_per_s: f64,
     pub latency_ms: Latency,
+    /// Reconnect only: seconds from the moment every agent reconnected
+    /// until the last one was answered (of those answered at all).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_served_secs: Option<f64>,
     /// Connections open when the phase ended.
     pub connections_held: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -250,6 +255,12 @@ impl Report {
         }
         let mut out = format!("server {}\n{table}\n", self.server);
         for p in &self.phases {
+            if let Some(secs) = p.last_served_secs {
+                out.push_str(&format!(
+                    "{}: {} of {} agents served, the last {secs:.3} s after the start\n",
+                    p.phase, p.ok, p.agents
+                ));
+            }
             for (kind, count) in &p.errors_by_kind {
                 out.push_str(&format!("{} error: {kind}: {count}\n", p.phase));
             }
@@ -258,7 +269,8 @@ impl Report {
     }
 }
 
-fn round(value: f64, digits: i32) -> f64 {
+/// `value` to `digits` decimals, as every figure in a report is given.
+pub fn round(value: f64, digits: i32) -> f64 {
     let factor = 10f64.powi(digits);
     (value * factor).round() / factor
 }
@@ -302,14 +314,36 @@ mod tests {
             report.latency_ms
         );
         assert!((report.latency_ms.max - 100.0).abs() < 0.1);
+        let mut reconnect = Recorder::new().unwrap().finish(Phase {
+            name: "reconnect",
+            agents: 20,
+            elapsed: Duration::from_secs(2),
+            offered_per_s: None,
+            connections_held: 19,
+            server: None,
+            loadgen_cpu_seconds: None,
+            machine_cpu_busy_fraction: None,
+        });
+        reconnect.ok = 19;
+        reconnect.last_served_secs = Some(1.25);
         let full = Report {
             server: "https://x".into(),
-            phases: vec![report],
+            phases: vec![report, reconnect],
         };
         assert_eq!(full.failed_requests(), 3);
         let table = full.to_table();
         assert!(table.contains("heartbeat error: timeout: 2"), "{table}");
+        assert!(
+            table.contains("reconnect: 19 of 20 agents served, the last 1.250 s after the start"),
+            "{table}"
+        );
         let json: serde_json::Value = serde_json::from_str(&full.to_json()).unwrap();
         assert_eq!(json["phases"][0]["errors_by_kind"]["http 500"], 1);
+        // Only the reconnect phase says when the last agent was served.
+        assert!(
+            json["phases"][0].get("last_served_secs").is_none(),
+            "{json}"
+        );
+        assert_eq!(json["phases"][1]["last_served_secs"], 1.25);
     }
 }

@@ -6,17 +6,17 @@
 //! resumes sessions: each connection pays the full handshake, as a fleet
 //! of real agents would.
 
-use std::fmt;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use mobius_tls_pin::PinnedCaVerifier;
+use rustls::ClientConfig;
+use rustls::RootCertStore;
+use rustls::client::danger::ServerCertVerifier;
 use rustls::client::{Resumption, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use sha2::{Digest, Sha256};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 /// Named explicitly: reqwest links a provider of its own.
 pub fn crypto_provider() -> Arc<CryptoProvider> {
@@ -34,105 +34,11 @@ pub fn certificates_from_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>> 
     Ok(certs)
 }
 
-/// SHA-256 of a certificate's DER SubjectPublicKeyInfo, as tokens pin it.
-fn spki_sha256(cert: &CertificateDer<'_>) -> Option<[u8; 32]> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
-    Some(Sha256::digest(parsed.tbs_certificate.subject_pki.raw).into())
-}
-
-/// Trusts the server only if its chain holds a CA whose key matches the
-/// token's pin and the leaf verifies against that CA alone (hostname
-/// included): the same rule as the agent's enrollment.
-pub struct PinnedCaVerifier {
-    pin: [u8; 32],
-    provider: Arc<CryptoProvider>,
-}
-
-impl fmt::Debug for PinnedCaVerifier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PinnedCaVerifier").finish_non_exhaustive()
-    }
-}
-
-impl PinnedCaVerifier {
-    pub fn new(pin: [u8; 32], provider: Arc<CryptoProvider>) -> PinnedCaVerifier {
-        PinnedCaVerifier { pin, provider }
-    }
-}
-
-impl ServerCertVerifier for PinnedCaVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let pinned = intermediates
-            .iter()
-            .chain(std::iter::once(end_entity))
-            .find(|cert| spki_sha256(cert) == Some(self.pin))
-            .ok_or_else(|| {
-                rustls::Error::General(
-                    "the server's CA does not match the token's pin: refusing to enroll".into(),
-                )
-            })?;
-        let mut roots = RootCertStore::empty();
-        roots
-            .add(pinned.clone().into_owned())
-            .map_err(|err| rustls::Error::General(format!("the pinned CA is unusable: {err}")))?;
-        // The root need not be presented again as an intermediate.
-        let others: Vec<CertificateDer<'_>> = intermediates
-            .iter()
-            .filter(|cert| cert.as_ref() != pinned.as_ref())
-            .cloned()
-            .collect();
-        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&self.provider))
-            .build()
-            .map_err(|err| rustls::Error::General(err.to_string()))?
-            .verify_server_cert(end_entity, &others, server_name, ocsp_response, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
 /// How the simulator decides to trust the device listener.
 #[derive(Clone)]
 pub enum ServerTrust {
-    /// Before any enrollment, without --server-ca: the token's pin.
+    /// Before any enrollment, without --server-ca: the token's pin, checked
+    /// as mobius-agent checks it (the same verifier).
     Pinned(Arc<PinnedCaVerifier>),
     /// The server CA (from --server-ca, an enrollment answer or the
     /// identities file).
