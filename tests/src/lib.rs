@@ -16,6 +16,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mobius_core::Store;
@@ -338,6 +339,8 @@ pub struct ServerProcess {
     pub device_addr: SocketAddr,
     /// The one-time setup code, when the server printed one.
     pub setup_code: Option<String>,
+    /// Its log (JSON lines on stdout) after the listening line.
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl ServerProcess {
@@ -397,10 +400,20 @@ impl ServerProcess {
                     .expect("listening address");
             }
         };
-        // Keep draining stdout so the child never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
+        // Keep draining stdout so the child never blocks on a full pipe,
+        // and keep what it says for tests that check the log.
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if let Ok(mut log) = sink.lock() {
+                    log.push(line);
+                }
+            }
+        });
         ServerProcess {
             child,
+            log,
             addr,
             device_addr: device_addr.expect("device listener address logged before the admin one"),
             setup_code,
@@ -409,6 +422,18 @@ impl ServerProcess {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// The log events (JSON lines) the server wrote since it listened.
+    pub fn log_events(&self) -> Vec<serde_json::Value> {
+        self.log
+            .lock()
+            .map(|log| {
+                log.iter()
+                    .filter_map(|line| serde_json::from_str(line).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     pub fn pid(&self) -> u32 {

@@ -31,13 +31,23 @@ struct Fleet {
 
 impl Fleet {
     async fn start(env: &[(&str, &str)]) -> Fleet {
+        Fleet::start_via(None, env).await
+    }
+
+    /// As [`Fleet::start`], with the server reaching Postgres through
+    /// `proxy` when given (so a test can cut the database off).
+    async fn start_via(proxy: Option<&DbProxy>, env: &[(&str, &str)]) -> Fleet {
         let db = TestDatabase::create().await;
         let data_dir = tempfile::tempdir().unwrap();
         let mut env: Vec<(&str, &str)> = env.to_vec();
         env.push(("MOBIUS_HEARTBEAT_INTERVAL_SECS", "1"));
+        let mut database_url = url::Url::parse(db.owner_url().expose_secret()).unwrap();
+        if let Some(proxy) = proxy {
+            database_url.set_port(Some(proxy.addr.port())).unwrap();
+        }
         let server = ServerProcess::start(
             data_dir.path(),
-            &["--database-url", db.owner_url().expose_secret()],
+            &["--database-url", database_url.as_str()],
             &env,
         );
         let http = reqwest::Client::new();
@@ -929,4 +939,230 @@ async fn operators_drive_enrollment_and_revocation_from_the_cli() {
     .unwrap();
     assert_eq!(again.status.code(), Some(1));
     assert!(text(&again).contains("revoked"), "{}", text(&again));
+}
+
+/// An INTERNAL answer as a client must see it: the generic message with
+/// the request id, and nothing of the cause.
+fn assert_generic_internal(message: &str, request_id: &str) {
+    assert_eq!(message, format!("internal error (request {request_id})"));
+    let lower = message.to_lowercase();
+    for leak in ["sealed", "corrupt", "aes", "key", "database"] {
+        assert!(!lower.contains(leak), "`{leak}` leaked: {message}");
+    }
+}
+
+/// The server logged `cause` at error level with the request's id.
+async fn assert_logged(server: &ServerProcess, request_id: &str, cause: &str) {
+    let found = |events: &[Value]| {
+        events.iter().any(|e| {
+            e["level"] == "ERROR"
+                && e["request_id"] == request_id
+                && e["error"].as_str().is_some_and(|err| err.contains(cause))
+        })
+    };
+    // The log is read on another thread: give it a moment.
+    eventually(Duration::from_secs(5), async || found(&server.log_events())).await;
+    let events = server.log_events();
+    assert!(
+        found(&events),
+        "no error event for request {request_id} mentioning `{cause}` in:\n{}",
+        events
+            .iter()
+            .map(Value::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+async fn admin_connection(db: &TestDatabase) -> sea_orm::sqlx::PgConnection {
+    use sea_orm::sqlx::Connection;
+    sea_orm::sqlx::PgConnection::connect(&db.admin_url())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_ca_key_that_will_not_open_is_a_500_with_the_cause_only_in_the_log() {
+    let fleet = Fleet::start(&[]).await;
+    // Creating a token creates the tenant's CA; nothing has opened its key yet.
+    let (token, _) = fleet.enrollment_token(1).await;
+    let corrupted = sea_orm::sqlx::query(
+        "UPDATE certificate_authorities SET sealed_key = '\\x01deadbeef'::bytea",
+    )
+    .execute(&mut admin_connection(&fleet.db).await)
+    .await
+    .unwrap();
+    assert!(corrupted.rows_affected() >= 1);
+
+    let response = fleet
+        .device_client(None)
+        .post(format!(
+            "{}/api/v1/mobius/device/enroll",
+            fleet.device_url()
+        ))
+        .json(&enroll_body(&token, "host-1").0)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 500);
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "INTERNAL", "{body}");
+    assert_generic_internal(body["error"]["message"].as_str().unwrap(), &request_id);
+    assert_logged(&fleet.server, &request_id, "sealed secret is corrupt").await;
+    assert_eq!(
+        fleet.device_count().await,
+        0,
+        "a failed enrollment made no device"
+    );
+}
+
+/// Another replica rotated to a signing key this one cannot open (sealed
+/// under another master key, or damaged): a token naming it makes the
+/// server reload its keys, which fails on our side. The client is told
+/// INTERNAL, not UNAUTHENTICATED (its token may be fine).
+#[tokio::test]
+async fn a_signing_key_that_will_not_open_is_internal_not_unauthenticated() {
+    use base64::Engine as _;
+
+    let fleet = Fleet::start(&[]).await;
+    let kid = Uuid::now_v7();
+    sea_orm::sqlx::query(
+        "INSERT INTO signing_keys (id, algorithm, public_key, sealed_private_key, created_at, updated_at)
+         SELECT $1::uuid, algorithm, public_key, '\\x01deadbeef'::bytea, now(), now()
+         FROM signing_keys LIMIT 1",
+    )
+    .bind(kid.to_string())
+    .execute(&mut admin_connection(&fleet.db).await)
+    .await
+    .unwrap();
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = b64.encode(json!({ "alg": "EdDSA", "typ": "JWT", "kid": kid }).to_string());
+    let bearer = format!("{header}.{}.{}", b64.encode("{}"), b64.encode([0u8; 64]));
+
+    let response = fleet
+        .http
+        .post(fleet.server.url("/api/graphql"))
+        .bearer_auth(&bearer)
+        .json(&json!({ "query": "{ sites { totalCount } }" }))
+        .send()
+        .await
+        .unwrap();
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body: Value = response.json().await.unwrap();
+    let error = &body["errors"][0];
+    assert_eq!(error["extensions"]["code"], "INTERNAL", "{body}");
+    assert!(error["extensions"]["retryable"].is_null(), "{body}");
+    assert_generic_internal(error["message"].as_str().unwrap(), &request_id);
+    assert_logged(&fleet.server, &request_id, "sealed secret is corrupt").await;
+
+    // The keys in memory still sign: a good token keeps working.
+    let ok = fleet.gql("{ sites { totalCount } }", json!({})).await;
+    assert!(ok["errors"].is_null(), "{ok}");
+}
+
+/// A TCP forwarder to the test Postgres that a test can cut, which is
+/// what a database outage looks like from the server: its connections
+/// drop and new ones are refused.
+struct DbProxy {
+    addr: std::net::SocketAddr,
+    accept: tokio::task::JoinHandle<()>,
+    connections: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl DbProxy {
+    async fn start() -> DbProxy {
+        let postgres = mobius_tests::admin_url();
+        let upstream = format!(
+            "{}:{}",
+            postgres.host_str().unwrap_or("127.0.0.1"),
+            postgres.port().unwrap_or(5432)
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let tracked = connections.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                let forward = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                tracked.lock().unwrap().push(forward.abort_handle());
+            }
+        });
+        DbProxy {
+            addr,
+            accept,
+            connections,
+        }
+    }
+
+    /// Drops every forwarded connection and refuses new ones.
+    fn cut(&self) {
+        self.accept.abort();
+        for connection in self.connections.lock().unwrap().drain(..) {
+            connection.abort();
+        }
+    }
+}
+
+/// During a database outage a client with a good token is told to retry
+/// (INTERNAL, retryable; 503 with Retry-After on the device listener),
+/// not UNAUTHENTICATED, and never sees the database's text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_is_a_retryable_internal_error_without_database_text() {
+    let proxy = DbProxy::start().await;
+    let fleet = Fleet::start_via(Some(&proxy), &[]).await;
+    let (token, _) = fleet.enrollment_token(1).await;
+    proxy.cut();
+    // Aborting is asynchronous: let the listener and sockets actually go.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let response = fleet
+        .http
+        .post(fleet.server.url("/api/graphql"))
+        .bearer_auth(&fleet.token)
+        .json(&json!({ "query": "{ sites { totalCount } }" }))
+        .send()
+        .await
+        .unwrap();
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body: Value = response.json().await.unwrap();
+    let error = &body["errors"][0];
+    assert_eq!(error["extensions"]["code"], "INTERNAL", "{body}");
+    assert_eq!(error["extensions"]["retryable"], true, "{body}");
+    assert_generic_internal(error["message"].as_str().unwrap(), &request_id);
+    assert_logged(&fleet.server, &request_id, "database unavailable").await;
+
+    let response = fleet
+        .device_client(None)
+        .post(format!(
+            "{}/api/v1/mobius/device/enroll",
+            fleet.device_url()
+        ))
+        .json(&enroll_body(&token, "host-1").0)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "INTERNAL", "{body}");
+    assert_generic_internal(body["error"]["message"].as_str().unwrap(), &request_id);
 }

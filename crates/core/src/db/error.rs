@@ -1,7 +1,8 @@
 //! Errors of the store and its repositories. No HTTP here: the server maps
 //! each variant to a status and a stable code with an exhaustive match.
 
-use sea_orm::{DbErr, SqlErr};
+use sea_orm::sqlx;
+use sea_orm::{DbErr, RuntimeErr, SqlErr};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -40,8 +41,73 @@ pub enum StoreError {
     #[error("refusing to serve requests as database role `{role}`: {problem}")]
     UnsafeRequestRole { role: String, problem: String },
 
+    /// The database could not be reached: connection refused or lost, or
+    /// no pooled connection came free in time. Nothing is wrong with the
+    /// request, so it is worth retrying later.
+    #[error("database unavailable: {0}")]
+    Unavailable(DbErr),
+
+    /// A failure on our side that the caller cannot fix: a sealed secret
+    /// that will not open, a crypto library error, a panicked blocking
+    /// task, a failed file-system call. `context` says what we were doing;
+    /// the cause is kept whole for the log.
+    #[error("{context}: {source}")]
+    Internal {
+        context: &'static str,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     #[error("database error: {0}")]
-    Database(#[from] DbErr),
+    Database(DbErr),
+}
+
+impl StoreError {
+    /// For `map_err`: wraps any error as [`StoreError::Internal`].
+    pub fn internal<E>(context: &'static str) -> impl FnOnce(E) -> StoreError
+    where
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        move |source| StoreError::Internal {
+            context,
+            source: source.into(),
+        }
+    }
+}
+
+/// Sorts database errors: an unreachable database is
+/// [`StoreError::Unavailable`] (retryable), everything else
+/// [`StoreError::Database`].
+impl From<DbErr> for StoreError {
+    fn from(err: DbErr) -> Self {
+        if is_unavailable(&err) {
+            StoreError::Unavailable(err)
+        } else {
+            StoreError::Database(err)
+        }
+    }
+}
+
+fn is_unavailable(err: &DbErr) -> bool {
+    match err {
+        DbErr::ConnectionAcquire(_) => true,
+        DbErr::Conn(RuntimeErr::SqlxError(e))
+        | DbErr::Exec(RuntimeErr::SqlxError(e))
+        | DbErr::Query(RuntimeErr::SqlxError(e)) => match e.as_ref() {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => true,
+            // SQLSTATE class 08 (connection exception), 57P01-57P03
+            // (administrator shutdown, crash shutdown, cannot connect now),
+            // 53300 (too many connections).
+            sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300")
+            }),
+            _ => false,
+        },
+        _ => false,
+    }
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -54,7 +120,7 @@ pub(crate) fn conflict_on(
 ) -> impl Fn(DbErr) -> StoreError {
     move |err| match err.sql_err() {
         Some(SqlErr::UniqueConstraintViolation(_)) => StoreError::Conflict { entity, field },
-        _ => StoreError::Database(err),
+        _ => err.into(),
     }
 }
 
@@ -62,7 +128,7 @@ pub(crate) fn conflict_on(
 pub(crate) fn in_use_by(entity: &'static str, by: &'static str) -> impl Fn(DbErr) -> StoreError {
     move |err| match err.sql_err() {
         Some(SqlErr::ForeignKeyConstraintViolation(_)) => StoreError::InUse { entity, by },
-        _ => StoreError::Database(err),
+        _ => err.into(),
     }
 }
 
@@ -82,4 +148,24 @@ pub(crate) fn valid_name(field: &'static str, value: &str) -> StoreResult<String
         });
     }
     Ok(trimmed.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use sea_orm::ConnAcquireErr;
+
+    use super::*;
+
+    #[test]
+    fn an_unreachable_database_is_unavailable_not_a_database_error() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let conn = DbErr::Conn(RuntimeErr::SqlxError(Arc::new(sqlx::Error::Io(refused))));
+        assert!(matches!(StoreError::from(conn), StoreError::Unavailable(_)));
+        let pool = DbErr::ConnectionAcquire(ConnAcquireErr::Timeout);
+        assert!(matches!(StoreError::from(pool), StoreError::Unavailable(_)));
+        let other = DbErr::RecordNotFound("x".into());
+        assert!(matches!(StoreError::from(other), StoreError::Database(_)));
+    }
 }

@@ -67,9 +67,9 @@ impl Store {
     /// errors under concurrent writes into an orderly queue.
     pub async fn open_sqlite(path: &Path) -> StoreResult<Store> {
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| StoreError::Invalid {
-                field: "data_dir",
-                reason: format!("cannot create {}: {e}", parent.display()),
+            std::fs::create_dir_all(parent).map_err(|e| StoreError::Internal {
+                context: "creating the data directory",
+                source: format!("cannot create {}: {e}", parent.display()).into(),
             })?;
         }
         let url = format!("sqlite://{}?mode=rwc", path.display());

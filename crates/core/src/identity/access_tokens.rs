@@ -100,12 +100,8 @@ impl AccessTokens {
         let keys = self.keys.read().await;
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(keys.current_kid.to_string());
-        let token = jsonwebtoken::encode(&header, &claims, &keys.signing).map_err(|e| {
-            StoreError::Invalid {
-                field: "signing key",
-                reason: e.to_string(),
-            }
-        })?;
+        let token = jsonwebtoken::encode(&header, &claims, &keys.signing)
+            .map_err(StoreError::internal("signing an access token"))?;
         Ok((token, expires))
     }
 
@@ -189,9 +185,9 @@ async fn load_keys(store: &Store, sealer: &dyn SecretSealer) -> StoreResult<KeyS
     let private = sealer
         .open(&seal_context(current.id), &current.sealed_private_key)
         .await
-        .map_err(|e| StoreError::Invalid {
-            field: "master key",
-            reason: format!("cannot open signing key {}: {e}", current.id),
+        .map_err(|e| StoreError::Internal {
+            context: "opening the access-token signing key",
+            source: format!("signing key {}: {e}", current.id).into(),
         })?;
     let verifying = rows
         .iter()
@@ -205,19 +201,14 @@ async fn load_keys(store: &Store, sealer: &dyn SecretSealer) -> StoreResult<KeyS
 }
 
 async fn create_key(store: &Store, sealer: &dyn SecretSealer) -> StoreResult<Uuid> {
-    let pair =
-        rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(|e| StoreError::Invalid {
-            field: "signing key",
-            reason: e.to_string(),
-        })?;
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(StoreError::internal(
+        "generating an access-token signing key",
+    ))?;
     let id = Uuid::now_v7();
     let sealed = sealer
         .seal(&seal_context(id), &pair.serialize_der())
         .await
-        .map_err(|e| StoreError::Invalid {
-            field: "master key",
-            reason: e.to_string(),
-        })?;
+        .map_err(StoreError::internal("sealing an access-token signing key"))?;
     let now = chrono::Utc::now();
     signing_key::ActiveModel {
         id: Set(id),

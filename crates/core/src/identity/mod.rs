@@ -466,10 +466,7 @@ async fn hash_password(password: &str) -> StoreResult<String> {
     let password = password.to_owned();
     tokio::task::spawn_blocking(move || passwords::hash(&password))
         .await
-        .map_err(|e| StoreError::Invalid {
-            field: "password",
-            reason: e.to_string(),
-        })?
+        .map_err(StoreError::internal("password hashing task"))?
 }
 
 async fn verify_password(password: &str, stored: Option<String>) -> bool {

@@ -40,9 +40,9 @@ pub fn hash(password: &str) -> StoreResult<String> {
     hasher()
         .hash_password_with_salt(password.as_bytes(), &salt)
         .map(|h| h.to_string())
-        .map_err(|e| StoreError::Invalid {
-            field: "password",
-            reason: e.to_string(),
+        .map_err(|e| StoreError::Internal {
+            context: "hashing a password",
+            source: e.to_string().into(),
         })
 }
 

@@ -86,13 +86,6 @@ impl std::fmt::Debug for Pki {
     }
 }
 
-fn pki_error(reason: impl std::fmt::Display) -> StoreError {
-    StoreError::Invalid {
-        field: "pki",
-        reason: reason.to_string(),
-    }
-}
-
 impl Pki {
     pub fn new(sealer: Arc<dyn SecretSealer>, certificate_ttl: chrono::Duration) -> Pki {
         Pki {
@@ -192,7 +185,10 @@ impl Pki {
         dn.push(DnType::CommonName, name.device_id.to_string());
         dn.push(DnType::OrganizationName, tenant_label(name.tenant_id));
         params.distinguished_name = dn;
-        params.subject_alt_names = vec![SanType::URI(name.to_uri().try_into().map_err(pki_error)?)];
+        params.subject_alt_names =
+            vec![SanType::URI(name.to_uri().try_into().map_err(
+                StoreError::internal("naming a device certificate"),
+            )?)];
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
@@ -204,7 +200,7 @@ impl Pki {
         params.serial_number = Some(SerialNumber::from_slice(&serial_bytes));
         let cert = params
             .signed_by(&csr.public_key, signer.as_ref())
-            .map_err(pki_error)?;
+            .map_err(StoreError::internal("signing a device certificate"))?;
         Ok(IssuedCertificate {
             pem: cert.pem(),
             serial: hex::encode(&serial_bytes),
@@ -220,7 +216,8 @@ impl Pki {
         actor: &Actor,
     ) -> StoreResult<CertificateAuthority> {
         let id = Uuid::now_v7();
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(pki_error)?;
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(StoreError::internal("generating a CA key"))?;
         let now = chrono::Utc::now();
         let not_after = now + chrono::Duration::days(CA_LIFETIME_DAYS);
         let mut params = CertificateParams::default();
@@ -236,7 +233,9 @@ impl Pki {
         ];
         params.not_before = to_offset(now - chrono::Duration::minutes(BACKDATE_MINUTES))?;
         params.not_after = to_offset(not_after)?;
-        let cert = params.self_signed(&key).map_err(pki_error)?;
+        let cert = params
+            .self_signed(&key)
+            .map_err(StoreError::internal("self-signing a CA certificate"))?;
         let sealed = self
             .sealer
             .seal(
@@ -244,7 +243,7 @@ impl Pki {
                 key.serialize_pem().as_bytes(),
             )
             .await
-            .map_err(pki_error)?;
+            .map_err(StoreError::internal("sealing a CA key"))?;
         let row = certificate_authority::ActiveModel {
             id: Set(id),
             tenant_id: Set(scope.tenant_id()),
@@ -283,9 +282,16 @@ impl Pki {
             .sealer
             .open(&seal_context(ca.tenant_id, ca.id), &ca.sealed_key)
             .await
-            .map_err(|e| pki_error(format!("cannot open the key of CA {}: {e}", ca.id)))?;
-        let key = KeyPair::from_pem(&String::from_utf8_lossy(&pem)).map_err(pki_error)?;
-        let issuer = Arc::new(Issuer::from_ca_cert_pem(&ca.cert_pem, key).map_err(pki_error)?);
+            .map_err(|e| StoreError::Internal {
+                context: "opening a CA key",
+                source: format!("CA {}: {e}", ca.id).into(),
+            })?;
+        let key = KeyPair::from_pem(&String::from_utf8_lossy(&pem))
+            .map_err(StoreError::internal("reading an opened CA key"))?;
+        let issuer = Arc::new(
+            Issuer::from_ca_cert_pem(&ca.cert_pem, key)
+                .map_err(StoreError::internal("loading a CA certificate"))?,
+        );
         if let Ok(mut signers) = self.signers.lock() {
             signers.insert(ca.id, issuer.clone());
         }
@@ -320,5 +326,6 @@ fn seal_context(tenant_id: Uuid, ca_id: Uuid) -> String {
 }
 
 fn to_offset(t: chrono::DateTime<chrono::Utc>) -> StoreResult<time::OffsetDateTime> {
-    time::OffsetDateTime::from_unix_timestamp(t.timestamp()).map_err(pki_error)
+    time::OffsetDateTime::from_unix_timestamp(t.timestamp())
+        .map_err(StoreError::internal("converting a certificate date"))
 }

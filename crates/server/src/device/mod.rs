@@ -16,7 +16,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
+use axum::http::{HeaderName, StatusCode};
+use axum::middleware;
 use axum::routing::{head, post};
 use mobius_api::device::{ENROLL_PATH, PING_PATH, RENEW_PATH};
 use mobius_core::Store;
@@ -27,7 +28,12 @@ use mobius_core::pki::Pki;
 pub use peer::{DeviceScope, Peer};
 pub use trust::Trust;
 
+use tower::ServiceBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
 use crate::http::errors::ErrorCode;
+use crate::http::router;
 
 /// Enrollment requests carry a CSR and facts: 64 KiB is plenty.
 pub const MAX_DEVICE_BODY_BYTES: usize = 64 * 1024;
@@ -45,6 +51,7 @@ pub struct DeviceState {
 }
 
 pub fn router(state: DeviceState) -> Router {
+    let request_id = HeaderName::from_static(router::REQUEST_ID_HEADER);
     Router::new()
         .route(ENROLL_PATH, post(enroll::enroll))
         .route(PING_PATH, head(ping::ping_head).post(ping::ping))
@@ -58,5 +65,15 @@ pub fn router(state: DeviceState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(MAX_DEVICE_BODY_BYTES))
+        .layer(
+            // As on the admin listener, so a device's 500 quotes an id
+            // found in the log. Responses are not logged at INFO here:
+            // heartbeats would drown everything else.
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+                .layer(TraceLayer::new_for_http().make_span_with(router::request_span))
+                .layer(PropagateRequestIdLayer::new(request_id))
+                .layer(middleware::from_fn(crate::http::request_id::scope)),
+        )
         .with_state(state)
 }

@@ -3,10 +3,17 @@
 //! forces a decision here.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use mobius_api::{ErrorBody, ErrorDetail};
 use mobius_core::StoreError;
+
+use super::request_id;
+
+/// How long a client should wait before retrying while the database is
+/// unreachable: long enough not to hammer a recovering server, short
+/// enough that a blip costs a user little.
+pub const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 5;
 
 /// The stable error codes of the API (the same list GraphQL uses in
 /// `extensions.code`).
@@ -56,6 +63,9 @@ pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
     pub field: Option<String>,
+    /// An INTERNAL failure that may pass (the database is unreachable):
+    /// answered 503 with `Retry-After` instead of 500.
+    pub retryable: bool,
 }
 
 impl ApiError {
@@ -64,6 +74,33 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            retryable: false,
+        }
+    }
+
+    /// Logs `cause` at error level with the request id, and answers with
+    /// a generic INTERNAL that quotes the id but none of the cause.
+    pub fn internal(cause: &dyn std::error::Error, retryable: bool) -> Self {
+        let id = request_id::current();
+        let id = id.as_deref().unwrap_or("-");
+        tracing::error!(request_id = %id, error = %cause, retryable, "internal error");
+        let message = if id == "-" {
+            "internal error".to_owned()
+        } else {
+            format!("internal error (request {id})")
+        };
+        ApiError {
+            retryable,
+            ..ApiError::new(ErrorCode::Internal, message)
+        }
+    }
+
+    /// The HTTP status: a retryable INTERNAL is 503, not 500.
+    pub fn status(&self) -> StatusCode {
+        if self.retryable {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            self.code.status()
         }
     }
 }
@@ -76,27 +113,30 @@ impl From<StoreError> for ApiError {
                 code: ErrorCode::Conflict,
                 message: err.to_string(),
                 field: Some(field.to_owned()),
+                retryable: false,
             },
             StoreError::InUse { .. } => ApiError::new(ErrorCode::Conflict, err.to_string()),
             StoreError::Invalid { field, .. } => ApiError {
                 code: ErrorCode::BadUserInput,
                 message: err.to_string(),
                 field: Some(field.to_owned()),
+                retryable: false,
             },
             StoreError::MultiTenantRequiresPostgres => {
                 ApiError::new(ErrorCode::BadUserInput, err.to_string())
             }
-            StoreError::UnsafeRequestRole { .. } | StoreError::Database(_) => {
-                // The cause goes to the log, never to the client.
-                tracing::error!(error = %err, "internal error");
-                ApiError::new(ErrorCode::Internal, "internal error")
-            }
+            // The cause goes to the log, never to the client.
+            StoreError::Unavailable(_) => ApiError::internal(&err, true),
+            StoreError::Internal { .. }
+            | StoreError::UnsafeRequestRole { .. }
+            | StoreError::Database(_) => ApiError::internal(&err, false),
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let status = self.status();
         let body = ErrorBody {
             error: ErrorDetail {
                 code: self.code.as_str().to_owned(),
@@ -104,6 +144,13 @@ impl IntoResponse for ApiError {
                 field: self.field,
             },
         };
-        (self.code.status(), Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if self.retryable {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from(UNAVAILABLE_RETRY_AFTER_SECS),
+            );
+        }
+        response
     }
 }

@@ -5,4 +5,5 @@ pub mod errors;
 pub mod hardening;
 pub mod limits;
 pub mod metrics;
+pub mod request_id;
 pub mod router;

@@ -21,8 +21,8 @@ use tracing::Level;
 
 use crate::admin::graphql::{self, GraphqlState};
 use crate::http::errors::{ApiError, ErrorCode};
-use crate::http::hardening;
 use crate::http::metrics::{self, Metrics};
+use crate::http::{hardening, request_id};
 use crate::settings::Settings;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -39,19 +39,7 @@ pub struct AppState {
 pub fn router(state: AppState, settings: &Settings, graphql: Option<GraphqlState>) -> Router {
     let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
     let trace = TraceLayer::new_for_http()
-        .make_span_with(|request: &Request<Body>| {
-            let id = request
-                .headers()
-                .get(REQUEST_ID_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("-");
-            tracing::info_span!(
-                "request",
-                method = %request.method(),
-                path = %request.uri().path(),
-                request_id = %id,
-            )
-        })
+        .make_span_with(request_span)
         .on_response(DefaultOnResponse::new().level(Level::INFO));
 
     let mut routes = Router::new()
@@ -88,6 +76,7 @@ pub fn router(state: AppState, settings: &Settings, graphql: Option<GraphqlState
                 .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
                 .layer(trace)
                 .layer(PropagateRequestIdLayer::new(request_id))
+                .layer(middleware::from_fn(request_id::scope))
                 .layer(TimeoutLayer::with_status_code(
                     StatusCode::REQUEST_TIMEOUT,
                     Duration::from_secs(settings.request_timeout_secs),
@@ -97,6 +86,22 @@ pub fn router(state: AppState, settings: &Settings, graphql: Option<GraphqlState
                 )),
         )
         .with_state(state)
+}
+
+/// The span every request's log lines carry, with its id (set by
+/// `SetRequestIdLayer` before the span opens).
+pub fn request_span(request: &Request<Body>) -> tracing::Span {
+    let id = request
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path(),
+        request_id = %id,
+    )
 }
 
 /// The process is alive and serving HTTP; says nothing about the store.

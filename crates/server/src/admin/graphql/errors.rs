@@ -7,6 +7,7 @@ use mobius_core::authz::Denied;
 use mobius_core::identity::IdentityError;
 
 use crate::http::errors::{ApiError, ErrorCode};
+use crate::http::request_id;
 
 /// An error with a stable code (and the input field, when there is one).
 pub fn coded(code: ErrorCode, message: impl Into<String>, field: Option<&str>) -> Error {
@@ -30,9 +31,16 @@ pub fn forbidden(message: impl Into<String>) -> Error {
     coded(ErrorCode::Forbidden, message, None)
 }
 
+/// A retryable error (the database is unreachable) says so in
+/// `extensions.retryable`, GraphQL's stand-in for a 503.
 impl From<ApiError> for Error {
     fn from(err: ApiError) -> Error {
-        coded(err.code, err.message, err.field.as_deref())
+        let error = coded(err.code, err.message, err.field.as_deref());
+        if err.retryable {
+            error.extend_with(|_, e| e.set("retryable", true))
+        } else {
+            error
+        }
     }
 }
 
@@ -76,8 +84,19 @@ pub fn sanitize(mut response: Response) -> Response {
             ext.set("code", ErrorCode::BadUserInput.as_str());
             error.extensions = Some(ext);
         } else {
-            tracing::error!(error = %error.message, path = ?error.path, "GraphQL resolver failed");
-            error.message = "internal error".into();
+            let id = request_id::current();
+            let id = id.as_deref().unwrap_or("-");
+            tracing::error!(
+                request_id = %id,
+                error = %error.message,
+                path = ?error.path,
+                "GraphQL resolver failed"
+            );
+            error.message = if id == "-" {
+                "internal error".into()
+            } else {
+                format!("internal error (request {id})")
+            };
             let mut ext = async_graphql::ErrorExtensionValues::default();
             ext.set("code", ErrorCode::Internal.as_str());
             error.extensions = Some(ext);

@@ -20,6 +20,11 @@ pub enum Caller {
     Authenticated(Principal),
     /// A credential was presented and refused (expired, revoked, unknown).
     Refused(IdentityError),
+    /// The credential could not be checked on our side (database down,
+    /// signing keys unreadable): the INTERNAL answer, cause already
+    /// logged. Not UNAUTHENTICATED, which would send a client with a
+    /// perfectly good token back to the login page.
+    Failed(async_graphql::Error),
 }
 
 /// Per-request context: the caller, where the request came from, and the
@@ -87,6 +92,7 @@ pub fn principal<'c>(ctx: &Context<'c>) -> Result<&'c Principal> {
             err.to_string(),
             None,
         )),
+        Caller::Failed(err) => Err(err.clone()),
     }
 }
 

@@ -61,7 +61,7 @@ use axum::http::header::{AUTHORIZATION, COOKIE, USER_AGENT};
 use axum::response::{Html, IntoResponse, Response};
 use mobius_core::Store;
 use mobius_core::identity::ApiTokenUsage;
-use mobius_core::identity::{Identity, RequestMeta};
+use mobius_core::identity::{Identity, IdentityError, RequestMeta};
 
 use crate::http::limits::LoginLimiter;
 pub use errors::sanitize;
@@ -289,6 +289,7 @@ async fn request_context(
                 }
                 Caller::Authenticated(principal)
             }
+            Err(IdentityError::Store(err)) => Caller::Failed(errors::store(err)),
             Err(err) => Caller::Refused(err),
         },
     };
