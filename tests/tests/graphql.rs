@@ -1134,3 +1134,51 @@ where
     let text = message.unwrap().unwrap().into_text().unwrap();
     serde_json::from_str(&text).unwrap()
 }
+
+/// A forged cursor whose offset does not fit a 64-bit bind (or is beyond
+/// any real list) is the client's mistake, answered BAD_USER_INPUT, and
+/// the server keeps serving.
+#[tokio::test]
+async fn forged_cursors_are_bad_user_input() {
+    use base64::Engine;
+    let h = Harness::start().await;
+    let forge = |text: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text);
+    let cursors = [
+        forge("o:9223372036854775807"),
+        forge("o:18446744073709551615"),
+        forge("o:99999999999999999999"),
+        forge("o:-1"),
+    ];
+    for list in ["sites", "devices", "auditEvents"] {
+        for cursor in &cursors {
+            let query = format!(
+                "query($after: String) {{ {list}(first: 5, after: $after) {{ totalCount }} }}"
+            );
+            let response = h
+                .post(Some(&h.owner_token), &query, json!({ "after": cursor }))
+                .await;
+            assert_eq!(response.status(), 200, "{list} {cursor}");
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(
+                code(&body),
+                Some("BAD_USER_INPUT"),
+                "{list} {cursor}: {body}"
+            );
+            assert_eq!(body["errors"][0]["extensions"]["field"], "after", "{body}");
+            let text = body.to_string();
+            assert!(
+                !text.contains("TryFromInt") && !text.contains("panic"),
+                "{text}"
+            );
+        }
+    }
+    // A real cursor still works, and the server survived.
+    let sites = h
+        .owner(
+            "{ sites(first: 1) { edges { cursor } totalCount } }",
+            json!({}),
+        )
+        .await;
+    assert!(sites["errors"].is_null(), "{sites}");
+    let _ = h.stop().await;
+}

@@ -20,6 +20,12 @@ use super::gate::ReadScope;
 pub const MAX_PAGE: i32 = 500;
 pub const DEFAULT_PAGE: i32 = 50;
 
+/// The largest position a cursor may name. Offsets are bound as signed
+/// 64-bit integers (Postgres `OFFSET`, SQLite `LIMIT .. OFFSET`), and the
+/// page arithmetic adds a page to it, so a forged cursor near `u64::MAX` or
+/// `i64::MAX` would overflow in the binder; no real list is this long.
+const MAX_CURSOR_POSITION: u64 = (i64::MAX as u64) / 2;
+
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
 pub enum Role {
     Owner,
@@ -389,13 +395,15 @@ fn encode_cursor(position: u64) -> String {
     URL_SAFE_NO_PAD.encode(format!("o:{position}"))
 }
 
+/// The position a cursor names, if it is one this API could have issued.
 fn decode_cursor(cursor: &str) -> Option<u64> {
     let bytes = URL_SAFE_NO_PAD.decode(cursor).ok()?;
-    String::from_utf8(bytes)
+    let position: u64 = String::from_utf8(bytes)
         .ok()?
         .strip_prefix("o:")?
         .parse()
-        .ok()
+        .ok()?;
+    (position <= MAX_CURSOR_POSITION).then_some(position)
 }
 
 /// Builds a connection from one page of rows.
