@@ -12,7 +12,7 @@ pub mod postgres_roles;
 mod proof;
 mod scope;
 
-pub use error::{StoreError, StoreResult};
+pub use error::{StoreError, StoreResult, no_nul, no_nul_in_json};
 pub(crate) use error::{conflict_on, in_use_by, valid_name};
 pub use lookups::{LoginCandidate, SecretKind, TrustedCa};
 pub use proof::{FoundTenant, SystemTask, TenantProof};
