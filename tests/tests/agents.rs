@@ -348,6 +348,29 @@ async fn refused_enrollments_get_a_clear_4xx_and_leave_no_device() {
         "{body}"
     );
 
+    // A NUL in the fingerprint or the facts (which Postgres cannot store)
+    // is the client's mistake, and uses up nothing.
+    let (nul_token, _) = fleet.enrollment_token(1).await;
+    let (mut nul_fingerprint, _) = enroll_body(&nul_token, "host-nul");
+    nul_fingerprint["host_fingerprint"] = json!("host\u{0}nul");
+    let (mut nul_facts, _) = enroll_body(&nul_token, "host-nul");
+    nul_facts["facts"]["os_name"] = json!("Debian\u{0}");
+    for (body, field) in [(nul_fingerprint, "host_fingerprint"), (nul_facts, "facts")] {
+        let (status, body) = enroll(body).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (400, Some("BAD_USER_INPUT")),
+            "{body}"
+        );
+        assert_eq!(body["error"]["field"], field, "{body}");
+    }
+    let (clean, _) = enroll_body(&nul_token, "host-nul");
+    assert_eq!(
+        enroll(clean).await.0,
+        200,
+        "the refused attempts used nothing"
+    );
+
     // Revoked.
     let (revoked, revoked_id) = fleet.enrollment_token(5).await;
     fleet
@@ -461,8 +484,8 @@ async fn refused_enrollments_get_a_clear_4xx_and_leave_no_device() {
 
     assert_eq!(
         fleet.device_count().await,
-        1,
-        "only the first enrollment made a device"
+        2,
+        "only the first enrollment and the clean retry after the NUL refusals made devices"
     );
     let uses = fleet
         .gql("{ enrollmentTokens { nodes { id uses } } }", json!({}))

@@ -1275,3 +1275,111 @@ where
     let text = message.unwrap().unwrap().into_text().unwrap();
     serde_json::from_str(&text).unwrap()
 }
+
+/// A forged cursor whose offset does not fit a 64-bit bind (or is beyond
+/// any real list) is the client's mistake, answered BAD_USER_INPUT, and
+/// the server keeps serving.
+#[tokio::test]
+async fn forged_cursors_are_bad_user_input() {
+    use base64::Engine;
+    let h = Harness::start().await;
+    let forge = |text: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text);
+    let cursors = [
+        forge("o:9223372036854775807"),
+        forge("o:18446744073709551615"),
+        forge("o:99999999999999999999"),
+        forge("o:-1"),
+    ];
+    for list in ["sites", "devices", "auditEvents"] {
+        for cursor in &cursors {
+            let query = format!(
+                "query($after: String) {{ {list}(first: 5, after: $after) {{ totalCount }} }}"
+            );
+            let response = h
+                .post(Some(&h.owner_token), &query, json!({ "after": cursor }))
+                .await;
+            assert_eq!(response.status(), 200, "{list} {cursor}");
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(
+                code(&body),
+                Some("BAD_USER_INPUT"),
+                "{list} {cursor}: {body}"
+            );
+            assert_eq!(body["errors"][0]["extensions"]["field"], "after", "{body}");
+            let text = body.to_string();
+            assert!(
+                !text.contains("TryFromInt") && !text.contains("panic"),
+                "{text}"
+            );
+        }
+    }
+    // A real cursor still works, and the server survived.
+    let sites = h
+        .owner(
+            "{ sites(first: 1) { edges { cursor } totalCount } }",
+            json!({}),
+        )
+        .await;
+    assert!(sites["errors"].is_null(), "{sites}");
+    let _ = h.stop().await;
+}
+
+/// Postgres stores no NUL in text: a NUL in a name, a search filter or a
+/// login email is the client's mistake (BAD_USER_INPUT naming the field),
+/// as is an `Int` outside 32 bits; neither is an INTERNAL error.
+#[tokio::test]
+async fn nul_characters_and_out_of_range_ints_are_bad_user_input() {
+    let h = Harness::start().await;
+    let cases = [
+        (
+            "mutation($name: String!) { createSite(input: { name: $name }) { id } }",
+            json!({ "name": "Alpha\u{0}HQ" }),
+            "name",
+        ),
+        (
+            "mutation($name: String!) { createTeam(input: { name: $name }) { id } }",
+            json!({ "name": "Ops\u{0}" }),
+            "name",
+        ),
+        (
+            "query($q: String) { devices(hostnameSearch: $q) { totalCount } }",
+            json!({ "q": "web\u{0}" }),
+            "hostname_search",
+        ),
+        (
+            "query($os: String) { devices(osName: $os) { totalCount } }",
+            json!({ "os": "Debian\u{0}" }),
+            "os_name",
+        ),
+    ];
+    for (query, variables, field) in cases {
+        let body = h.owner(query, variables).await;
+        assert_eq!(code(&body), Some("BAD_USER_INPUT"), "{query}: {body}");
+        assert_eq!(body["errors"][0]["extensions"]["field"], field, "{body}");
+        assert!(!body.to_string().contains("database"), "{body}");
+    }
+    let login = h
+        .gql(
+            None,
+            "mutation($input: LoginInput!) { login(input: $input) { accessToken } }",
+            json!({ "input": { "email": "owner\u{0}@alpha.test", "password": PASSWORD } }),
+        )
+        .await;
+    assert_eq!(code(&login), Some("BAD_USER_INPUT"), "{login}");
+
+    for (query, variables) in [
+        (
+            "query($n: Int) { sites(first: $n) { totalCount } }",
+            json!({ "n": 99999999999_i64 }),
+        ),
+        ("{ sites(first: 99999999999) { totalCount } }", json!({})),
+        (
+            "{ auditEvents(first: -99999999999) { totalCount } }",
+            json!({}),
+        ),
+    ] {
+        let body = h.owner(query, variables).await;
+        assert_eq!(code(&body), Some("BAD_USER_INPUT"), "{query}: {body}");
+    }
+    let _ = h.stop().await;
+}

@@ -438,3 +438,34 @@ async fn cross_tenant_lookups_return_only_ids() {
     .unwrap();
     assert!(!public_exec, "PUBLIC may execute a cross-tenant lookup");
 }
+
+/// Servers starting together race to create the request role; the loser
+/// sees a unique violation on `pg_authid_rolname_index` (or
+/// `duplicate_object`) and must treat it as "already exists", not fail.
+#[tokio::test]
+async fn servers_starting_together_all_ensure_the_request_role() {
+    use mobius_core::db::postgres_roles::ensure_app_role;
+    use secrecy::SecretString;
+
+    let db = TestDatabase::create().await;
+    let owner = Store::open_postgres(&db.owner_url(), 16).await.unwrap();
+    let role = format!("mobius_race_{}", Uuid::new_v4().simple());
+    let password = SecretString::from("race password");
+    let results = futures_util::future::join_all((0..12).map(|_| {
+        let (owner, role, password) = (owner.clone(), role.clone(), password.clone());
+        tokio::spawn(async move { ensure_app_role(&owner, &role, Some(&password)).await })
+    }))
+    .await;
+    let failures: Vec<String> = results
+        .into_iter()
+        .filter_map(|r| r.unwrap().err().map(|e| e.to_string()))
+        .collect();
+
+    let mut admin = PgConnection::connect(&db.admin_url()).await.unwrap();
+    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP OWNED BY {role}; DROP ROLE IF EXISTS {role}"
+    )))
+    .execute(&mut admin)
+    .await;
+    assert!(failures.is_empty(), "{failures:?}");
+}

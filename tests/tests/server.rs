@@ -399,3 +399,38 @@ async fn readyz_is_503_with_the_pending_migrations_listed() {
     );
     serving.abort();
 }
+
+/// The data directory holds every secret of an embedded installation: it
+/// is 0700 and the database 0600. A second server on the same directory is
+/// refused, naming the directory and the process that holds it; once the
+/// first is gone, the directory can be used again.
+#[cfg(unix)]
+#[tokio::test]
+async fn the_data_directory_is_private_and_used_by_one_server() {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("data");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let first = Server::prepare(&embedded_settings(&dir), &Edition::OSS)
+        .await
+        .unwrap();
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&dir.join("mobius.db")), 0o600);
+
+    let second = Server::prepare(&embedded_settings(&dir), &Edition::OSS).await;
+    let message = format!("{:#}", second.err().expect("a second server is refused"));
+    assert!(message.contains(&dir.display().to_string()), "{message}");
+    assert!(
+        message.contains(&format!("pid {}", std::process::id())),
+        "{message}"
+    );
+
+    drop(first);
+    Server::prepare(&embedded_settings(&dir), &Edition::OSS)
+        .await
+        .expect("the lock goes with the server that held it");
+}

@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 
 use crate::admin::graphql::DeviceAdmin;
 use crate::admin::graphql::{self, GraphqlState};
+use crate::data_dir::DataDirLock;
 use crate::device::listener;
 use crate::device::tls::{self, TenantCaVerifier};
 use crate::device::{self, DeviceState, Trust};
@@ -44,6 +45,8 @@ pub const APP_ROLE_PASSWORD_FILE: &str = "postgres-app-role.secret";
 /// with port 0).
 pub struct Server {
     store: Store,
+    /// Held while the server lives (embedded store only).
+    _data_dir_lock: Option<DataDirLock>,
     listener: TcpListener,
     router: axum::Router,
     tls: Option<axum_server::tls_rustls::RustlsConfig>,
@@ -82,6 +85,14 @@ impl Server {
                     })?,
             ),
             _ => None,
+        };
+        crate::data_dir::make_private(&settings.data_dir)?;
+        // One server per embedded store: the lock is taken before the
+        // store is opened, so a second server changes nothing.
+        let data_dir_lock = if settings.uses_postgres() {
+            None
+        } else {
+            Some(DataDirLock::acquire(&settings.data_dir)?)
         };
         let store = open_store(settings, edition, settings.migrate_on_start).await?;
         let (tenant_id, created) = store
@@ -202,6 +213,7 @@ impl Server {
         let router = router::router(state, settings, Some(graphql)).merge(services.routes);
         Ok(Server {
             store,
+            _data_dir_lock: data_dir_lock,
             listener,
             router,
             tls,

@@ -132,8 +132,37 @@ pub(crate) fn in_use_by(entity: &'static str, by: &'static str) -> impl Fn(DbErr
     }
 }
 
-/// Trims a display name and checks its length (1 to 200 characters).
+/// Refuses text holding a NUL character. Postgres stores no `\0` in
+/// `text` or `jsonb`, so such a value would fail in the database as an
+/// internal error; it is the client's mistake and is refused as one.
+pub fn no_nul(field: &'static str, value: &str) -> StoreResult<()> {
+    if value.contains('\0') {
+        return Err(StoreError::Invalid {
+            field,
+            reason: "must not contain NUL characters".into(),
+        });
+    }
+    Ok(())
+}
+
+/// [`no_nul`] for every string (and object key) in a JSON value.
+pub fn no_nul_in_json(field: &'static str, value: &serde_json::Value) -> StoreResult<()> {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => no_nul(field, s),
+        Value::Array(items) => items.iter().try_for_each(|v| no_nul_in_json(field, v)),
+        Value::Object(map) => map.iter().try_for_each(|(k, v)| {
+            no_nul(field, k)?;
+            no_nul_in_json(field, v)
+        }),
+        Value::Null | Value::Bool(_) | Value::Number(_) => Ok(()),
+    }
+}
+
+/// Trims a display name and checks its length (1 to 200 characters) and
+/// that it holds no NUL.
 pub(crate) fn valid_name(field: &'static str, value: &str) -> StoreResult<String> {
+    no_nul(field, value)?;
     let trimmed = value.trim();
     if trimmed.is_empty() {
         return Err(StoreError::Invalid {

@@ -81,6 +81,7 @@ impl Store {
     /// The users a login email belongs to, one per tenant (compared
     /// case-insensitively): the login form's one cross-tenant lookup.
     pub async fn find_login_candidates(&self, email: &str) -> StoreResult<Vec<LoginCandidate>> {
+        crate::db::no_nul("email", email)?;
         let sql = match self.backend {
             Backend::Postgres => {
                 "SELECT tenant_id, user_id, tenant_slug FROM mobius_login_candidates($1)"

@@ -12,7 +12,7 @@ pub mod postgres_roles;
 mod proof;
 mod scope;
 
-pub use error::{StoreError, StoreResult};
+pub use error::{StoreError, StoreResult, no_nul, no_nul_in_json};
 pub(crate) use error::{conflict_on, in_use_by, valid_name};
 pub use lookups::{LoginCandidate, SecretKind, TrustedCa};
 pub use proof::{FoundTenant, SystemTask, TenantProof};
@@ -59,6 +59,25 @@ pub struct Store {
     audit_feed: broadcast::Sender<AuditEvent>,
 }
 
+/// Creates `path` with mode 0600, or tightens an existing file to 0600,
+/// before SQLite opens it: the database holds every secret of the
+/// installation, and SQLite gives its WAL and shared-memory files the
+/// database file's mode.
+fn make_private_file(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        options.mode(0o600);
+        let file = options.open(path)?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    #[cfg(not(unix))]
+    options.open(path)?;
+    Ok(())
+}
+
 impl Store {
     /// Opens (creating if needed) the embedded SQLite store at `path`.
     ///
@@ -72,6 +91,10 @@ impl Store {
                 source: format!("cannot create {}: {e}", parent.display()).into(),
             })?;
         }
+        make_private_file(path).map_err(|e| StoreError::Invalid {
+            field: "data_dir",
+            reason: format!("cannot create {}: {e}", path.display()),
+        })?;
         let url = format!("sqlite://{}?mode=rwc", path.display());
         let mut options = ConnectOptions::new(url);
         options

@@ -49,11 +49,16 @@ pub async fn ensure_app_role(
     }
     // Role and grant changes write shared catalog rows; two servers doing
     // this at once (replicas starting together) get "tuple concurrently
-    // updated" from one of them. Every step is idempotent, so try again.
+    // updated", or lose the race to create the role, from one of them.
+    // Every step is idempotent, so try again: the next attempt sees the
+    // role exists (and sets its password, if one was given).
     let mut attempt = 0;
     loop {
         match apply_app_role(owner, role, password).await {
-            Err(err) if attempt < 8 && is_concurrent_catalog_update(&err) => {
+            Err(err)
+                if attempt < 8
+                    && (is_concurrent_catalog_update(&err) || is_duplicate_role(&err)) =>
+            {
                 attempt += 1;
                 let pause = 20 + rand::random::<u64>() % (40 * attempt);
                 tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
@@ -84,15 +89,11 @@ async fn apply_app_role(
     if !exists {
         let create =
             "CREATE ROLE %I LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOINHERIT";
-        let result = match &password {
-            Some(pw) => run_formatted(owner, &format!("{create} PASSWORD %L"), &[role, pw]).await,
-            None => run_formatted(owner, create, &[role]).await,
-        };
-        // Another server (or test) may have created it a moment ago.
-        if let Err(err) = result
-            && !is_duplicate_role(&err)
-        {
-            return Err(err);
+        // Another server (or test) may create it between the check and
+        // here: `ensure_app_role` retries on that error.
+        match &password {
+            Some(pw) => run_formatted(owner, &format!("{create} PASSWORD %L"), &[role, pw]).await?,
+            None => run_formatted(owner, create, &[role]).await?,
         }
     } else if let Some(pw) = &password {
         run_formatted(owner, "ALTER ROLE %I PASSWORD %L", &[role, pw]).await?;
@@ -223,8 +224,27 @@ async fn run_formatted(store: &Store, template: &str, args: &[&str]) -> StoreRes
     Ok(())
 }
 
+/// Whether CREATE ROLE lost a race with another session creating the same
+/// role. Postgres reports that as `duplicate_object` (42710) when it sees
+/// the committed role, but as `unique_violation` (23505) on
+/// `pg_authid_rolname_index` when both inserts are in flight at once.
 fn is_duplicate_role(err: &StoreError) -> bool {
-    matches!(err, StoreError::Database(e) if e.to_string().contains("already exists"))
+    matches!(sqlstate(err).as_deref(), Some("42710" | "23505"))
+}
+
+/// The SQLSTATE of a database error, when the server sent one.
+fn sqlstate(err: &StoreError) -> Option<String> {
+    use sea_orm::{DbErr, RuntimeErr, sqlx};
+    let StoreError::Database(
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)),
+    ) = err
+    else {
+        return None;
+    };
+    match e.as_ref() {
+        sqlx::Error::Database(db) => db.code().map(|code| code.into_owned()),
+        _ => None,
+    }
 }
 
 fn pg(sql: &str, values: Vec<sea_orm::Value>) -> Statement {

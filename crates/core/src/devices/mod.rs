@@ -16,7 +16,9 @@ use sea_orm::{ConnectionTrait, DbBackend, IntoActiveModel, Statement};
 
 use crate::audit::{Actor, AuditRecord};
 use crate::db::entities::{device, revoked_device};
-use crate::db::{Backend, StoreError, StoreResult, TenantScope, conflict_on, valid_name};
+use crate::db::{
+    Backend, StoreError, StoreResult, TenantScope, conflict_on, no_nul, no_nul_in_json, valid_name,
+};
 use crate::pki::IssuedCertificate;
 
 pub type Device = device::Model;
@@ -92,6 +94,17 @@ impl TenantScope {
     pub fn devices(&self) -> Devices<'_> {
         Devices::new(self)
     }
+}
+
+/// The facts as stored JSON, refused if any text in them holds a NUL
+/// (which Postgres cannot store).
+pub fn facts_json(facts: &HostFacts) -> StoreResult<serde_json::Value> {
+    let json = serde_json::to_value(facts).map_err(|e| StoreError::Invalid {
+        field: "facts",
+        reason: e.to_string(),
+    })?;
+    no_nul_in_json("facts", &json)?;
+    Ok(json)
 }
 
 impl<'s> Devices<'s> {
@@ -180,6 +193,12 @@ impl<'s> Devices<'s> {
         offset: u64,
         limit: u64,
     ) -> StoreResult<(Vec<Device>, u64)> {
+        if let Some(os) = &filter.os_name {
+            no_nul("os_name", os)?;
+        }
+        if let Some(search) = &filter.hostname_search {
+            no_nul("hostname_search", search)?;
+        }
         let mut condition = self.visible();
         if let Some(site) = filter.site_id {
             condition = condition.add(device::Column::SiteId.eq(site));
@@ -251,6 +270,7 @@ impl<'s> Devices<'s> {
     }
 
     pub async fn find_by_fingerprint(&self, fingerprint: &str) -> StoreResult<Option<Device>> {
+        no_nul("host_fingerprint", fingerprint)?;
         Ok(device::Entity::find()
             .filter(device::Column::TenantId.eq(self.scope.tenant_id()))
             .filter(device::Column::HostFingerprint.eq(fingerprint))
@@ -321,6 +341,7 @@ impl<'s> Devices<'s> {
 
     /// Keeps the latest facts: the common ones as columns, all as JSON.
     pub async fn record_facts(&self, id: Uuid, facts: &HostFacts) -> StoreResult<()> {
+        let json = facts_json(facts)?;
         let mut row = <device::ActiveModel as Default>::default();
         let text =
             |s: &str| (!s.trim().is_empty()).then(|| s.chars().take(200).collect::<String>());
@@ -336,7 +357,7 @@ impl<'s> Devices<'s> {
         row.memory_bytes = Set(i64::try_from(facts.memory_bytes).ok());
         row.agent_version = Set(text(&facts.agent_version));
         row.hardware_uuid = Set(facts.hardware_uuid.as_deref().and_then(text));
-        row.facts = Set(serde_json::to_value(facts).ok());
+        row.facts = Set(Some(json));
         let now = chrono::Utc::now();
         row.facts_updated_at = Set(Some(now));
         row.updated_at = Set(now);

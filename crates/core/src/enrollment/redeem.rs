@@ -76,6 +76,9 @@ pub async fn enroll(
     entitlements: &dyn Entitlements,
     request: EnrollmentRequest<'_>,
 ) -> Result<Enrolled, EnrollError> {
+    // Refused before the token is looked at, so a bad request uses nothing.
+    crate::db::no_nul("host_fingerprint", request.host_fingerprint)?;
+    crate::devices::facts_json(request.facts)?;
     let hash = secrets::sha256(request.secret);
     let owner = store
         .tenant_by_secret_hash(SecretKind::EnrollmentToken, &hash)

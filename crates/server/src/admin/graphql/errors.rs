@@ -67,9 +67,18 @@ pub fn identity(err: IdentityError) -> Error {
 }
 
 /// Gives every error in a response a code. Errors from parsing and
-/// validation (no path) are the client's: BAD_USER_INPUT. A resolver error
-/// without a code is an unexpected failure: logged, and answered with a
-/// generic INTERNAL so its text cannot leak.
+/// validation (no path) are the client's: BAD_USER_INPUT, and so are
+/// arguments that only fail to coerce when the field runs (a variable
+/// `Int` beyond 32 bits). Any other resolver error without a code is an
+/// unexpected failure: logged, and answered with a generic INTERNAL so its
+/// text cannot leak.
+/// async-graphql's messages for an argument value that does not parse as
+/// its input type (`InputValueError::custom` and `::expected_type`); they
+/// describe the client's value, never server state.
+fn is_argument_coercion(message: &str) -> bool {
+    message.starts_with("Failed to parse \"") || message.starts_with("Expected input type \"")
+}
+
 pub fn sanitize(mut response: Response) -> Response {
     for error in &mut response.errors {
         let has_code = error
@@ -79,7 +88,7 @@ pub fn sanitize(mut response: Response) -> Response {
         if has_code {
             continue;
         }
-        if error.path.is_empty() {
+        if error.path.is_empty() || is_argument_coercion(&error.message) {
             let mut ext = error.extensions.take().unwrap_or_default();
             ext.set("code", ErrorCode::BadUserInput.as_str());
             error.extensions = Some(ext);
