@@ -3,7 +3,7 @@
 #
 # It makes sure a PostgreSQL server is available, exports
 # MOBIUS_TEST_DATABASE_URL (a superuser URL for the `postgres` database) and
-# builds the binaries and runs `cargo test --workspace --locked "$@"` from the repository root. The
+# builds the binaries and runs `cargo test --workspace --locked --no-fail-fast "$@"` from the repository root. The
 # exit status is cargo's. Run `tests/run.sh --help` for details.
 #
 # Why a script and not plain `cargo test`: the Rust test harness creates one
@@ -21,7 +21,7 @@ usage() {
     cat <<'EOF'
 Usage: tests/run.sh [extra args for `cargo test`]
 
-Runs `cargo test --workspace --locked [extra args]` from the repository root
+Runs `cargo test --workspace --locked --no-fail-fast [extra args]` from the repository root
 with MOBIUS_TEST_DATABASE_URL pointing at a PostgreSQL superuser. The
 PostgreSQL server is found in this order:
 
@@ -437,7 +437,7 @@ if [[ $status -eq 0 ]]; then
     # crate, which says nothing about the whole.
     results="$(mktemp)"
     set +e
-    cargo test --workspace --locked "$@" 2>&1 | tee "$results"
+    cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$results"
     status=${PIPESTATUS[0]}
     set -e
     tally "$results" "$@"

@@ -1154,19 +1154,26 @@ async fn a_500_device_page_costs_a_constant_number_of_queries() {
     let query = "query($n: Int!) { devices(first: $n) { totalCount nodes { id hostname status site { id name } team { id name } } } }";
     let mut statements = Vec::new();
     for size in [5, 500] {
-        let before = h.metric("mobius_db_statements_total").await;
-        let page = h.owner(query, json!({ "n": size })).await;
-        let after = h.metric("mobius_db_statements_total").await;
-        assert!(page["errors"].is_null(), "{page}");
-        let nodes = page["data"]["devices"]["nodes"].as_array().unwrap();
-        assert_eq!(nodes.len(), size);
-        assert_eq!(page["data"]["devices"]["totalCount"], 500);
-        assert!(
-            nodes
-                .iter()
-                .all(|n| n["site"]["name"].is_string() && n["team"]["name"].is_string())
-        );
-        statements.push(after - before);
+        // The counter is process-wide and background jobs (the revocation
+        // poll, each second) add to it: the fewest of three runs is the
+        // page's own cost.
+        let mut fewest = f64::MAX;
+        for _ in 0..3 {
+            let before = h.metric("mobius_db_statements_total").await;
+            let page = h.owner(query, json!({ "n": size })).await;
+            let after = h.metric("mobius_db_statements_total").await;
+            assert!(page["errors"].is_null(), "{page}");
+            let nodes = page["data"]["devices"]["nodes"].as_array().unwrap();
+            assert_eq!(nodes.len(), size);
+            assert_eq!(page["data"]["devices"]["totalCount"], 500);
+            assert!(
+                nodes
+                    .iter()
+                    .all(|n| n["site"]["name"].is_string() && n["team"]["name"].is_string())
+            );
+            fewest = fewest.min(after - before);
+        }
+        statements.push(fewest);
     }
     assert_eq!(
         statements[0], statements[1],

@@ -62,6 +62,12 @@ impl TenantScope {
         &self.txn
     }
 
+    /// Limits a scope opened before the caller was known (authentication
+    /// reads through one) to what the caller may see.
+    pub(crate) fn restrict_to_team(&mut self, team: Option<Uuid>) {
+        self.team_restriction = team;
+    }
+
     /// The one team whose devices this caller may see, if it is limited
     /// to one (a team-scoped API token).
     pub fn team_restriction(&self) -> Option<Uuid> {

@@ -186,7 +186,7 @@ async fn load_keys(store: &Store, sealer: &dyn SecretSealer) -> StoreResult<KeyS
         .open(&seal_context(current.id), &current.sealed_private_key)
         .await
         .map_err(|e| StoreError::Internal {
-            context: "opening the access-token signing key",
+            context: "opening the access-token signing key with this server's master key",
             source: format!("signing key {}: {e}", current.id).into(),
         })?;
     let verifying = rows

@@ -62,6 +62,17 @@ pub enum IdentityError {
 
 pub type IdentityResult<T> = Result<T, IdentityError>;
 
+/// What [`Identity::authenticate`] established.
+pub struct Authenticated {
+    pub principal: Principal,
+    /// The API token presented, if the credential was one.
+    pub api_token: Option<ApiToken>,
+    /// The transaction authentication read through, still open and scoped
+    /// like one the principal would open; dropping it rolls back nothing
+    /// of consequence (it only read).
+    pub scope: TenantScope,
+}
+
 /// The identity service.
 #[derive(Clone, Debug)]
 pub struct Identity {
@@ -324,13 +335,16 @@ impl Identity {
     }
 
     /// Turns a bearer credential (an access token or a `mob_pat_` API
-    /// token) into the principal it speaks for. Returns the API token used,
-    /// if any, so the caller can record its use.
+    /// token) into the principal it speaks for. Also returns the API token
+    /// used, if any, so the caller can record its use, and the still-open
+    /// scope the check read through (limited to a team-scoped token's
+    /// team), so the request can go on reading in the same transaction
+    /// and pool connection instead of checking out a second one.
     pub async fn authenticate(
         &self,
         bearer: &str,
         meta: &RequestMeta,
-    ) -> IdentityResult<(Principal, Option<ApiToken>)> {
+    ) -> IdentityResult<Authenticated> {
         if bearer.starts_with(API_TOKEN_PREFIX) {
             return self.authenticate_api_token(bearer, meta).await;
         }
@@ -349,8 +363,8 @@ impl Identity {
             .map_err(|_| IdentityError::InvalidToken)?;
         let role = user.role;
         let team_roles = team_roles(&scope, user.id).await?;
-        Ok((
-            Principal::new(
+        Ok(Authenticated {
+            principal: Principal::new(
                 claims.tid,
                 user.id,
                 None,
@@ -362,17 +376,18 @@ impl Identity {
                 meta.ip.clone(),
                 meta.user_agent.clone(),
             ),
-            None,
-        ))
+            api_token: None,
+            scope,
+        })
     }
 
     async fn authenticate_api_token(
         &self,
         secret: &str,
         meta: &RequestMeta,
-    ) -> IdentityResult<(Principal, Option<ApiToken>)> {
+    ) -> IdentityResult<Authenticated> {
         let hash = secrets::sha256(secret);
-        let scope = self
+        let mut scope = self
             .owner_scope(SecretKind::ApiToken, &hash, IdentityError::InvalidToken)
             .await?;
         let tenant = scope.tenant_id();
@@ -395,8 +410,9 @@ impl Identity {
         if !creator_role.can_grant(role) {
             return Err(IdentityError::InvalidToken);
         }
-        Ok((
-            Principal::new(
+        scope.restrict_to_team(token.team_id);
+        Ok(Authenticated {
+            principal: Principal::new(
                 tenant,
                 creator.id,
                 Some(token.id),
@@ -408,8 +424,9 @@ impl Identity {
                 meta.ip.clone(),
                 meta.user_agent.clone(),
             ),
-            Some(token),
-        ))
+            api_token: Some(token),
+            scope,
+        })
     }
 
     /// Opens the scope of the tenant that owns a secret of `kind` (found

@@ -41,33 +41,65 @@ pub struct RequestContext {
     pub reads: Arc<ReadScope>,
 }
 
-/// One transaction for the request's reads, opened on first use, so a page
-/// and its batched loads see the same snapshot and pay for one BEGIN.
+/// One transaction for the request's reads, so a page and its batched
+/// loads see the same snapshot and pay for one BEGIN. It starts as the
+/// transaction authentication read through (one pool checkout for both),
+/// or is opened on first use.
 pub struct ReadScope {
     store: Store,
     /// The authenticated caller, the proof the scope is opened with (it
     /// carries a team-scoped token's team, so device reads are filtered).
     principal: Option<Principal>,
+    /// Authentication's scope until the first read or write claims it.
+    from_auth: std::sync::Mutex<Option<TenantScope>>,
     scope: OnceCell<TenantScope>,
 }
 
 impl ReadScope {
-    pub fn new(store: Store, principal: Option<Principal>) -> ReadScope {
+    pub fn new(
+        store: Store,
+        principal: Option<Principal>,
+        from_auth: Option<TenantScope>,
+    ) -> ReadScope {
         ReadScope {
             store,
             principal,
+            from_auth: std::sync::Mutex::new(from_auth),
             scope: OnceCell::new(),
         }
     }
 
-    pub async fn get(&self) -> Result<&TenantScope> {
-        let principal = self
-            .principal
+    fn principal(&self) -> Result<&Principal> {
+        self.principal
             .as_ref()
-            .ok_or_else(|| errors::coded(ErrorCode::Unauthenticated, "sign in first", None))?;
+            .ok_or_else(|| errors::coded(ErrorCode::Unauthenticated, "sign in first", None))
+    }
+
+    /// Authentication's open scope, if nothing claimed it yet.
+    fn claim_auth_scope(&self) -> Option<TenantScope> {
+        self.from_auth.lock().ok().and_then(|mut s| s.take())
+    }
+
+    pub async fn get(&self) -> Result<&TenantScope> {
+        let principal = self.principal()?;
         self.scope
-            .get_or_try_init(|| async { self.store.begin(principal).await.map_err(errors::store) })
+            .get_or_try_init(|| async {
+                match self.claim_auth_scope() {
+                    Some(scope) => Ok(scope),
+                    None => self.store.begin(principal).await.map_err(errors::store),
+                }
+            })
             .await
+    }
+
+    /// A scope to write in: authentication's, when no read has claimed it
+    /// (a mutation-only request then uses one connection), else a new one.
+    async fn for_write(&self, store: &Store) -> Result<TenantScope> {
+        let principal = self.principal()?;
+        match self.claim_auth_scope() {
+            Some(scope) => Ok(scope),
+            None => store.begin(principal).await.map_err(errors::store),
+        }
     }
 }
 
@@ -119,7 +151,7 @@ pub async fn write_on_device<'c>(
 ) -> Result<(&'c Principal, TenantScope)> {
     let principal = principal(ctx)?;
     let store = &ctx.data::<WriteStore>()?.0;
-    let scope = store.begin(principal).await.map_err(errors::store)?;
+    let scope = request(ctx)?.reads.for_write(store).await?;
     let found = scope.devices().get(device).await.map_err(errors::store)?;
     principal
         .authorize(op, found.team_id)
@@ -137,6 +169,6 @@ pub async fn write<'c>(
     let principal = principal(ctx)?;
     principal.authorize(op, team).map_err(errors::denied)?;
     let store = &ctx.data::<WriteStore>()?.0;
-    let scope = store.begin(principal).await.map_err(errors::store)?;
+    let scope = request(ctx)?.reads.for_write(store).await?;
     Ok((principal, scope))
 }

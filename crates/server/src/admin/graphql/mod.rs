@@ -163,7 +163,7 @@ pub async fn execute(
     peer: Peer,
     request: GraphQLRequest,
 ) -> Response {
-    let context = request_context(&state, &headers, peer.0).await;
+    let context = request_context(&state, &headers, peer.0, true).await;
     let reads = context.reads.clone();
     let request = request
         .into_inner()
@@ -231,7 +231,7 @@ pub async fn graphiql_or_socket(State(state): State<GraphqlState>, request: Requ
                         headers.insert(AUTHORIZATION, value);
                     }
                     let mut data = Data::default();
-                    data.insert(request_context(&state, &headers, peer).await);
+                    data.insert(request_context(&state, &headers, peer, false).await);
                     Ok(data)
                 })
                 .serve()
@@ -264,6 +264,8 @@ async fn request_context(
     state: &GraphqlState,
     headers: &HeaderMap,
     peer: Option<SocketAddr>,
+    // A socket lives long: it must not hold a pool connection open.
+    keep_auth_scope: bool,
 ) -> RequestContext {
     let meta = RequestMeta {
         ip: peer.map(|p| p.ip().to_string()),
@@ -280,14 +282,18 @@ async fn request_context(
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .map(str::trim);
+    let mut auth_scope = None;
     let caller = match bearer {
         None => Caller::Anonymous,
         Some(token) => match state.identity.authenticate(token, &meta).await {
-            Ok((principal, api_token)) => {
-                if let Some(token) = api_token {
+            Ok(authenticated) => {
+                if let Some(token) = &authenticated.api_token {
                     state.api_token_usage.record(token.tenant_id, token.id);
                 }
-                Caller::Authenticated(principal)
+                if keep_auth_scope {
+                    auth_scope = Some(authenticated.scope);
+                }
+                Caller::Authenticated(authenticated.principal)
             }
             Err(IdentityError::Store(err)) => Caller::Failed(errors::store(err)),
             Err(err) => Caller::Refused(err),
@@ -314,7 +320,7 @@ async fn request_context(
             .get("x-csrf-token")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
-        reads: Arc::new(ReadScope::new(state.store.clone(), reader)),
+        reads: Arc::new(ReadScope::new(state.store.clone(), reader, auth_scope)),
     }
 }
 
