@@ -15,7 +15,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime, pem::PemObject}
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName as TlsName, RootCertStore, SignatureScheme};
-use sha2::{Digest, Sha256};
 
 use mobius_core::crypto::sealing::write_private_file;
 
@@ -70,11 +69,10 @@ pub fn server_identity(
     })
 }
 
-/// SHA-256 of a certificate's DER SubjectPublicKeyInfo.
+/// SHA-256 of a certificate's DER SubjectPublicKeyInfo: the pin agents
+/// check (computed by the same function they use, `mobius-tls-pin`).
 pub fn spki_sha256(cert: &CertificateDer<'_>) -> anyhow::Result<[u8; 32]> {
-    let (_, parsed) =
-        x509_parser::parse_x509_certificate(cert.as_ref()).context("parsing a certificate")?;
-    Ok(Sha256::digest(parsed.tbs_certificate.subject_pki.raw).into())
+    mobius_tls_pin::spki_sha256(cert.as_ref()).context("parsing the listener's CA certificate")
 }
 
 fn generate_if_needed(
