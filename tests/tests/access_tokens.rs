@@ -99,3 +99,68 @@ async fn sealed_values_are_bound_to_their_context() {
         "a flipped bit is detected"
     );
 }
+
+/// A key another server made since is learnt on first sight, but forged
+/// key ids cannot make every request a database query: ids older than the
+/// newest known key, or dated in the future, are refused without a look,
+/// and other unknown ids reload the keys at most once a second.
+#[tokio::test]
+async fn unknown_key_ids_reload_only_for_plausible_new_keys_and_at_most_once_a_second() {
+    let t = TestStore::new(Backend::Sqlite).await;
+    let sealer: Arc<dyn SecretSealer> = Arc::new(LocalSealer::new(&[5u8; 32]));
+    let here = AccessTokens::load(t.store.clone(), sealer.clone())
+        .await
+        .unwrap();
+    let there = AccessTokens::load(t.store.clone(), sealer).await.unwrap();
+    there.rotate().await.unwrap();
+    let ids = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let (from_there, _) = there.issue(ids.0, ids.1, ids.2).await.unwrap();
+    assert!(
+        here.verify(&from_there).await.is_ok(),
+        "a rotation elsewhere is learnt"
+    );
+
+    // Forged tokens naming unknown key ids: fresh UUIDv7s (plausible),
+    // one from the far future, one older than every known key.
+    let header = |kid: Uuid| {
+        use base64::Engine;
+        let json = serde_json::json!({ "alg": "EdDSA", "typ": "JWT", "kid": kid.to_string() });
+        format!(
+            "{}.e30.AAAA",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json.to_string())
+        )
+    };
+    let future = Uuid::new_v7(uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        4_000_000_000,
+        0,
+    ));
+    let old = Uuid::new_v7(uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        1_000_000_000,
+        0,
+    ));
+    let before = t.store.statement_count();
+    for kid in [future, old] {
+        assert!(matches!(
+            here.verify(&header(kid)).await,
+            Err(AccessTokenError::Invalid)
+        ));
+    }
+    assert_eq!(
+        t.store.statement_count(),
+        before,
+        "implausible ids cost no query"
+    );
+    for _ in 0..50 {
+        assert!(matches!(
+            here.verify(&header(Uuid::now_v7())).await,
+            Err(AccessTokenError::Invalid)
+        ));
+    }
+    let reload_cost = t.store.statement_count() - before;
+    assert!(
+        reload_cost <= 2,
+        "50 forged ids within a second cost {reload_cost} statements (one reload at most)"
+    );
+}

@@ -48,7 +48,14 @@ pub struct AccessTokens {
     store: Store,
     sealer: Arc<dyn SecretSealer>,
     keys: RwLock<KeySet>,
+    /// When an unknown `kid` last made this server reload its keys: at
+    /// most one reload per [`RELOAD_INTERVAL`], so forged tokens cannot
+    /// turn into a database query each.
+    reloaded_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// The least time between two reloads caused by unknown key ids.
+const RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl std::fmt::Debug for AccessTokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -78,6 +85,7 @@ impl AccessTokens {
             store,
             sealer,
             keys: RwLock::new(keys),
+            reloaded_at: std::sync::Mutex::new(None),
         })
     }
 
@@ -105,8 +113,10 @@ impl AccessTokens {
         Ok((token, expires))
     }
 
-    /// Verifies signature and expiry. An unknown `kid` (another replica
-    /// rotated) triggers one reload from the store before giving up.
+    /// Verifies signature and expiry. An unknown `kid` that could be a key
+    /// another replica made since (newer than every key known here, and
+    /// not from the future: key ids are UUIDv7) triggers a reload from the
+    /// store, at most once a second, before giving up.
     pub async fn verify(&self, token: &str) -> Result<AccessClaims, AccessTokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AccessTokenError::Invalid)?;
         let kid: Uuid = header
@@ -118,6 +128,9 @@ impl AccessTokens {
             return Err(AccessTokenError::Invalid);
         }
         if !self.keys.read().await.verifying.contains_key(&kid) {
+            if !self.could_be_new(kid).await || !self.may_reload() {
+                return Err(AccessTokenError::Invalid);
+            }
             self.reload().await?;
         }
         let keys = self.keys.read().await;
@@ -151,6 +164,33 @@ impl AccessTokens {
         let kid = create_key(&self.store, self.sealer.as_ref()).await?;
         self.reload().await?;
         Ok(kid)
+    }
+
+    /// Whether `kid` is newer than every key known here and not dated in
+    /// the future (a forged id usually is one or the other).
+    async fn could_be_new(&self, kid: Uuid) -> bool {
+        let Some(minted) = kid.get_timestamp() else {
+            return false;
+        };
+        let (secs, _) = minted.to_unix();
+        let now = chrono::Utc::now().timestamp().max(0) as u64;
+        let newest = self.keys.read().await.verifying.keys().max().copied();
+        secs <= now + 60 && newest.is_none_or(|newest| kid > newest)
+    }
+
+    /// Takes the reload budget if a second has passed since the last one.
+    fn may_reload(&self) -> bool {
+        let Ok(mut last) = self.reloaded_at.lock() else {
+            return false;
+        };
+        let now = std::time::Instant::now();
+        match *last {
+            Some(at) if now.duration_since(at) < RELOAD_INTERVAL => false,
+            _ => {
+                *last = Some(now);
+                true
+            }
+        }
     }
 
     async fn reload(&self) -> StoreResult<()> {
