@@ -281,6 +281,7 @@ impl Server {
                 devices.revocation_lookback,
             )),
             tokio::spawn(jobs::reload_trust_periodically(devices.trust.clone())),
+            tokio::spawn(jobs::chain_audit_periodically(self.store.clone())),
         ];
         // After the setup code and the device listener, so whoever waits
         // for this line has all three.

@@ -217,3 +217,25 @@ impl Store {
             .collect())
     }
 }
+
+impl Store {
+    /// Tenants with audit events the chainer has not linked yet (ids only),
+    /// through `mobius_audit_unchained_tenants()` on Postgres. SQLite chains
+    /// each event as it is written, so there are none.
+    pub async fn tenants_with_unchained_audit(&self) -> StoreResult<Vec<Uuid>> {
+        if self.backend != Backend::Postgres {
+            return Ok(Vec::new());
+        }
+        let rows = self
+            .db
+            .query_all_raw(Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                "SELECT mobius_audit_unchained_tenants() AS id",
+            ))
+            .await?;
+        rows.iter()
+            .map(|row| Ok(row.try_get::<Uuid>("", "id")?))
+            .collect()
+    }
+}
+

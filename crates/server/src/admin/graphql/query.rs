@@ -4,6 +4,7 @@ use async_graphql::{Context, ID, Object, Result};
 use mobius_core::authz::Operation;
 use mobius_core::devices::{DeviceFilter, DeviceOrder as CoreOrder};
 
+use super::WriteStore;
 use super::errors;
 use super::gate;
 use super::types::*;
@@ -221,7 +222,14 @@ impl Query {
     /// Recomputes the tenant's audit hash chain; `firstBrokenSeq` is null
     /// when every event is intact.
     async fn audit_chain(&self, ctx: &Context<'_>) -> Result<AuditChain> {
-        let (_, scope) = gate::read(ctx, Operation::ViewAuditLog, None).await?;
+        let (principal, scope) = gate::read(ctx, Operation::ViewAuditLog, None).await?;
+        // Link what has committed but not been chained yet, so the answer
+        // covers every event written before this query.
+        ctx.data::<WriteStore>()?
+            .0
+            .chain_tenant_audit(principal)
+            .await
+            .map_err(errors::store)?;
         let report = scope.audit().verify_chain().await.map_err(errors::store)?;
         Ok(AuditChain {
             events: report.events as i64,
