@@ -502,6 +502,42 @@ async fn fifty_concurrent_enrollments_on_a_single_use_token_make_one_device() {
     assert_eq!(fleet.device_count().await, 1);
 }
 
+/// Enrollment is about seven round trips to Postgres (claim, `BEGIN`,
+/// `set_config`, device by fingerprint, device insert, audit insert,
+/// `COMMIT`): the current CA and bundle come from memory and the audit
+/// chain is linked later. The server's statement counter (sea-orm's metric
+/// callback) does not see `BEGIN` and `COMMIT`, so it shows five.
+#[tokio::test]
+async fn an_enrollment_costs_about_seven_statements() {
+    let fleet = Fleet::start(&[]).await;
+    let (token, _) = fleet.enrollment_token(10).await;
+    let client = fleet.device_client(None);
+    let url = format!("{}/api/v1/mobius/device/enroll", fleet.device_url());
+    let statements = || {
+        fleet
+            .server
+            .metric(&fleet.http, "mobius_db_statements_total")
+    };
+    let mut costs = Vec::new();
+    for i in 0..4 {
+        // Let the audit chainer finish with the previous enrollment.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let before = statements().await;
+        let response = client
+            .post(&url)
+            .json(&enroll_body(&token, &format!("counted-{i}")).0)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        costs.push(statements().await - before);
+    }
+    // The first may open the CA key; background polls may add one.
+    let cheapest = costs[1..].iter().cloned().fold(f64::MAX, f64::min);
+    eprintln!("statements per enrollment: {costs:?}");
+    assert!(cheapest <= 5.0, "statements per enrollment: {costs:?}");
+}
+
 #[tokio::test]
 async fn a_device_limit_of_n_admits_exactly_n_under_concurrency() {
     let fleet = Fleet::start(&[("MOBIUS_DEVICE_LIMIT", "3")]).await;

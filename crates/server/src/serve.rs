@@ -137,7 +137,7 @@ impl Server {
             tls::server_identity(&settings.data_dir, configured, &settings.device_hostnames)
                 .context("loading the device listener's TLS identity")?;
         let verifier = Arc::new(TenantCaVerifier::new());
-        let trust = Arc::new(Trust::new(store.clone(), verifier.clone()));
+        let trust = Arc::new(Trust::new(store.clone(), verifier.clone(), pki.clone()));
         trust.reload().await.context("loading the tenant CAs")?;
         let revocations = Arc::new(Revocations::default());
         revocations

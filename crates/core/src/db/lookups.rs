@@ -239,3 +239,52 @@ impl Store {
     }
 }
 
+/// An enrollment token found by the hash of its secret, and whether a use
+/// of it was just claimed.
+#[derive(Clone, Debug)]
+pub struct TokenClaim {
+    pub tenant: FoundTenant,
+    pub token_id: Uuid,
+    pub site_id: Uuid,
+    pub allowed_ips: Option<serde_json::Value>,
+    pub expired: bool,
+    pub revoked: bool,
+    pub used_up: bool,
+    /// One use was taken (and must be given back if the enrollment fails).
+    pub claimed: bool,
+}
+
+impl Store {
+    /// Finds the enrollment token whose secret hashes to `hash` and takes
+    /// one use of it if it has one left and is neither revoked nor expired,
+    /// in one autocommit statement (`mobius_claim_enrollment_token`), so
+    /// the token row is locked for that statement only. `None`: no such
+    /// token. Postgres only; the embedded store claims inside a scope.
+    pub(crate) async fn claim_enrollment_token_pg(
+        &self,
+        hash: &[u8; 32],
+    ) -> StoreResult<Option<TokenClaim>> {
+        let row = self
+            .db
+            .query_one_raw(Statement::from_sql_and_values(
+                sea_orm::DbBackend::Postgres,
+                "SELECT tenant_id, token_id, site_id, allowed_ips, expired, revoked, used_up, claimed \
+                 FROM mobius_claim_enrollment_token($1)",
+                [hash.to_vec().into()],
+            ))
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        Ok(Some(TokenClaim {
+            tenant: FoundTenant::new(row.try_get("", "tenant_id")?),
+            token_id: row.try_get("", "token_id")?,
+            site_id: row.try_get("", "site_id")?,
+            allowed_ips: row.try_get("", "allowed_ips")?,
+            expired: row.try_get("", "expired")?,
+            revoked: row.try_get("", "revoked")?,
+            used_up: row.try_get("", "used_up")?,
+            claimed: row.try_get("", "claimed")?,
+        }))
+    }
+}
