@@ -144,7 +144,9 @@ impl Server {
             .poll(&store, certificate_ttl)
             .await
             .context("loading revoked devices")?;
-        let presence = Arc::new(Presence::default());
+        let presence = Arc::new(Presence::new(std::time::Duration::from_secs(
+            settings.last_seen_write_after_secs,
+        )));
         let device_state = DeviceState {
             store: store.clone(),
             pki: pki.clone(),
@@ -167,7 +169,7 @@ impl Server {
             listener: device_listener,
             tls: tls::server_config(&server_identity, verifier)?,
             router: device::router(device_state),
-            presence,
+            presence: presence.clone(),
             revocations: revocations.clone(),
             trust: trust.clone(),
             revocation_lookback: certificate_ttl,
@@ -176,6 +178,7 @@ impl Server {
             pki,
             trust,
             revocations,
+            presence,
             ca_pin: server_identity.ca_pin,
             heartbeat_interval_secs: settings.heartbeat_interval_secs,
         };
@@ -315,7 +318,7 @@ impl Server {
         for task in background {
             task.abort();
         }
-        if let Err(err) = devices.presence.flush(&self.store).await {
+        if let Err(err) = devices.presence.flush_all(&self.store).await {
             tracing::warn!(error = %err, "could not write device last-seen times at shutdown");
         }
         if let Err(err) = self.api_token_usage.flush(&self.store).await {

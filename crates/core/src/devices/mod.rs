@@ -53,7 +53,8 @@ impl DeviceStatus {
     }
 }
 
-fn offline_threshold(
+/// Devices last seen at or before this are offline at `now`.
+pub fn offline_threshold(
     now: chrono::DateTime<chrono::Utc>,
     interval_secs: u64,
 ) -> chrono::DateTime<chrono::Utc> {
@@ -121,6 +122,11 @@ pub struct DeviceFilter {
     /// The heartbeat interval agents are told, for the online/offline
     /// split; `None` means [`HEARTBEAT_INTERVAL_SECS`].
     pub heartbeat_interval_secs: Option<u64>,
+    /// Devices this server saw within the online window although the
+    /// database's `last_seen_at` may not show it yet
+    /// ([`presence::Presence::online_here`]): the status filter counts them
+    /// online, as their shown status does.
+    pub seen_here: Vec<Uuid>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -263,13 +269,17 @@ impl<'s> Devices<'s> {
             Some(DeviceStatus::Revoked) => condition.add(device::Column::RevokedAt.is_not_null()),
             Some(DeviceStatus::NeverSeen) => condition
                 .add(device::Column::RevokedAt.is_null())
-                .add(device::Column::LastSeenAt.is_null()),
-            Some(DeviceStatus::Online) => condition
-                .add(device::Column::RevokedAt.is_null())
-                .add(device::Column::LastSeenAt.gt(threshold)),
+                .add(device::Column::LastSeenAt.is_null())
+                .add(device::Column::Id.is_not_in(filter.seen_here.iter().copied())),
+            Some(DeviceStatus::Online) => condition.add(device::Column::RevokedAt.is_null()).add(
+                Condition::any()
+                    .add(device::Column::LastSeenAt.gt(threshold))
+                    .add(device::Column::Id.is_in(filter.seen_here.iter().copied())),
+            ),
             Some(DeviceStatus::Offline) => condition
                 .add(device::Column::RevokedAt.is_null())
-                .add(device::Column::LastSeenAt.lte(threshold)),
+                .add(device::Column::LastSeenAt.lte(threshold))
+                .add(device::Column::Id.is_not_in(filter.seen_here.iter().copied())),
         };
         let query = device::Entity::find().filter(condition);
         let total = query.clone().count(self.scope.connection()).await?;

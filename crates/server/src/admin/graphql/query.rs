@@ -144,6 +144,19 @@ impl Query {
     ) -> Result<Page<DeviceNode>> {
         let (offset, limit) = page_window(first, after.as_deref())?;
         let principal = gate::principal(ctx)?;
+        let now = chrono::Utc::now();
+        let interval = heartbeat_interval(ctx);
+        let presence = ctx.data::<super::DeviceAdmin>().ok().map(|d| &d.presence);
+        // What this server saw but has not written yet counts for the
+        // filter exactly as it does for the status shown.
+        let seen_here = presence
+            .map(|p| {
+                p.online_here(
+                    principal.tenant_id,
+                    mobius_core::devices::offline_threshold(now, interval),
+                )
+            })
+            .unwrap_or_default();
         let filter = DeviceFilter {
             site_id: site_id
                 .as_ref()
@@ -156,7 +169,8 @@ impl Query {
             status: status.map(Into::into),
             hostname_search,
             os_name,
-            heartbeat_interval_secs: Some(heartbeat_interval(ctx)),
+            heartbeat_interval_secs: Some(interval),
+            seen_here,
         };
         // A team-scoped caller is authorized for its team; the scope then
         // filters every device read to that team by itself.
@@ -172,9 +186,10 @@ impl Query {
             .await
             .map_err(errors::store)?;
         prefetch_sites_and_teams(ctx, &rows).await?;
-        let now = chrono::Utc::now();
-        let interval = heartbeat_interval(ctx);
-        Ok(page(rows, total, offset, |d| {
+        Ok(page(rows, total, offset, |mut d| {
+            if let Some(presence) = presence {
+                presence.overlay(&mut d);
+            }
             DeviceNode::new(d, now, interval)
         }))
     }
@@ -195,7 +210,10 @@ impl Query {
             gate::read(ctx, Operation::ViewDevices, principal.grants.token_team).await?;
         // Another team's device is NOT_FOUND for a team-scoped caller:
         // the scope's device reads see its team only.
-        let device = scope.devices().get(id).await.map_err(errors::store)?;
+        let mut device = scope.devices().get(id).await.map_err(errors::store)?;
+        if let Ok(admin) = ctx.data::<super::DeviceAdmin>() {
+            admin.presence.overlay(&mut device);
+        }
         Ok(DeviceNode::new(
             device,
             chrono::Utc::now(),
