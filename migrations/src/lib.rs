@@ -11,6 +11,7 @@ mod m20261122_000001_data_model_v1;
 mod m20261122_000002_row_level_security;
 mod m20261122_000003_identity;
 mod m20261122_000004_device_pki;
+mod m20261201_000005_async_audit_chain;
 mod tables;
 
 pub use tables::{LOOKUP_FUNCTION_SIGNATURES, SHARED_TABLES, TENANT_TABLES};
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000002_row_level_security::Migration),
             Box::new(m20261122_000003_identity::Migration),
             Box::new(m20261122_000004_device_pki::Migration),
+            Box::new(m20261201_000005_async_audit_chain::Migration),
         ]
     }
 }

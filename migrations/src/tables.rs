@@ -27,7 +27,9 @@ pub const TENANT_TABLES: &[&str] = &[
 /// the privileges it gets on each.
 pub const SHARED_TABLES: &[(&str, &str)] = &[("signing_keys", "SELECT, INSERT, UPDATE")];
 
-/// Every SECURITY DEFINER lookup, with argument types, for `GRANT EXECUTE`.
+/// Every SECURITY DEFINER function the request role calls (the lookups,
+/// the audit chainer's and the enrollment claim), with argument types, for
+/// `GRANT EXECUTE`.
 pub const LOOKUP_FUNCTION_SIGNATURES: &[&str] = &[
     "mobius_default_tenant_id()",
     "mobius_enrollment_token_tenant(bytea)",
@@ -37,6 +39,9 @@ pub const LOOKUP_FUNCTION_SIGNATURES: &[&str] = &[
     "mobius_api_token_tenant(bytea)",
     "mobius_trusted_device_cas()",
     "mobius_revoked_devices_since(timestamptz)",
+    "mobius_audit_unchained_tenants()",
+    "mobius_audit_chain(jsonb)",
+    "mobius_claim_enrollment_token(bytea)",
 ];
 
 /// The tenant of the current transaction, or NULL (never an error) when

@@ -436,6 +436,21 @@ impl ServerProcess {
             .unwrap_or_default()
     }
 
+    /// The current value of an unlabelled counter or gauge on `/metrics`.
+    pub async fn metric(&self, http: &reqwest::Client, name: &str) -> f64 {
+        let text = http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("read /metrics");
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in metrics"))
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

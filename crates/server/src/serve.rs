@@ -148,14 +148,16 @@ impl Server {
             tls::server_identity(&settings.data_dir, configured, &settings.device_hostnames)
                 .context("loading the device listener's TLS identity")?;
         let verifier = Arc::new(TenantCaVerifier::new());
-        let trust = Arc::new(Trust::new(store.clone(), verifier.clone()));
+        let trust = Arc::new(Trust::new(store.clone(), verifier.clone(), pki.clone()));
         trust.reload().await.context("loading the tenant CAs")?;
         let revocations = Arc::new(Revocations::default());
         revocations
             .poll(&store, certificate_ttl)
             .await
             .context("loading revoked devices")?;
-        let presence = Arc::new(Presence::default());
+        let presence = Arc::new(Presence::new(std::time::Duration::from_secs(
+            settings.last_seen_write_after_secs,
+        )));
         let device_state = DeviceState {
             store: store.clone(),
             pki: pki.clone(),
@@ -178,7 +180,7 @@ impl Server {
             listener: device_listener,
             tls: tls::server_config(&server_identity, verifier)?,
             router: device::router(device_state),
-            presence,
+            presence: presence.clone(),
             revocations: revocations.clone(),
             trust: trust.clone(),
             revocation_lookback: certificate_ttl,
@@ -187,6 +189,7 @@ impl Server {
             pki,
             trust,
             revocations,
+            presence,
             ca_pin: server_identity.ca_pin,
             heartbeat_interval_secs: settings.heartbeat_interval_secs,
         };
@@ -293,6 +296,7 @@ impl Server {
                 devices.revocation_lookback,
             )),
             tokio::spawn(jobs::reload_trust_periodically(devices.trust.clone())),
+            tokio::spawn(jobs::chain_audit_periodically(self.store.clone())),
         ];
         // After the setup code and the device listener, so whoever waits
         // for this line has all three.
@@ -326,7 +330,7 @@ impl Server {
         for task in background {
             task.abort();
         }
-        if let Err(err) = devices.presence.flush(&self.store).await {
+        if let Err(err) = devices.presence.flush_all(&self.store).await {
             tracing::warn!(error = %err, "could not write device last-seen times at shutdown");
         }
         if let Err(err) = self.api_token_usage.flush(&self.store).await {

@@ -85,6 +85,12 @@ pub struct Settings {
     pub device_certificate_ttl_secs: u64,
     /// How often agents are told to heartbeat.
     pub heartbeat_interval_secs: u64,
+    /// A device's `last_seen_at` is written only when the stored value is
+    /// older than this (online/offline still follows the heartbeat
+    /// interval, from memory first). With several servers answering the
+    /// admin API, keep it below three heartbeat intervals: a server that
+    /// does not hold a device's connection sees only the stored time.
+    pub last_seen_write_after_secs: u64,
     /// Most devices a tenant may enroll (unset: no limit).
     pub device_limit: Option<u64>,
 }
@@ -117,6 +123,7 @@ impl Default for Settings {
             device_tls_ca_file: None,
             device_certificate_ttl_secs: 24 * 3600,
             heartbeat_interval_secs: 30,
+            last_seen_write_after_secs: 60,
             device_limit: None,
         }
     }
@@ -151,6 +158,7 @@ const SETTING_NAMES: &[&str] = &[
     "device_tls_ca_file",
     "device_certificate_ttl_secs",
     "heartbeat_interval_secs",
+    "last_seen_write_after_secs",
     "device_limit",
 ];
 

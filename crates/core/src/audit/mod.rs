@@ -2,8 +2,8 @@
 //! change so one never exists without the other.
 
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set, prelude::Uuid,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, Set, Statement, prelude::Uuid,
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -14,7 +14,7 @@ pub use actor::{Actor, ActorKind};
 
 use crate::db::entities::audit_event;
 use crate::db::locks::TenantLock;
-use crate::db::{StoreResult, TenantScope};
+use crate::db::{Backend, Store, StoreResult, SystemTask, TenantProof, TenantScope};
 
 pub type AuditEvent = audit_event::Model;
 
@@ -61,24 +61,15 @@ impl<'s> AuditLog<'s> {
         AuditLog { scope }
     }
 
-    /// Appends an event to the tenant's hash chain. On Postgres a
-    /// transaction-level advisory lock per tenant serializes appends, so two
-    /// concurrent changes cannot both claim the same predecessor (SQLite has
-    /// a single writer already). The event reaches subscribers only when the
-    /// scope commits.
+    /// Writes an event in the scope's transaction. On Postgres it is
+    /// written unchained (`seq` and hashes NULL) and [`AuditLog::chain_pending`]
+    /// links it later: appending to the chain here would serialize every
+    /// audited write of the tenant on one lock from this insert to commit.
+    /// SQLite has a single writer, so there the event is chained at once.
+    /// The event reaches subscribers only when the scope commits.
     pub async fn record(&self, actor: &Actor, record: AuditRecord) -> StoreResult<AuditEvent> {
         let tenant_id = self.scope.tenant_id();
         let db = self.scope.connection();
-        self.scope.lock(TenantLock::AuditChain).await?;
-        let last = audit_event::Entity::find()
-            .filter(audit_event::Column::TenantId.eq(tenant_id))
-            .order_by_desc(audit_event::Column::Seq)
-            .one(db)
-            .await?;
-        let (seq, prev_hash) = match last {
-            Some(last) => (last.seq + 1, last.hash),
-            None => (1, None),
-        };
         // Microseconds: what Postgres keeps, so the hash recomputes the same.
         let now = chrono::Utc::now();
         let now = chrono::DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
@@ -93,13 +84,21 @@ impl<'s> AuditLog<'s> {
             ip: actor.ip.clone(),
             user_agent: actor.user_agent.clone(),
             details: record.details,
-            seq,
-            prev_hash,
+            seq: None,
+            prev_hash: None,
             hash: None,
             created_at: now,
             updated_at: now,
         };
-        event.hash = Some(chain_hash(&event).to_vec());
+        if self.scope.backend() == Backend::Sqlite {
+            let (seq, prev_hash) = match self.last_link().await? {
+                Some((seq, hash)) => (seq + 1, hash),
+                None => (1, None),
+            };
+            event.seq = Some(seq);
+            event.prev_hash = prev_hash;
+            event.hash = Some(chain_hash(&event).to_vec());
+        }
         let inserted = audit_event::ActiveModel {
             id: Set(event.id),
             tenant_id: Set(event.tenant_id),
@@ -123,13 +122,83 @@ impl<'s> AuditLog<'s> {
         Ok(inserted)
     }
 
+    /// The sequence number and hash of the tenant's newest chained event.
+    async fn last_link(&self) -> StoreResult<Option<(i64, Option<Vec<u8>>)>> {
+        let last = audit_event::Entity::find()
+            .filter(audit_event::Column::TenantId.eq(self.scope.tenant_id()))
+            .filter(audit_event::Column::Seq.is_not_null())
+            .order_by_desc(audit_event::Column::Seq)
+            .one(self.scope.connection())
+            .await?;
+        Ok(last.and_then(|e| e.seq.map(|seq| (seq, e.hash))))
+    }
+
+    /// Links up to `limit` committed events not yet chained, oldest
+    /// (`created_at`, then id) first, after the tenant's last chained one,
+    /// and returns how many it linked. Events whose transactions commit
+    /// late are simply linked by a later pass: the chain orders events by
+    /// when the chainer saw them, which is creation order within a pass.
+    ///
+    /// The request role cannot update audit events; `mobius_audit_chain`
+    /// (SECURITY DEFINER) fills the chain columns of unchained rows only
+    /// and refuses links that do not continue the chain. Its per-tenant
+    /// advisory lock is taken first here, so two chainers (two replicas,
+    /// or a read that chains) take turns. Commit the scope to keep the work.
+    pub async fn chain_pending(&self, limit: u64) -> StoreResult<u64> {
+        if self.scope.backend() != Backend::Postgres {
+            return Ok(0);
+        }
+        self.scope.lock(TenantLock::AuditChain).await?;
+        let pending = audit_event::Entity::find()
+            .filter(audit_event::Column::TenantId.eq(self.scope.tenant_id()))
+            .filter(audit_event::Column::Seq.is_null())
+            .order_by_asc(audit_event::Column::CreatedAt)
+            .order_by_asc(audit_event::Column::Id)
+            .limit(limit)
+            .all(self.scope.connection())
+            .await?;
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let (mut seq, mut previous) = match self.last_link().await? {
+            Some((seq, hash)) => (seq, hash),
+            None => (0, None),
+        };
+        let mut links = Vec::with_capacity(pending.len());
+        for mut event in pending {
+            seq += 1;
+            event.seq = Some(seq);
+            event.prev_hash = previous.take();
+            let hash = chain_hash(&event).to_vec();
+            links.push(serde_json::json!({
+                "id": event.id,
+                "seq": seq,
+                "prev_hash": event.prev_hash.as_deref().map(hex::encode),
+                "hash": hex::encode(&hash),
+            }));
+            previous = Some(hash);
+        }
+        let linked = links.len() as u64;
+        self.scope
+            .connection()
+            .execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT mobius_audit_chain($1)",
+                [Value::Array(links).into()],
+            ))
+            .await?;
+        Ok(linked)
+    }
+
     /// A page of events, newest first, and the total count.
     pub async fn page(&self, offset: u64, limit: u64) -> StoreResult<(Vec<AuditEvent>, u64)> {
         let query = audit_event::Entity::find()
             .filter(audit_event::Column::TenantId.eq(self.scope.tenant_id()));
         let total = query.clone().count(self.scope.connection()).await?;
+        // By creation, not by `seq`: unchained events are listed too.
         let rows = query
-            .order_by_desc(audit_event::Column::Seq)
+            .order_by_desc(audit_event::Column::CreatedAt)
+            .order_by_desc(audit_event::Column::Id)
             .offset(offset)
             .limit(limit)
             .all(self.scope.connection())
@@ -144,9 +213,13 @@ impl<'s> AuditLog<'s> {
     ///
     /// The log is read in batches of [`VERIFY_BATCH`] by sequence number
     /// (keyset, not offset), so memory stays flat however long the chain.
+    /// Events the chainer has not reached yet are not part of the chain
+    /// and are not counted; chain them first ([`AuditLog::chain_pending`])
+    /// to verify everything written so far.
     pub async fn verify_chain(&self) -> StoreResult<ChainVerification> {
         let total = audit_event::Entity::find()
             .filter(audit_event::Column::TenantId.eq(self.scope.tenant_id()))
+            .filter(audit_event::Column::Seq.is_not_null())
             .count(self.scope.connection())
             .await?;
         let mut previous: Option<Vec<u8>> = None;
@@ -161,7 +234,7 @@ impl<'s> AuditLog<'s> {
                 .await?;
             let done = (batch.len() as u64) < VERIFY_BATCH;
             for event in &batch {
-                let intact = event.seq == expected_seq
+                let intact = event.seq == Some(expected_seq)
                     && event.prev_hash == previous
                     && event.hash.as_deref().is_some_and(|stored| {
                         crate::crypto::secrets::hashes_match(stored, &chain_hash(event))
@@ -188,14 +261,49 @@ impl<'s> AuditLog<'s> {
         })
     }
 
-    /// The newest `limit` events, newest first.
+    /// The newest `limit` events (chained or not), newest first.
     pub async fn recent(&self, limit: u64) -> StoreResult<Vec<AuditEvent>> {
         Ok(audit_event::Entity::find()
             .filter(audit_event::Column::TenantId.eq(self.scope.tenant_id()))
-            .order_by_desc(audit_event::Column::Seq)
+            .order_by_desc(audit_event::Column::CreatedAt)
+            .order_by_desc(audit_event::Column::Id)
             .limit(limit)
             .all(self.scope.connection())
             .await?)
+    }
+}
+
+/// Events linked per statement by the chainer.
+pub const CHAIN_BATCH: u64 = 500;
+
+impl Store {
+    /// One chainer pass: links every tenant's committed, unchained audit
+    /// events, in batches of [`CHAIN_BATCH`], one transaction per batch.
+    /// Returns how many it linked. Safe to run from several servers at once
+    /// (they take turns per tenant).
+    pub async fn chain_audit_events(&self) -> StoreResult<u64> {
+        let mut linked = 0;
+        for tenant_id in self.tenants_with_unchained_audit().await? {
+            linked += self
+                .chain_tenant_audit(&SystemTask::new("audit-chainer", tenant_id))
+                .await?;
+        }
+        Ok(linked)
+    }
+
+    /// Links the tenant's committed, unchained audit events (for a reader
+    /// that wants the chain complete before it verifies or lists it).
+    pub async fn chain_tenant_audit(&self, proof: &impl TenantProof) -> StoreResult<u64> {
+        let mut linked = 0;
+        loop {
+            let scope = self.begin(proof).await?;
+            let batch = scope.audit().chain_pending(CHAIN_BATCH).await?;
+            scope.commit().await?;
+            linked += batch;
+            if batch < CHAIN_BATCH {
+                return Ok(linked);
+            }
+        }
     }
 }
 
@@ -232,7 +340,7 @@ fn chain_hash(event: &AuditEvent) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(b"mobius-audit-v1");
     optional(&mut h, event.prev_hash.as_deref());
-    h.update(event.seq.to_be_bytes());
+    h.update(event.seq.unwrap_or_default().to_be_bytes());
     field(&mut h, event.id.as_bytes());
     field(&mut h, event.tenant_id.as_bytes());
     field(&mut h, event.actor_kind.as_bytes());

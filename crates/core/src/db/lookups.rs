@@ -218,3 +218,74 @@ impl Store {
             .collect())
     }
 }
+
+impl Store {
+    /// Tenants with audit events the chainer has not linked yet (ids only),
+    /// through `mobius_audit_unchained_tenants()` on Postgres. SQLite chains
+    /// each event as it is written, so there are none.
+    pub async fn tenants_with_unchained_audit(&self) -> StoreResult<Vec<Uuid>> {
+        if self.backend != Backend::Postgres {
+            return Ok(Vec::new());
+        }
+        let rows = self
+            .db
+            .query_all_raw(Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                "SELECT mobius_audit_unchained_tenants() AS id",
+            ))
+            .await?;
+        rows.iter()
+            .map(|row| Ok(row.try_get::<Uuid>("", "id")?))
+            .collect()
+    }
+}
+
+/// An enrollment token found by the hash of its secret, and whether a use
+/// of it was just claimed.
+#[derive(Clone, Debug)]
+pub struct TokenClaim {
+    pub tenant: FoundTenant,
+    pub token_id: Uuid,
+    pub site_id: Uuid,
+    pub allowed_ips: Option<serde_json::Value>,
+    pub expired: bool,
+    pub revoked: bool,
+    pub used_up: bool,
+    /// One use was taken (and must be given back if the enrollment fails).
+    pub claimed: bool,
+}
+
+impl Store {
+    /// Finds the enrollment token whose secret hashes to `hash` and takes
+    /// one use of it if it has one left and is neither revoked nor expired,
+    /// in one autocommit statement (`mobius_claim_enrollment_token`), so
+    /// the token row is locked for that statement only. `None`: no such
+    /// token. Postgres only; the embedded store claims inside a scope.
+    pub(crate) async fn claim_enrollment_token_pg(
+        &self,
+        hash: &[u8; 32],
+    ) -> StoreResult<Option<TokenClaim>> {
+        let row = self
+            .db
+            .query_one_raw(Statement::from_sql_and_values(
+                sea_orm::DbBackend::Postgres,
+                "SELECT tenant_id, token_id, site_id, allowed_ips, expired, revoked, used_up, claimed \
+                 FROM mobius_claim_enrollment_token($1)",
+                [hash.to_vec().into()],
+            ))
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        Ok(Some(TokenClaim {
+            tenant: FoundTenant::new(row.try_get("", "tenant_id")?),
+            token_id: row.try_get("", "token_id")?,
+            site_id: row.try_get("", "site_id")?,
+            allowed_ips: row.try_get("", "allowed_ips")?,
+            expired: row.try_get("", "expired")?,
+            revoked: row.try_get("", "revoked")?,
+            used_up: row.try_get("", "used_up")?,
+            claimed: row.try_get("", "claimed")?,
+        }))
+    }
+}

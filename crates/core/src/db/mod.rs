@@ -14,7 +14,7 @@ mod scope;
 
 pub use error::{StoreError, StoreResult, no_nul, no_nul_in_json};
 pub(crate) use error::{conflict_on, in_use_by, valid_name};
-pub use lookups::{LoginCandidate, SecretKind, TrustedCa};
+pub use lookups::{LoginCandidate, SecretKind, TokenClaim, TrustedCa};
 pub use proof::{FoundTenant, SystemTask, TenantProof};
 pub use scope::TenantScope;
 

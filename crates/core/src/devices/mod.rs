@@ -55,12 +55,60 @@ impl DeviceStatus {
     }
 }
 
-fn offline_threshold(
+/// Devices last seen at or before this are offline at `now`.
+pub fn offline_threshold(
     now: chrono::DateTime<chrono::Utc>,
     interval_secs: u64,
 ) -> chrono::DateTime<chrono::Utc> {
     let interval = i64::try_from(interval_secs).unwrap_or(i64::MAX / 4);
     now - chrono::Duration::seconds(interval.saturating_mul(MISSED_HEARTBEATS_OFFLINE))
+}
+
+/// A host's fingerprint as its agent reports it: what makes a second
+/// enrollment of the same machine find its device. Validated once, here
+/// (1 to 200 characters after trimming, like every name).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostFingerprint(String);
+
+impl HostFingerprint {
+    pub fn parse(value: &str) -> StoreResult<HostFingerprint> {
+        valid_name("host_fingerprint", value).map(HostFingerprint)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The device an enrollment writes: found by its fingerprint, or new.
+pub(crate) struct EnrolledDevice<'a> {
+    pub id: Uuid,
+    pub site_id: Uuid,
+    /// The name kept when the facts carry no hostname: the existing
+    /// device's, or the fingerprint for a new one.
+    pub hostname: &'a str,
+    pub fingerprint: &'a HostFingerprint,
+    /// False when the host enrolled before and keeps its device.
+    pub created: bool,
+}
+
+/// Sets the fact columns (the common facts) and the JSON of all of them.
+fn set_facts(row: &mut device::ActiveModel, facts: &HostFacts, now: chrono::DateTime<chrono::Utc>) {
+    let text = |s: &str| (!s.trim().is_empty()).then(|| s.chars().take(200).collect::<String>());
+    if let Some(hostname) = text(&facts.hostname) {
+        row.hostname = Set(hostname);
+    }
+    row.os_name = Set(text(&facts.os_name));
+    row.os_version = Set(text(&facts.os_version));
+    row.kernel_version = Set(text(&facts.kernel_version));
+    row.architecture = Set(text(&facts.architecture));
+    row.cpu_model = Set(text(&facts.cpu_model));
+    row.cpu_cores = Set(i32::try_from(facts.cpu_cores).ok());
+    row.memory_bytes = Set(i64::try_from(facts.memory_bytes).ok());
+    row.agent_version = Set(text(&facts.agent_version));
+    row.hardware_uuid = Set(facts.hardware_uuid.as_deref().and_then(text));
+    row.facts = Set(serde_json::to_value(facts).ok());
+    row.facts_updated_at = Set(Some(now));
 }
 
 /// Filters for a device listing; `None` means "any".
@@ -76,6 +124,11 @@ pub struct DeviceFilter {
     /// The heartbeat interval agents are told, for the online/offline
     /// split; `None` means [`HEARTBEAT_INTERVAL_SECS`].
     pub heartbeat_interval_secs: Option<u64>,
+    /// Devices this server saw within the online window although the
+    /// database's `last_seen_at` may not show it yet
+    /// ([`presence::Presence::online_here`]): the status filter counts them
+    /// online, as their shown status does.
+    pub seen_here: Vec<Uuid>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -235,13 +288,17 @@ impl<'s> Devices<'s> {
             Some(DeviceStatus::Revoked) => condition.add(device::Column::RevokedAt.is_not_null()),
             Some(DeviceStatus::NeverSeen) => condition
                 .add(device::Column::RevokedAt.is_null())
-                .add(device::Column::LastSeenAt.is_null()),
-            Some(DeviceStatus::Online) => condition
-                .add(device::Column::RevokedAt.is_null())
-                .add(device::Column::LastSeenAt.gt(threshold)),
+                .add(device::Column::LastSeenAt.is_null())
+                .add(device::Column::Id.is_not_in(filter.seen_here.iter().copied())),
+            Some(DeviceStatus::Online) => condition.add(device::Column::RevokedAt.is_null()).add(
+                Condition::any()
+                    .add(device::Column::LastSeenAt.gt(threshold))
+                    .add(device::Column::Id.is_in(filter.seen_here.iter().copied())),
+            ),
             Some(DeviceStatus::Offline) => condition
                 .add(device::Column::RevokedAt.is_null())
-                .add(device::Column::LastSeenAt.lte(threshold)),
+                .add(device::Column::LastSeenAt.lte(threshold))
+                .add(device::Column::Id.is_not_in(filter.seen_here.iter().copied())),
         };
         let query = device::Entity::find().filter(condition);
         let total = query.clone().count(self.scope.connection()).await?;
@@ -269,41 +326,58 @@ impl<'s> Devices<'s> {
             .await?)
     }
 
-    pub async fn find_by_fingerprint(&self, fingerprint: &str) -> StoreResult<Option<Device>> {
-        no_nul("host_fingerprint", fingerprint)?;
+    pub async fn find_by_fingerprint(
+        &self,
+        fingerprint: &HostFingerprint,
+    ) -> StoreResult<Option<Device>> {
         Ok(device::Entity::find()
             .filter(device::Column::TenantId.eq(self.scope.tenant_id()))
-            .filter(device::Column::HostFingerprint.eq(fingerprint))
+            .filter(device::Column::HostFingerprint.eq(fingerprint.as_str()))
             .one(self.scope.connection())
             .await?)
     }
 
-    /// Creates a device during enrollment (audited by the caller, with the
-    /// token and certificate in the event).
-    pub(crate) async fn create_enrolled(
+    /// Writes an enrolled device in one statement: a new row (with the id
+    /// its certificate names) or, for a host enrolling again, its existing
+    /// row, with the certificate and the facts either way. Audited by the
+    /// caller, with the token and certificate in the event. Returns the
+    /// hostname the device now has.
+    pub(crate) async fn write_enrolled(
         &self,
-        site_id: Uuid,
-        hostname: &str,
-        fingerprint: &str,
-    ) -> StoreResult<Device> {
-        let hostname = valid_name("hostname", hostname)?;
-        let fingerprint = valid_name("host_fingerprint", fingerprint)?;
+        enrolled: EnrolledDevice<'_>,
+        certificate: &IssuedCertificate,
+        facts: &HostFacts,
+    ) -> StoreResult<String> {
         let now = chrono::Utc::now();
-        let mut row = device::ActiveModel {
-            id: Set(Uuid::now_v7()),
-            tenant_id: Set(self.scope.tenant_id()),
-            site_id: Set(site_id),
-            team_id: Set(None),
-            hostname: Set(hostname),
-            host_fingerprint: Set(fingerprint),
-            created_at: Set(now),
-            updated_at: Set(now),
-            ..Default::default()
+        let mut row = <device::ActiveModel as Default>::default();
+        set_facts(&mut row, facts, now);
+        row.ca_id = Set(Some(certificate.ca_id));
+        row.cert_serial = Set(Some(certificate.serial.clone()));
+        row.cert_not_after = Set(Some(certificate.not_after));
+        row.updated_at = Set(now);
+        // A host that reports no hostname is named by its fingerprint.
+        let hostname = match &row.hostname {
+            sea_orm::ActiveValue::Set(name) => name.clone(),
+            _ => enrolled.hostname.to_owned(),
         };
+        if !enrolled.created {
+            self.update_columns(enrolled.id, row).await?;
+            return Ok(hostname);
+        }
+        row.id = Set(enrolled.id);
+        row.tenant_id = Set(self.scope.tenant_id());
+        row.site_id = Set(enrolled.site_id);
+        row.team_id = Set(None);
+        row.hostname = Set(hostname.clone());
+        row.host_fingerprint = Set(enrolled.fingerprint.as_str().to_owned());
         row.last_seen_at = Set(None);
-        row.insert(self.scope.connection())
+        row.revoked_at = Set(None);
+        row.created_at = Set(now);
+        device::Entity::insert(row)
+            .exec_without_returning(self.scope.connection())
             .await
-            .map_err(conflict_on("device", "host_fingerprint"))
+            .map_err(conflict_on("device", "host_fingerprint"))?;
+        Ok(hostname)
     }
 
     pub async fn set_certificate(
@@ -341,25 +415,10 @@ impl<'s> Devices<'s> {
 
     /// Keeps the latest facts: the common ones as columns, all as JSON.
     pub async fn record_facts(&self, id: Uuid, facts: &HostFacts) -> StoreResult<()> {
-        let json = facts_json(facts)?;
+        facts_json(facts)?;
         let mut row = <device::ActiveModel as Default>::default();
-        let text =
-            |s: &str| (!s.trim().is_empty()).then(|| s.chars().take(200).collect::<String>());
-        if let Some(hostname) = text(&facts.hostname) {
-            row.hostname = Set(hostname);
-        }
-        row.os_name = Set(text(&facts.os_name));
-        row.os_version = Set(text(&facts.os_version));
-        row.kernel_version = Set(text(&facts.kernel_version));
-        row.architecture = Set(text(&facts.architecture));
-        row.cpu_model = Set(text(&facts.cpu_model));
-        row.cpu_cores = Set(i32::try_from(facts.cpu_cores).ok());
-        row.memory_bytes = Set(i64::try_from(facts.memory_bytes).ok());
-        row.agent_version = Set(text(&facts.agent_version));
-        row.hardware_uuid = Set(facts.hardware_uuid.as_deref().and_then(text));
-        row.facts = Set(Some(json));
         let now = chrono::Utc::now();
-        row.facts_updated_at = Set(Some(now));
+        set_facts(&mut row, facts, now);
         row.updated_at = Set(now);
         self.update_columns(id, row).await
     }

@@ -1,14 +1,21 @@
-//! Redeeming an enrollment token: one transaction checks the token, creates
-//! (or finds) the device, issues its certificate, claims a use of the token
-//! and writes the audit event.
+//! Redeeming an enrollment token for a device certificate.
 //!
-//! The use is claimed last, with a conditional `UPDATE ... WHERE uses <
-//! max_uses`: concurrent enrollments do their work in parallel and queue
-//! only on that statement (the row lock it takes lasts to commit), where
-//! all but the allowed number find nothing to update and roll back. So 50
-//! concurrent enrollments on a single-use token still give exactly one
-//! device, without holding the lock through certificate signing. The device
-//! count is checked under a per-tenant lock, so a limit of N admits N.
+//! The token's use is claimed first, in one autocommit statement that only
+//! succeeds while uses are left (`mobius_claim_enrollment_token` on
+//! Postgres): concurrent enrollments on one token contend on its row for
+//! that statement, not for a whole transaction, and 50 concurrent
+//! enrollments on a single-use token still give exactly one device. If the
+//! enrollment then fails, the use is given back. One transaction then finds
+//! or writes the device with its certificate and facts (one statement),
+//! and records the audit event (unchained: the chainer links it after
+//! commit, so no per-tenant lock is held). The current CA and the CA bundle
+//! come from the PKI's in-memory trust registry. The device count is
+//! checked under a per-tenant lock only when a device limit applies, so a
+//! limit of N admits N.
+//!
+//! Round trips on Postgres for a new device without a device limit: claim,
+//! `BEGIN`, `set_config`, device by fingerprint, device insert, audit
+//! insert, `COMMIT` (seven).
 
 use std::net::IpAddr;
 
@@ -19,14 +26,15 @@ use crate::audit::{Actor, ActorKind, AuditRecord};
 use crate::authz::Entitlements;
 use crate::crypto::secrets;
 use crate::db::locks::TenantLock;
-use crate::db::{SecretKind, Store, StoreError};
+use crate::db::{Backend, FoundTenant, SecretKind, Store, StoreError, TokenClaim};
+use crate::devices::{EnrolledDevice, HostFingerprint};
 use crate::pki::{DeviceCsr, IssuedCertificate, Pki};
 
 pub struct EnrollmentRequest<'a> {
     /// The secret part of the enrollment token.
     pub secret: &'a str,
     pub csr: &'a DeviceCsr,
-    pub host_fingerprint: &'a str,
+    pub host_fingerprint: &'a HostFingerprint,
     pub facts: &'a HostFacts,
     pub client_ip: Option<IpAddr>,
 }
@@ -70,49 +78,125 @@ impl From<sea_orm::DbErr> for EnrollError {
     }
 }
 
+/// An enrollment token as its secret presents it.
+pub struct EnrollmentTokenSecret<'a>(pub &'a str);
+
+impl EnrollmentTokenSecret<'_> {
+    /// Redeems the token: claims one use, then creates (or, for a host
+    /// enrolling again, finds) the device and issues its certificate. A
+    /// failure after the claim gives the use back.
+    pub async fn redeem(
+        &self,
+        store: &Store,
+        pki: &Pki,
+        entitlements: &dyn Entitlements,
+        request: EnrollmentRequest<'_>,
+    ) -> Result<Enrolled, EnrollError> {
+        // Refused before the token is claimed, so a bad request uses nothing
+        // (the fingerprint is a parsed HostFingerprint already).
+        crate::devices::facts_json(request.facts)?;
+        let hash = secrets::sha256(self.0);
+        let claim = claim(store, &hash).await?;
+        if !claim.claimed {
+            return Err(if claim.revoked {
+                EnrollError::TokenRevoked
+            } else if claim.expired {
+                EnrollError::TokenExpired
+            } else {
+                EnrollError::TokenUsedUp
+            });
+        }
+        let result = enroll_claimed(store, pki, entitlements, &claim, &request).await;
+        if result.is_err() {
+            give_back(store, &claim).await;
+        }
+        result
+    }
+}
+
+/// [`EnrollmentTokenSecret::redeem`] for `request.secret`.
 pub async fn enroll(
     store: &Store,
     pki: &Pki,
     entitlements: &dyn Entitlements,
     request: EnrollmentRequest<'_>,
 ) -> Result<Enrolled, EnrollError> {
-    // Refused before the token is looked at, so a bad request uses nothing.
-    crate::db::no_nul("host_fingerprint", request.host_fingerprint)?;
-    crate::devices::facts_json(request.facts)?;
-    let hash = secrets::sha256(request.secret);
+    EnrollmentTokenSecret(request.secret)
+        .redeem(store, pki, entitlements, request)
+        .await
+}
+
+/// Claims one use of the token (see the module comment). The embedded
+/// store has one writer and no row-level security: it checks and claims in
+/// one short transaction instead.
+async fn claim(store: &Store, hash: &[u8; 32]) -> Result<TokenClaim, EnrollError> {
+    if store.backend() == Backend::Postgres {
+        return store
+            .claim_enrollment_token_pg(hash)
+            .await?
+            .ok_or(EnrollError::UnknownToken);
+    }
     let owner = store
-        .tenant_by_secret_hash(SecretKind::EnrollmentToken, &hash)
+        .tenant_by_secret_hash(SecretKind::EnrollmentToken, hash)
         .await?
         .ok_or(EnrollError::UnknownToken)?;
-    let tenant_id = owner.id();
     let scope = store.begin(&owner).await?;
     let token = scope
         .enrollment_tokens()
-        .find_by_hash(&hash)
+        .find_by_hash(hash)
         .await?
         .ok_or(EnrollError::UnknownToken)?;
-    if token.revoked_at.is_some() {
-        return Err(EnrollError::TokenRevoked);
+    let claimed = scope.enrollment_tokens().claim_use(token.id).await?;
+    scope.commit().await?;
+    Ok(TokenClaim {
+        tenant: owner,
+        token_id: token.id,
+        site_id: token.site_id,
+        allowed_ips: token.allowed_ips,
+        expired: token.expires_at <= chrono::Utc::now(),
+        revoked: token.revoked_at.is_some(),
+        used_up: token.uses >= token.max_uses,
+        claimed,
+    })
+}
+
+/// Gives back a claimed use after a failed enrollment. Best effort: if
+/// this fails too, the token has one use fewer than it could have.
+async fn give_back(store: &Store, claim: &TokenClaim) {
+    let result = async {
+        let scope = store.begin(&claim.tenant).await?;
+        scope
+            .enrollment_tokens()
+            .release_use(claim.token_id)
+            .await?;
+        scope.commit().await
     }
-    if token.expires_at <= chrono::Utc::now() {
-        return Err(EnrollError::TokenExpired);
+    .await;
+    if let Err(err) = result {
+        tracing::warn!(error = %err, token_id = %claim.token_id, "could not give back an enrollment token use");
     }
-    if token.uses >= token.max_uses {
-        return Err(EnrollError::TokenUsedUp);
-    }
-    if !address_allowed(token.allowed_ips.as_ref(), request.client_ip) {
+}
+
+async fn enroll_claimed(
+    store: &Store,
+    pki: &Pki,
+    entitlements: &dyn Entitlements,
+    claim: &TokenClaim,
+    request: &EnrollmentRequest<'_>,
+) -> Result<Enrolled, EnrollError> {
+    if !address_allowed(claim.allowed_ips.as_ref(), request.client_ip) {
         return Err(EnrollError::AddressNotAllowed);
     }
-    let site_id = token.site_id;
-    let token_id = token.id;
-
+    let owner: &FoundTenant = &claim.tenant;
+    let tenant_id = owner.id();
+    let scope = store.begin(owner).await?;
     let existing = scope
         .devices()
         .find_by_fingerprint(request.host_fingerprint)
         .await?;
-    let (device, created) = match existing {
+    let (device_id, site_id, hostname, created) = match existing {
         Some(device) if device.revoked_at.is_some() => return Err(EnrollError::DeviceRevoked),
-        Some(device) => (device, false),
+        Some(device) => (device.id, device.site_id, device.hostname, false),
         None => {
             if let Some(limit) = entitlements.device_limit(tenant_id) {
                 // Serializes enrollments of this tenant for the count.
@@ -121,44 +205,38 @@ pub async fn enroll(
                     return Err(EnrollError::DeviceLimit { limit });
                 }
             }
-            let hostname = if request.facts.hostname.trim().is_empty() {
-                request.host_fingerprint
-            } else {
-                &request.facts.hostname
-            };
-            let device = scope
-                .devices()
-                .create_enrolled(site_id, hostname, request.host_fingerprint)
-                .await?;
-            (device, true)
+            let hostname = request.host_fingerprint.as_str().to_owned();
+            (Uuid::now_v7(), claim.site_id, hostname, true)
         }
     };
-    let ca = pki.current_ca(&scope, &Actor::system()).await?;
-    let name = DeviceName {
-        tenant_id,
-        site_id: device.site_id,
-        device_id: device.id,
-    };
-    let certificate = pki.issue(&ca, request.csr, name).await?;
-    scope
-        .devices()
-        .set_certificate(device.id, &certificate)
-        .await?;
-    scope
-        .devices()
-        .record_facts(device.id, request.facts)
-        .await?;
-    if !scope.enrollment_tokens().claim_use(token_id).await? {
-        // Another enrollment took the last use (or the token was revoked
-        // or expired) while this one worked: roll everything back.
-        return Err(EnrollError::TokenUsedUp);
-    }
     let actor = Actor {
         kind: ActorKind::Device,
-        id: Some(device.id),
+        id: Some(device_id),
         ip: request.client_ip.map(|ip| ip.to_string()),
         user_agent: None,
     };
+    let name = DeviceName {
+        tenant_id,
+        site_id,
+        device_id,
+    };
+    let certificate = pki
+        .issue_current(&scope, &Actor::system(), request.csr, name)
+        .await?;
+    let hostname = scope
+        .devices()
+        .write_enrolled(
+            EnrolledDevice {
+                id: device_id,
+                site_id,
+                hostname: &hostname,
+                fingerprint: request.host_fingerprint,
+                created,
+            },
+            &certificate,
+            request.facts,
+        )
+        .await?;
     scope
         .audit()
         .record(
@@ -170,22 +248,22 @@ pub async fn enroll(
                     "device.re_enrolled"
                 },
                 "device",
-                Some(device.id),
+                Some(device_id),
             )
             .with_details(serde_json::json!({
-                "hostname": device.hostname,
-                "site_id": device.site_id,
-                "enrollment_token_id": token_id,
+                "hostname": hostname,
+                "site_id": site_id,
+                "enrollment_token_id": claim.token_id,
                 "certificate_serial": certificate.serial,
             })),
         )
         .await?;
-    let ca_bundle_pem = pki.bundle(&scope).await?;
+    let ca_bundle_pem = pki.bundle_for(&scope, certificate.ca_id).await?;
     scope.commit().await?;
     Ok(Enrolled {
         tenant_id,
-        site_id: device.site_id,
-        device_id: device.id,
+        site_id,
+        device_id,
         certificate,
         ca_bundle_pem,
         created,

@@ -157,6 +157,21 @@ impl<'s> EnrollmentTokens<'s> {
         Ok(result.rows_affected == 1)
     }
 
+    /// Gives back a use claimed by an enrollment that then failed.
+    pub(crate) async fn release_use(&self, id: Uuid) -> StoreResult<()> {
+        enrollment_token::Entity::update_many()
+            .col_expr(
+                enrollment_token::Column::Uses,
+                Expr::col(enrollment_token::Column::Uses).sub(1),
+            )
+            .filter(enrollment_token::Column::TenantId.eq(self.scope.tenant_id()))
+            .filter(enrollment_token::Column::Id.eq(id))
+            .filter(enrollment_token::Column::Uses.gt(0))
+            .exec(self.scope.connection())
+            .await?;
+        Ok(())
+    }
+
     pub async fn revoke(&self, actor: &Actor, id: Uuid) -> StoreResult<EnrollmentToken> {
         let token = self.get(id).await?;
         if token.revoked_at.is_some() {

@@ -8,7 +8,7 @@
 //! against the SAN.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use mobius_api::device::DeviceName;
 use rcgen::{
@@ -24,7 +24,7 @@ use crate::audit::{Actor, AuditRecord};
 use crate::crypto::sealing::SecretSealer;
 use crate::db::TenantScope;
 use crate::db::entities::certificate_authority;
-use crate::db::{StoreError, StoreResult};
+use crate::db::{StoreError, StoreResult, TrustedCa};
 
 pub type CertificateAuthority = certificate_authority::Model;
 
@@ -71,11 +71,23 @@ pub struct IssuedCertificate {
 }
 
 /// Issues and rotates tenant CAs. CA keys are opened once and kept in
-/// memory (they are needed on every enrollment and renewal).
+/// memory (they are needed on every enrollment and renewal), and so is the
+/// trust registry: each tenant's current CA and its bundle of trusted CA
+/// certificates, as last loaded with [`Pki::load_trust`].
 pub struct Pki {
     sealer: Arc<dyn SecretSealer>,
     certificate_ttl: chrono::Duration,
     signers: Mutex<HashMap<Uuid, Arc<Issuer<'static, KeyPair>>>>,
+    trust: RwLock<HashMap<Uuid, TenantTrust>>,
+}
+
+/// One tenant's CAs as the trust registry last loaded them.
+#[derive(Clone, Debug, Default)]
+struct TenantTrust {
+    /// The CA that signs (none while every CA is being retired).
+    current: Option<Uuid>,
+    /// PEM of every trusted CA, newest first.
+    bundle_pem: String,
 }
 
 impl std::fmt::Debug for Pki {
@@ -92,6 +104,93 @@ impl Pki {
             sealer,
             certificate_ttl,
             signers: Mutex::new(HashMap::new()),
+            trust: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Replaces the trust registry with `cas` (every tenant's trusted CAs,
+    /// as `Store::trusted_device_cas` answers). The server reloads it at
+    /// start, after its own CA changes and every few seconds for other
+    /// servers' changes; until then another server's rotation is not seen
+    /// here, which is safe because a retiring CA stays trusted for a whole
+    /// certificate lifetime.
+    pub fn load_trust(&self, cas: &[TrustedCa]) {
+        let mut sorted: Vec<&TrustedCa> = cas.iter().collect();
+        // UUIDv7: newest first, as `trusted` orders them.
+        sorted.sort_by_key(|ca| std::cmp::Reverse(ca.ca_id));
+        let mut registry: HashMap<Uuid, TenantTrust> = HashMap::new();
+        for ca in sorted {
+            let tenant = registry.entry(ca.tenant_id).or_default();
+            if !ca.retiring && tenant.current.is_none() {
+                tenant.current = Some(ca.ca_id);
+            }
+            tenant.bundle_pem.push_str(&ca.cert_pem);
+        }
+        if let Ok(mut trust) = self.trust.write() {
+            *trust = registry;
+        }
+    }
+
+    /// The tenant's signing CA as last loaded.
+    fn loaded_current(&self, tenant_id: Uuid) -> Option<Uuid> {
+        self.trust
+            .read()
+            .ok()
+            .and_then(|t| t.get(&tenant_id).and_then(|t| t.current))
+    }
+
+    /// Whether `ca_id` is the tenant's signing CA as last loaded.
+    pub fn knows(&self, tenant_id: Uuid, ca_id: Uuid) -> bool {
+        self.loaded_current(tenant_id) == Some(ca_id)
+    }
+
+    /// Whether `ca_id` is still the tenant's signing CA as last loaded (if
+    /// not, the device should renew now to move to the new one). A tenant
+    /// not loaded yet counts as current.
+    pub fn is_current(&self, tenant_id: Uuid, ca_id: Uuid) -> bool {
+        self.loaded_current(tenant_id).is_none_or(|c| c == ca_id)
+    }
+
+    /// Signs a client certificate for `name` with the tenant's current CA:
+    /// from memory when the registry knows it and its key is open, else
+    /// read (or created, on the tenant's first enrollment) in `scope`.
+    pub async fn issue_current(
+        &self,
+        scope: &TenantScope,
+        actor: &Actor,
+        csr: &DeviceCsr,
+        name: DeviceName,
+    ) -> StoreResult<IssuedCertificate> {
+        let cached = self.loaded_current(scope.tenant_id()).and_then(|ca_id| {
+            self.signers
+                .lock()
+                .ok()
+                .and_then(|s| s.get(&ca_id).cloned())
+                .map(|signer| (ca_id, signer))
+        });
+        let (ca_id, signer) = match cached {
+            Some(found) => found,
+            None => {
+                let ca = self.current_ca(scope, actor).await?;
+                (ca.id, self.signer(&ca).await?)
+            }
+        };
+        self.sign(ca_id, &signer, csr, name)
+    }
+
+    /// The PEM bundle of the tenant's trusted CAs for a device whose
+    /// certificate `ca_id` just signed: from memory when the registry's
+    /// current CA is `ca_id`, else read in `scope` (a CA created by this
+    /// very transaction is not loaded yet).
+    pub async fn bundle_for(&self, scope: &TenantScope, ca_id: Uuid) -> StoreResult<String> {
+        let loaded = self.trust.read().ok().and_then(|t| {
+            t.get(&scope.tenant_id())
+                .filter(|t| t.current == Some(ca_id))
+                .map(|t| t.bundle_pem.clone())
+        });
+        match loaded {
+            Some(bundle) => Ok(bundle),
+            None => self.bundle(scope).await,
         }
     }
 
@@ -177,6 +276,16 @@ impl Pki {
         name: DeviceName,
     ) -> StoreResult<IssuedCertificate> {
         let signer = self.signer(ca).await?;
+        self.sign(ca.id, &signer, csr, name)
+    }
+
+    fn sign(
+        &self,
+        ca_id: Uuid,
+        signer: &Issuer<'static, KeyPair>,
+        csr: &DeviceCsr,
+        name: DeviceName,
+    ) -> StoreResult<IssuedCertificate> {
         let now = chrono::Utc::now();
         let not_after = now + self.certificate_ttl;
         let serial: [u8; 16] = rand::random();
@@ -199,14 +308,14 @@ impl Pki {
         serial_bytes[0] &= 0x7f;
         params.serial_number = Some(SerialNumber::from_slice(&serial_bytes));
         let cert = params
-            .signed_by(&csr.public_key, signer.as_ref())
+            .signed_by(&csr.public_key, signer)
             .map_err(StoreError::internal("signing a device certificate"))?;
         Ok(IssuedCertificate {
             pem: cert.pem(),
             serial: hex::encode(&serial_bytes),
             not_after: chrono::DateTime::from_timestamp(not_after.timestamp(), 0)
                 .unwrap_or(not_after),
-            ca_id: ca.id,
+            ca_id,
         })
     }
 

@@ -7,13 +7,14 @@ use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use mobius_api::device::{EnrollRequest, EnrollResponse, EnrollmentToken};
-use mobius_core::enrollment::EnrollmentRequest;
+use mobius_core::devices::HostFingerprint;
+use mobius_core::enrollment::{EnrollmentRequest, EnrollmentTokenSecret};
 use mobius_core::pki::DeviceCsr;
 
 use super::DeviceState;
 use super::errors::{body_error, enroll_error, error};
 use super::peer::Peer;
-use crate::http::errors::ErrorCode;
+use crate::http::errors::{ApiError, ErrorCode};
 
 pub(super) async fn enroll(
     State(state): State<DeviceState>,
@@ -43,27 +44,24 @@ pub(super) async fn enroll(
             );
         }
     };
-    if request.host_fingerprint.trim().is_empty() || request.host_fingerprint.len() > 200 {
-        return error(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::BadUserInput,
-            "host_fingerprint must be 1 to 200 characters",
-            Some("host_fingerprint"),
-        );
-    }
-    let enrolled = match mobius_core::enrollment::enroll(
-        &state.store,
-        &state.pki,
-        state.entitlements.as_ref(),
-        EnrollmentRequest {
-            secret: &token.secret,
-            csr: &csr,
-            host_fingerprint: &request.host_fingerprint,
-            facts: &request.facts,
-            client_ip: Some(peer.addr.ip()),
-        },
-    )
-    .await
+    let host_fingerprint = match HostFingerprint::parse(&request.host_fingerprint) {
+        Ok(fingerprint) => fingerprint,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let enrolled = match EnrollmentTokenSecret(&token.secret)
+        .redeem(
+            &state.store,
+            &state.pki,
+            state.entitlements.as_ref(),
+            EnrollmentRequest {
+                secret: &token.secret,
+                csr: &csr,
+                host_fingerprint: &host_fingerprint,
+                facts: &request.facts,
+                client_ip: Some(peer.addr.ip()),
+            },
+        )
+        .await
     {
         Ok(enrolled) => enrolled,
         Err(e) => return enroll_error(e),

@@ -7,7 +7,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use mobius_api::device::{RenewRequest, RenewResponse};
-use mobius_core::audit::{Actor, ActorKind, AuditRecord};
+use mobius_core::enrollment::RenewError;
 use mobius_core::pki::DeviceCsr;
 
 use super::DeviceState;
@@ -35,53 +35,22 @@ pub(super) async fn renew(
             );
         }
     };
-    let result = async {
-        let scope = state.store.begin(&device.identity).await?;
-        let existing = scope.devices().get(device.identity.device_id()).await?;
-        if existing.revoked_at.is_some() {
-            return Err(mobius_core::StoreError::NotFound { entity: "device" });
-        }
-        let actor = Actor {
-            kind: ActorKind::Device,
-            id: Some(device.identity.device_id()),
-            ip: Some(device.addr.ip().to_string()),
-            user_agent: None,
-        };
-        let ca = state.pki.current_ca(&scope, &actor).await?;
-        let certificate = state.pki.issue(&ca, &csr, *device.identity.name()).await?;
-        scope
-            .devices()
-            .set_certificate(device.identity.device_id(), &certificate)
-            .await?;
-        scope
-            .audit()
-            .record(
-                &actor,
-                AuditRecord::new(
-                    "device.renewed",
-                    "device",
-                    Some(device.identity.device_id()),
-                )
-                .with_details(serde_json::json!({
-                    "certificate_serial": certificate.serial,
-                    "ca_id": certificate.ca_id,
-                    "previous_ca_id": device.identity.ca_id(),
-                })),
-            )
-            .await?;
-        let bundle = state.pki.bundle(&scope).await?;
-        scope.commit().await?;
-        Ok((certificate, bundle))
-    }
+    let renewed = mobius_core::enrollment::renew(
+        &state.store,
+        &state.pki,
+        &device.identity,
+        Some(device.addr.ip()),
+        &csr,
+    )
     .await;
-    match result {
-        Ok((certificate, ca_bundle_pem)) => Json(RenewResponse {
-            certificate_pem: certificate.pem,
-            ca_bundle_pem,
-            expires_at: certificate.not_after.to_rfc3339(),
+    match renewed {
+        Ok(renewed) => Json(RenewResponse {
+            certificate_pem: renewed.certificate.pem,
+            ca_bundle_pem: renewed.ca_bundle_pem,
+            expires_at: renewed.certificate.not_after.to_rfc3339(),
         })
         .into_response(),
-        Err(mobius_core::StoreError::NotFound { .. }) => revoked(),
-        Err(e) => ApiError::from(e).into_response(),
+        Err(RenewError::DeviceRevoked) => revoked(),
+        Err(RenewError::Store(e)) => ApiError::from(e).into_response(),
     }
 }

@@ -1,27 +1,29 @@
-//! The device listener's trust registry: every tenant's trusted CAs in
-//! the TLS verifier, and which CA currently signs for each tenant.
+//! The device listener's side of the trust registry: every tenant's
+//! trusted CAs in the TLS verifier. Which CA signs for each tenant, and
+//! each tenant's CA bundle, live in core's [`Pki`] so enrollment and
+//! renewal read them from memory; one reload feeds both.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
+use mobius_core::pki::Pki;
 use mobius_core::{Store, Uuid};
 
 use super::tls::TenantCaVerifier;
 
-/// Keeps the listener's trust store in step with the tenants' CAs, and
-/// knows which CA currently signs for each tenant.
+/// Keeps the listener's trust store and the PKI's registry in step with
+/// the tenants' CAs.
 pub struct Trust {
     store: Store,
     verifier: Arc<TenantCaVerifier>,
-    current: RwLock<HashMap<Uuid, Uuid>>,
+    pki: Arc<Pki>,
 }
 
 impl Trust {
-    pub fn new(store: Store, verifier: Arc<TenantCaVerifier>) -> Trust {
+    pub fn new(store: Store, verifier: Arc<TenantCaVerifier>, pki: Arc<Pki>) -> Trust {
         Trust {
             store,
             verifier,
-            current: RwLock::new(HashMap::new()),
+            pki,
         }
     }
 
@@ -31,31 +33,18 @@ impl Trust {
         let cas = self.store.trusted_device_cas().await?;
         let pems: Vec<String> = cas.iter().map(|ca| ca.cert_pem.clone()).collect();
         let count = self.verifier.set_roots(&pems)?;
-        let current = cas
-            .iter()
-            .filter(|ca| !ca.retiring)
-            .map(|ca| (ca.tenant_id, ca.ca_id))
-            .collect();
-        if let Ok(mut map) = self.current.write() {
-            *map = current;
-        }
+        self.pki.load_trust(&cas);
         Ok(count)
     }
 
     /// Whether `ca_id` is the tenant's signing CA as last loaded.
     pub fn knows(&self, tenant_id: Uuid, ca_id: Uuid) -> bool {
-        self.current
-            .read()
-            .map(|m| m.get(&tenant_id) == Some(&ca_id))
-            .unwrap_or(false)
+        self.pki.knows(tenant_id, ca_id)
     }
 
     /// Whether `ca_id` is still the tenant's signing CA (if not, the device
     /// should renew now to move to the new one).
     pub fn is_current(&self, tenant_id: Uuid, ca_id: Uuid) -> bool {
-        self.current
-            .read()
-            .map(|m| m.get(&tenant_id).is_none_or(|c| *c == ca_id))
-            .unwrap_or(true)
+        self.pki.is_current(tenant_id, ca_id)
     }
 }

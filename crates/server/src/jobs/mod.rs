@@ -53,6 +53,35 @@ pub async fn reload_trust_periodically(trust: Arc<Trust>) {
     }
 }
 
+/// How long the chainer gathers events after the first one commits, so
+/// it links them in batches: well inside the second within which events
+/// should be chained.
+const AUDIT_CHAIN_GATHER: Duration = Duration::from_millis(200);
+/// How often the chainer looks for events no server woke it for (written
+/// by a server that stopped before chaining them).
+const AUDIT_CHAIN_SWEEP: Duration = Duration::from_secs(10);
+
+/// Links audit events into their tenants' hash chains after they commit
+/// (events are written unchained so audited writes do not queue on one
+/// per-tenant lock). Woken by this server's own commits, so an idle server
+/// issues no statements; a slow sweep catches the rest. Several servers
+/// may run this; they take turns per tenant.
+pub async fn chain_audit_periodically(store: Store) {
+    let mut committed = store.subscribe_audit();
+    loop {
+        let woken = tokio::time::timeout(AUDIT_CHAIN_SWEEP, committed.recv()).await;
+        if let Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) = woken {
+            return;
+        }
+        tokio::time::sleep(AUDIT_CHAIN_GATHER).await;
+        // Everything received so far is covered by the pass below.
+        committed = committed.resubscribe();
+        if let Err(err) = store.chain_audit_events().await {
+            tracing::warn!(error = %err, "could not chain audit events");
+        }
+    }
+}
+
 pub async fn flush_usage_periodically(store: Store, usage: Arc<ApiTokenUsage>) {
     let mut tick = tokio::time::interval(USAGE_FLUSH_INTERVAL);
     loop {

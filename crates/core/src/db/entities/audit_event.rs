@@ -14,7 +14,9 @@ pub struct Model {
     pub ip: Option<String>,
     pub user_agent: Option<String>,
     pub details: Json,
-    pub seq: i64,
+    /// Position in the tenant's hash chain; NULL until the chainer reaches
+    /// the event (Postgres).
+    pub seq: Option<i64>,
     pub prev_hash: Option<Vec<u8>>,
     pub hash: Option<Vec<u8>>,
     pub created_at: DateTimeUtc,

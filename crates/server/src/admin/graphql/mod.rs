@@ -37,7 +37,9 @@ pub(crate) mod prelude {
     pub(crate) use mobius_core::identity::{Identity, NewApiToken, Session};
     pub(crate) use mobius_core::{StoreError, Uuid};
 
-    pub(crate) use super::devices::{heartbeat_interval, prefetch_sites_and_teams, reload};
+    pub(crate) use super::devices::{
+        device_node, heartbeat_interval, prefetch_sites_and_teams, reload,
+    };
     pub(crate) use super::gate::{self, ReadScope, RequestContext};
     pub(crate) use super::ids::*;
     pub(crate) use super::loaders::*;
@@ -127,6 +129,9 @@ pub struct DeviceAdmin {
     pub trust: Arc<crate::device::Trust>,
     /// Updated at once on revocation (other servers poll).
     pub revocations: Arc<mobius_core::devices::presence::Revocations>,
+    /// Heartbeats seen here and not necessarily written yet: a device's
+    /// status is judged from the newest of these and the database.
+    pub presence: Arc<mobius_core::devices::presence::Presence>,
     /// Pin of the device listener's CA, embedded in enrollment tokens.
     pub ca_pin: [u8; 32],
     pub heartbeat_interval_secs: u64,

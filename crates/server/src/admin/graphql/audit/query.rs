@@ -30,7 +30,14 @@ impl AuditQuery {
     /// Recomputes the tenant's audit hash chain; `firstBrokenSeq` is null
     /// when every event is intact.
     async fn audit_chain(&self, ctx: &Context<'_>) -> Result<AuditChain> {
-        let (_, scope) = gate::read(ctx, Operation::ViewAuditLog, None).await?;
+        let (principal, scope) = gate::read(ctx, Operation::ViewAuditLog, None).await?;
+        // Link what has committed but not been chained yet, so the answer
+        // covers every event written before this query.
+        ctx.data::<crate::admin::graphql::gate::WriteStore>()?
+            .0
+            .chain_tenant_audit(principal)
+            .await
+            .map_err(errors::store)?;
         let report = scope.audit().verify_chain().await.map_err(errors::store)?;
         Ok(AuditChain {
             events: report.events as i64,

@@ -6,8 +6,9 @@ use crate::admin::graphql::prelude::*;
 #[graphql(name = "AuditEvent")]
 pub struct AuditEventNode {
     pub id: ID,
-    /// Position in the tenant's hash chain.
-    pub seq: i64,
+    /// Position in the tenant's hash chain; null until the chainer has linked
+    /// the event (within about a second of its commit).
+    pub seq: Option<i64>,
     pub actor_kind: String,
     pub actor_id: Option<ID>,
     pub action: String,

@@ -8,4 +8,4 @@ pub mod types;
 
 pub use mutation::DeviceMutation;
 pub use query::DeviceQuery;
-pub(crate) use support::{heartbeat_interval, prefetch_sites_and_teams, reload};
+pub(crate) use support::{device_node, heartbeat_interval, prefetch_sites_and_teams, reload};

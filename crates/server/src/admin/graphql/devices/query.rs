@@ -27,6 +27,19 @@ impl DeviceQuery {
     ) -> Result<Page<DeviceNode>> {
         let window = Window::new(first, after, last, before)?;
         let principal = gate::principal(ctx)?;
+        let now = Utc::now();
+        let interval = heartbeat_interval(ctx);
+        let presence = ctx.data::<DeviceAdmin>().ok().map(|d| &d.presence);
+        // What this server saw but has not written yet counts for the
+        // filter exactly as it does for the status shown.
+        let seen_here = presence
+            .map(|p| {
+                p.online_here(
+                    principal.tenant_id,
+                    mobius_core::devices::offline_threshold(now, interval),
+                )
+            })
+            .unwrap_or_default();
         let filter = DeviceFilter {
             site_id: site_id
                 .as_ref()
@@ -39,7 +52,8 @@ impl DeviceQuery {
             status: status.map(Into::into),
             hostname_search,
             os_name,
-            heartbeat_interval_secs: Some(heartbeat_interval(ctx)),
+            heartbeat_interval_secs: Some(interval),
+            seen_here,
         };
         // A team-scoped caller is authorized for its team; the scope then
         // filters every device read to that team by itself.
@@ -56,9 +70,10 @@ impl DeviceQuery {
             })
             .await?;
         prefetch_sites_and_teams(ctx, &rows).await?;
-        let now = chrono::Utc::now();
-        let interval = heartbeat_interval(ctx);
-        Ok(page(rows, total, offset, |d| {
+        Ok(page(rows, total, offset, |mut d| {
+            if let Some(presence) = presence {
+                presence.overlay(&mut d);
+            }
             DeviceNode::new(d, now, interval)
         }))
     }
@@ -71,10 +86,6 @@ impl DeviceQuery {
         // Another team's device is NOT_FOUND for a team-scoped caller:
         // the scope's device reads see its team only.
         let device = scope.devices().get(id).await.map_err(errors::store)?;
-        Ok(DeviceNode::new(
-            device,
-            chrono::Utc::now(),
-            heartbeat_interval(ctx),
-        ))
+        Ok(device_node(ctx, device, Utc::now()))
     }
 }

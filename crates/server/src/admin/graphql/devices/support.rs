@@ -1,6 +1,7 @@
 //! What device resolvers share: the heartbeat interval, batched site and
 //! team loads for a page, reloading the listener's trust.
 
+use super::types::DeviceNode;
 use crate::admin::graphql::prelude::*;
 
 /// The interval agents are told (the online/offline split follows it).
@@ -38,4 +39,17 @@ pub(crate) async fn reload(devices: &DeviceAdmin) {
     if let Err(e) = devices.trust.reload().await {
         tracing::error!(error = %e, "reloading trusted tenant CAs");
     }
+}
+
+/// A device as the API shows it: its status judged from the newest of the
+/// heartbeat this server holds in memory and the stored `last_seen_at`.
+pub(crate) fn device_node(
+    ctx: &Context<'_>,
+    mut device: mobius_core::devices::Device,
+    now: DateTime<Utc>,
+) -> DeviceNode {
+    if let Ok(admin) = ctx.data::<DeviceAdmin>() {
+        admin.presence.overlay(&mut device);
+    }
+    DeviceNode::new(device, now, heartbeat_interval(ctx))
 }

@@ -95,12 +95,11 @@ async fn find(ctx: &Context<'_>, id: &ID) -> Result<Option<Node>> {
         "Device" => {
             let team = gate::principal(ctx)?.grants.token_team;
             let (_, scope) = gate::read(ctx, Operation::ViewDevices, team).await?;
-            let interval = heartbeat_interval(ctx);
             scope
                 .devices()
                 .get(uuid)
                 .await
-                .map(|d| Node::Device(DeviceNode::new(d, Utc::now(), interval)))
+                .map(|d| Node::Device(device_node(ctx, d, Utc::now())))
         }
         "EnrollmentToken" => {
             let (_, scope) = gate::read(ctx, Operation::ManageEnrollmentTokens, None).await?;
