@@ -1250,7 +1250,8 @@ async fn a_device_stays_online_between_rare_last_seen_writes_and_goes_offline_af
         .json()
         .await
         .unwrap();
-    let device_id = enrolled["device_id"].as_str().unwrap().to_owned();
+    let device_uuid: Uuid = enrolled["device_id"].as_str().unwrap().parse().unwrap();
+    let device_id = mobius_tests::global_id("Device", device_uuid);
     let identity = format!(
         "{}{}",
         enrolled["certificate_pem"].as_str().unwrap(),
@@ -1265,7 +1266,7 @@ async fn a_device_stays_online_between_rare_last_seen_writes_and_goes_offline_af
     let mut admin = PgConnection::connect(&fleet.db.admin_url()).await.unwrap();
     let stored = async |admin: &mut PgConnection| -> Option<chrono::DateTime<chrono::Utc>> {
         sqlx::query_scalar("SELECT last_seen_at FROM devices WHERE id = $1::uuid")
-            .bind(&device_id)
+            .bind(device_uuid.to_string())
             .fetch_one(admin)
             .await
             .unwrap()
