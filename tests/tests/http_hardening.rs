@@ -512,3 +512,163 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
 
     assert_eq!(stopping.await.unwrap(), Some(0));
 }
+
+/// Asserts an error answer in the REST and device shape: JSON, a stable
+/// code, and none of the library's internal wording.
+async fn assert_json_error(response: reqwest::Response, status: u16, code: &str) -> Value {
+    assert_eq!(response.status(), status);
+    assert_eq!(
+        header(&response, "content-type"),
+        Some("application/json"),
+        "status {status}"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    body
+}
+
+/// Asserts an error answer in GraphQL's shape.
+async fn assert_graphql_error(response: reqwest::Response, status: u16) -> Value {
+    let actual = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(actual, status, "{body}");
+    assert_eq!(first_error_code(&body), "BAD_USER_INPUT", "{body}");
+    let message = body["errors"][0]["message"].as_str().unwrap();
+    for internal in ["InvalidRequest", "BatchRequest", "serde", "invalid type"] {
+        assert!(!message.contains(internal), "{body}");
+    }
+    body
+}
+
+/// An HTTPS client for the device listener of a server started in `dir`,
+/// trusting its generated CA, presenting no client certificate.
+fn device_client(dir: &Path) -> reqwest::Client {
+    let ca = std::fs::read(dir.join("mobius-data/device-ca.pem")).unwrap();
+    reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&ca).unwrap()])
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn malformed_requests_get_json_errors_with_codes_on_both_listeners() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(
+        dir.path(),
+        &[],
+        &[("MOBIUS_REQUEST_BODY_LIMIT_BYTES", "1024")],
+    );
+    let http = reqwest::Client::new();
+    let graphql = server.url("/api/graphql");
+
+    // Bodies that are JSON but not GraphQL requests.
+    for body in [
+        r#"{"query": 5}"#,
+        "[1,2]",
+        "not json",
+        r#"{"query": "{ __typename }", "variables": 3}"#,
+    ] {
+        let answer = http
+            .post(&graphql)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_graphql_error(answer, 400).await;
+    }
+    // Too large: announced with content-length, and streamed without one.
+    let padded = format!("{{\"query\": \"{{ __typename }}\"{}}}", " ".repeat(4096));
+    let large = http
+        .post(&graphql)
+        .header("content-type", "application/json")
+        .body(padded.clone())
+        .send()
+        .await
+        .unwrap();
+    let body = assert_graphql_error(large, 413).await;
+    assert_eq!(
+        body["errors"][0]["message"],
+        "request body larger than 1024 bytes"
+    );
+    // Chunked, so only reading the body finds it too large.
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    let chunked = format!(
+        "POST /api/graphql HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+         transfer-encoding: chunked\r\nconnection: close\r\n\r\n{:x}\r\n{padded}\r\n0\r\n\r\n",
+        padded.len()
+    );
+    tcp.write_all(chunked.as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    tcp.read_to_string(&mut raw).await.unwrap();
+    assert!(raw.starts_with("HTTP/1.1 413"), "{raw}");
+    assert!(raw.contains(r#""code":"BAD_USER_INPUT""#), "{raw}");
+    assert!(raw.contains(r#""errors""#), "{raw}");
+    let wrong_method = http.put(&graphql).send().await.unwrap();
+    assert!(header(&wrong_method, "allow").is_some());
+    assert_graphql_error(wrong_method, 405).await;
+
+    // REST paths on the admin listener.
+    let wrong_method = http.post(server.url("/healthz")).send().await.unwrap();
+    assert_json_error(wrong_method, 405, "BAD_USER_INPUT").await;
+    let long_uri = http
+        .get(server.url(&format!("/healthz?{}", "a".repeat(10_000))))
+        .send()
+        .await
+        .unwrap();
+    assert_json_error(long_uri, 414, "BAD_USER_INPUT").await;
+    let mut large = http.get(server.url("/healthz"));
+    for i in 0..40 {
+        large = large.header(format!("x-filler-{i}"), "x".repeat(1024));
+    }
+    assert_json_error(large.send().await.unwrap(), 431, "BAD_USER_INPUT").await;
+
+    // The device listener, without a client certificate.
+    let device = device_client(dir.path());
+    let base = format!("https://{}", server.device_addr);
+    let ping = format!("{base}{}", mobius_api::device::PING_PATH);
+    let enroll = format!("{base}{}", mobius_api::device::ENROLL_PATH);
+    assert_json_error(
+        device.get(&ping).send().await.unwrap(),
+        405,
+        "BAD_USER_INPUT",
+    )
+    .await;
+    let not_json = device
+        .post(&enroll)
+        .header("content-type", "application/json")
+        .body("{")
+        .send()
+        .await
+        .unwrap();
+    assert_json_error(not_json, 400, "BAD_USER_INPUT").await;
+    let long_uri = device
+        .post(format!("{enroll}?{}", "a".repeat(10_000)))
+        .send()
+        .await
+        .unwrap();
+    assert_json_error(long_uri, 414, "BAD_USER_INPUT").await;
+    let mut many = device.post(&enroll);
+    for i in 0..150 {
+        many = many.header(format!("x-filler-{i}"), "x");
+    }
+    assert_json_error(many.send().await.unwrap(), 431, "BAD_USER_INPUT").await;
+    let big = device
+        .post(&enroll)
+        .header("content-type", "application/json")
+        .body(vec![b' '; 100 * 1024])
+        .send()
+        .await
+        .unwrap();
+    let body = assert_json_error(big, 413, "BAD_USER_INPUT").await;
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("65536"),
+        "{body}"
+    );
+}

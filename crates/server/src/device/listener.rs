@@ -17,6 +17,7 @@ use tower::ServiceExt;
 use mobius_core::devices::DeviceIdentity;
 
 use crate::device::Peer;
+use crate::http::error_bodies::HYPER_MAX_HEADERS;
 
 /// A handshake that has not finished in this long is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -31,7 +32,11 @@ pub async fn serve(
 ) {
     let acceptor = TlsAcceptor::from(Arc::new(tls));
     let graceful = GracefulShutdown::new();
-    let builder = Arc::new(Builder::new(TokioExecutor::new()));
+    let mut builder = Builder::new(TokioExecutor::new());
+    // Above our own limit, so too many headers get a JSON 431 from
+    // `error_bodies::refuse_oversized_head` rather than hyper's empty one.
+    builder.http1().max_headers(HYPER_MAX_HEADERS);
+    let builder = Arc::new(builder);
     tokio::pin!(shutdown);
     loop {
         let (stream, addr) = tokio::select! {

@@ -1,6 +1,7 @@
 //! The HTTP surface shared by every listener: the admin router, error
 //! bodies and codes, health, metrics, hardening headers and limits.
 
+pub mod error_bodies;
 pub mod errors;
 pub mod hardening;
 pub mod limits;

@@ -54,6 +54,7 @@ use std::sync::Arc;
 use async_graphql::dataloader::{DataLoader, HashMapCache};
 use async_graphql::http::GraphiQLSource;
 use async_graphql::{Data, Schema};
+use async_graphql_axum::rejection::GraphQLRejection;
 use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State, WebSocketUpgrade};
 use axum::http::HeaderMap;
@@ -161,8 +162,12 @@ pub async fn execute(
     State(state): State<GraphqlState>,
     headers: HeaderMap,
     peer: Peer,
-    request: GraphQLRequest,
+    request: Result<GraphQLRequest, GraphQLRejection>,
 ) -> Response {
+    let request = match request {
+        Ok(request) => request,
+        Err(GraphQLRejection(err)) => return errors::unreadable_request(err),
+    };
     let context = request_context(&state, &headers, peer.0).await;
     let reads = context.reads.clone();
     let request = request
