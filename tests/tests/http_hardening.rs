@@ -672,3 +672,53 @@ async fn malformed_requests_get_json_errors_with_codes_on_both_listeners() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn a_fragment_bomb_is_refused_before_validation_expands_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &[], &[]);
+    let http = reqwest::Client::new();
+    // 25 fragments, each spreading the next twice: 1 KB that expands to
+    // 2^25 selections.
+    let mut bomb = String::from("query { ...F0 }");
+    for i in 0..24 {
+        bomb.push_str(&format!(
+            " fragment F{i} on Query {{ ...F{n} ...F{n} }}",
+            n = i + 1
+        ));
+    }
+    bomb.push_str(" fragment F24 on Query { viewer { kind } }");
+    assert!(bomb.len() < 1100);
+
+    let started = Instant::now();
+    let answer = post_graphql(&http, &server, &bomb).await;
+    let took = started.elapsed();
+    assert_eq!(first_error_code(&answer), "BAD_USER_INPUT", "{answer}");
+    assert!(
+        answer["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("10000"),
+        "{answer}"
+    );
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    let rss_kib: u64 = std::fs::read_to_string(format!("/proc/{}/status", server.pid()))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert!(rss_kib < 200 * 1024, "server RSS {rss_kib} KiB");
+
+    // The same shape, small, still runs (and is merely unauthenticated).
+    let mut small = String::from("query { ...F0 }");
+    for i in 0..3 {
+        small.push_str(&format!(
+            " fragment F{i} on Query {{ ...F{n} ...F{n} }}",
+            n = i + 1
+        ));
+    }
+    small.push_str(" fragment F3 on Query { viewer { kind } }");
+    let answer = post_graphql(&http, &server, &small).await;
+    assert_eq!(first_error_code(&answer), "UNAUTHENTICATED", "{answer}");
+}

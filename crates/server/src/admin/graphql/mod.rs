@@ -6,6 +6,7 @@ mod audit;
 mod devices;
 mod enrollment;
 pub(crate) mod errors;
+mod expansion;
 pub mod gate;
 mod identity;
 pub mod ids;
@@ -141,7 +142,8 @@ pub fn schema(services: Option<Services>) -> MobiusSchema {
         SubscriptionRoot::default(),
     )
     .limit_depth(MAX_DEPTH)
-    .limit_complexity(MAX_COMPLEXITY);
+    .limit_complexity(MAX_COMPLEXITY)
+    .extension(expansion::ExpansionLimit);
     if let Some(services) = services {
         builder = builder
             .data(WriteStore(services.store))
