@@ -722,3 +722,45 @@ async fn a_fragment_bomb_is_refused_before_validation_expands_it() {
     let answer = post_graphql(&http, &server, &small).await;
     assert_eq!(first_error_code(&answer), "UNAUTHENTICATED", "{answer}");
 }
+
+/// Sends `bytes`, then waits for the server to close the connection;
+/// returns how long after connecting it did (`None`: still open at 10 s).
+async fn closed_after(addr: std::net::SocketAddr, bytes: &[u8]) -> Option<Duration> {
+    let started = Instant::now();
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(bytes).await.unwrap();
+    let mut sink = Vec::new();
+    match tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut sink)).await {
+        Ok(_) => Some(started.elapsed()),
+        Err(_) => None,
+    }
+}
+
+#[tokio::test]
+async fn clients_that_stall_before_a_request_head_is_complete_are_disconnected() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &[], &[("MOBIUS_CLIENT_READ_TIMEOUT_SECS", "1")]);
+    // The first 5 bytes of a TLS ClientHello: record header, no body.
+    let half_hello = [0x16, 0x03, 0x01, 0x02, 0x00];
+    let half_head = b"POST /api/graphql HTTP/1.1\r\nhost: x\r\n";
+    for (listener, addr, bytes) in [
+        ("device, silent", server.device_addr, &[][..]),
+        (
+            "device, half a ClientHello",
+            server.device_addr,
+            &half_hello[..],
+        ),
+        ("admin, silent", server.addr, &[][..]),
+        ("admin, half a request head", server.addr, &half_head[..]),
+    ] {
+        let closed = closed_after(addr, bytes).await;
+        assert!(
+            closed.is_some_and(|t| t < Duration::from_secs(4)),
+            "{listener}: closed after {closed:?}"
+        );
+    }
+
+    // A prompt client is still served.
+    let health = reqwest::get(server.url("/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200);
+}

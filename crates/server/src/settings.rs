@@ -85,6 +85,10 @@ pub struct Settings {
     pub device_certificate_ttl_secs: u64,
     /// How often agents are told to heartbeat.
     pub heartbeat_interval_secs: u64,
+    /// A client gets this long to finish the TLS handshake and then to
+    /// send each request's head, on both listeners; slower ones are
+    /// disconnected, so held-open half requests cannot pile up.
+    pub client_read_timeout_secs: u64,
     /// Most devices a tenant may enroll (unset: no limit).
     pub device_limit: Option<u64>,
 }
@@ -117,6 +121,7 @@ impl Default for Settings {
             device_tls_ca_file: None,
             device_certificate_ttl_secs: 24 * 3600,
             heartbeat_interval_secs: 30,
+            client_read_timeout_secs: 10,
             device_limit: None,
         }
     }
@@ -151,6 +156,7 @@ const SETTING_NAMES: &[&str] = &[
     "device_tls_ca_file",
     "device_certificate_ttl_secs",
     "heartbeat_interval_secs",
+    "client_read_timeout_secs",
     "device_limit",
 ];
 
@@ -249,6 +255,11 @@ impl Settings {
         if self.device_certificate_ttl_secs < 60 {
             return Err(SettingsError(
                 "device_certificate_ttl_secs must be at least 60".into(),
+            ));
+        }
+        if self.client_read_timeout_secs == 0 {
+            return Err(SettingsError(
+                "client_read_timeout_secs must be at least 1".into(),
             ));
         }
         if self.heartbeat_interval_secs == 0 {
