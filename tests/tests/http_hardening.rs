@@ -764,3 +764,78 @@ async fn clients_that_stall_before_a_request_head_is_complete_are_disconnected()
     let health = reqwest::get(server.url("/healthz")).await.unwrap();
     assert_eq!(health.status(), 200);
 }
+
+fn rss_mib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap()
+        / 1024
+}
+
+#[tokio::test]
+async fn bursts_of_failed_logins_do_not_grow_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(
+        dir.path(),
+        &[],
+        &[
+            ("MOBIUS_LOGIN_ATTEMPTS_PER_MINUTE_PER_CLIENT", "100000"),
+            ("MOBIUS_LOGIN_ATTEMPTS_PER_MINUTE_PER_ACCOUNT", "100000"),
+        ],
+    );
+    let http = reqwest::Client::new();
+    let password = "correct horse battery staple";
+    let code = server.setup_code.clone().expect("setup code");
+    let setup = http
+        .post(server.url("/api/graphql"))
+        .json(&json!({
+            "query": "mutation($i: SetupInput!) { setup(input: $i) { accessToken } }",
+            "variables": { "i": { "code": code, "email": "owner@example.test", "password": password, "displayName": "O" } }
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert!(setup["errors"].is_null(), "{setup}");
+    let login = async |email: String, password: &str| -> Value {
+        http.post(server.url("/api/graphql"))
+            .json(&json!({
+                "query": "mutation($e: String!, $p: String!) { login(input: { email: $e, password: $p }) { accessToken } }",
+                "variables": { "e": email, "p": password }
+            }))
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    };
+    // One of each first, so the pool and the dummy hash exist.
+    login("owner@example.test".into(), "wrong password 1").await;
+    let before = rss_mib(server.pid());
+
+    // Before the fix: +840 MiB over two such bursts (debug build).
+    for burst in 0..3 {
+        let attempts = (0..25).map(|i| {
+            let email = if i % 2 == 0 {
+                "owner@example.test".to_owned()
+            } else {
+                format!("nobody{burst}-{i}@example.test")
+            };
+            login(email, "wrong password 12")
+        });
+        for answer in futures_util::future::join_all(attempts).await {
+            assert_eq!(first_error_code(&answer), "UNAUTHENTICATED", "{answer}");
+        }
+    }
+    let growth = rss_mib(server.pid()).saturating_sub(before);
+    assert!(growth < 100, "RSS grew {growth} MiB over 75 failed logins");
+
+    let ok = login("owner@example.test".into(), password).await;
+    assert!(ok["data"]["login"]["accessToken"].is_string(), "{ok}");
+}
