@@ -512,3 +512,330 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
 
     assert_eq!(stopping.await.unwrap(), Some(0));
 }
+
+/// Asserts an error answer in the REST and device shape: JSON, a stable
+/// code, and none of the library's internal wording.
+async fn assert_json_error(response: reqwest::Response, status: u16, code: &str) -> Value {
+    assert_eq!(response.status(), status);
+    assert_eq!(
+        header(&response, "content-type"),
+        Some("application/json"),
+        "status {status}"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    body
+}
+
+/// Asserts an error answer in GraphQL's shape.
+async fn assert_graphql_error(response: reqwest::Response, status: u16) -> Value {
+    let actual = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(actual, status, "{body}");
+    assert_eq!(first_error_code(&body), "BAD_USER_INPUT", "{body}");
+    let message = body["errors"][0]["message"].as_str().unwrap();
+    for internal in ["InvalidRequest", "BatchRequest", "serde", "invalid type"] {
+        assert!(!message.contains(internal), "{body}");
+    }
+    body
+}
+
+/// An HTTPS client for the device listener of a server started in `dir`,
+/// trusting its generated CA, presenting no client certificate.
+fn device_client(dir: &Path) -> reqwest::Client {
+    let ca = std::fs::read(dir.join("mobius-data/device-ca.pem")).unwrap();
+    reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&ca).unwrap()])
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn malformed_requests_get_json_errors_with_codes_on_both_listeners() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(
+        dir.path(),
+        &[],
+        &[("MOBIUS_REQUEST_BODY_LIMIT_BYTES", "1024")],
+    );
+    let http = reqwest::Client::new();
+    let graphql = server.url("/api/graphql");
+
+    // Bodies that are JSON but not GraphQL requests.
+    for body in [
+        r#"{"query": 5}"#,
+        "[1,2]",
+        "not json",
+        r#"{"query": "{ __typename }", "variables": 3}"#,
+    ] {
+        let answer = http
+            .post(&graphql)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_graphql_error(answer, 400).await;
+    }
+    // Too large: announced with content-length, and streamed without one.
+    let padded = format!("{{\"query\": \"{{ __typename }}\"{}}}", " ".repeat(4096));
+    let large = http
+        .post(&graphql)
+        .header("content-type", "application/json")
+        .body(padded.clone())
+        .send()
+        .await
+        .unwrap();
+    let body = assert_graphql_error(large, 413).await;
+    assert_eq!(
+        body["errors"][0]["message"],
+        "request body larger than 1024 bytes"
+    );
+    // Chunked, so only reading the body finds it too large.
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    let chunked = format!(
+        "POST /api/graphql HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+         transfer-encoding: chunked\r\nconnection: close\r\n\r\n{:x}\r\n{padded}\r\n0\r\n\r\n",
+        padded.len()
+    );
+    tcp.write_all(chunked.as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    tcp.read_to_string(&mut raw).await.unwrap();
+    assert!(raw.starts_with("HTTP/1.1 413"), "{raw}");
+    assert!(raw.contains(r#""code":"BAD_USER_INPUT""#), "{raw}");
+    assert!(raw.contains(r#""errors""#), "{raw}");
+    let wrong_method = http.put(&graphql).send().await.unwrap();
+    assert!(header(&wrong_method, "allow").is_some());
+    assert_graphql_error(wrong_method, 405).await;
+
+    // REST paths on the admin listener.
+    let wrong_method = http.post(server.url("/healthz")).send().await.unwrap();
+    assert_json_error(wrong_method, 405, "BAD_USER_INPUT").await;
+    let long_uri = http
+        .get(server.url(&format!("/healthz?{}", "a".repeat(10_000))))
+        .send()
+        .await
+        .unwrap();
+    assert_json_error(long_uri, 414, "BAD_USER_INPUT").await;
+    let mut large = http.get(server.url("/healthz"));
+    for i in 0..40 {
+        large = large.header(format!("x-filler-{i}"), "x".repeat(1024));
+    }
+    assert_json_error(large.send().await.unwrap(), 431, "BAD_USER_INPUT").await;
+
+    // The device listener, without a client certificate.
+    let device = device_client(dir.path());
+    let base = format!("https://{}", server.device_addr);
+    let ping = format!("{base}{}", mobius_api::device::PING_PATH);
+    let enroll = format!("{base}{}", mobius_api::device::ENROLL_PATH);
+    assert_json_error(
+        device.get(&ping).send().await.unwrap(),
+        405,
+        "BAD_USER_INPUT",
+    )
+    .await;
+    let not_json = device
+        .post(&enroll)
+        .header("content-type", "application/json")
+        .body("{")
+        .send()
+        .await
+        .unwrap();
+    assert_json_error(not_json, 400, "BAD_USER_INPUT").await;
+    let long_uri = device
+        .post(format!("{enroll}?{}", "a".repeat(10_000)))
+        .send()
+        .await
+        .unwrap();
+    assert_json_error(long_uri, 414, "BAD_USER_INPUT").await;
+    let mut many = device.post(&enroll);
+    for i in 0..150 {
+        many = many.header(format!("x-filler-{i}"), "x");
+    }
+    assert_json_error(many.send().await.unwrap(), 431, "BAD_USER_INPUT").await;
+    let big = device
+        .post(&enroll)
+        .header("content-type", "application/json")
+        .body(vec![b' '; 100 * 1024])
+        .send()
+        .await
+        .unwrap();
+    let body = assert_json_error(big, 413, "BAD_USER_INPUT").await;
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("65536"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_fragment_bomb_is_refused_before_validation_expands_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &[], &[]);
+    let http = reqwest::Client::new();
+    // 25 fragments, each spreading the next twice: 1 KB that expands to
+    // 2^25 selections.
+    let mut bomb = String::from("query { ...F0 }");
+    for i in 0..24 {
+        bomb.push_str(&format!(
+            " fragment F{i} on Query {{ ...F{n} ...F{n} }}",
+            n = i + 1
+        ));
+    }
+    bomb.push_str(" fragment F24 on Query { viewer { kind } }");
+    assert!(bomb.len() < 1100);
+
+    let started = Instant::now();
+    let answer = post_graphql(&http, &server, &bomb).await;
+    let took = started.elapsed();
+    assert_eq!(first_error_code(&answer), "BAD_USER_INPUT", "{answer}");
+    assert!(
+        answer["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("10000"),
+        "{answer}"
+    );
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    let rss_kib: u64 = std::fs::read_to_string(format!("/proc/{}/status", server.pid()))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert!(rss_kib < 200 * 1024, "server RSS {rss_kib} KiB");
+
+    // The same shape, small, still runs (and is merely unauthenticated).
+    let mut small = String::from("query { ...F0 }");
+    for i in 0..3 {
+        small.push_str(&format!(
+            " fragment F{i} on Query {{ ...F{n} ...F{n} }}",
+            n = i + 1
+        ));
+    }
+    small.push_str(" fragment F3 on Query { viewer { kind } }");
+    let answer = post_graphql(&http, &server, &small).await;
+    assert_eq!(first_error_code(&answer), "UNAUTHENTICATED", "{answer}");
+}
+
+/// Sends `bytes`, then waits for the server to close the connection;
+/// returns how long after connecting it did (`None`: still open at 10 s).
+async fn closed_after(addr: std::net::SocketAddr, bytes: &[u8]) -> Option<Duration> {
+    let started = Instant::now();
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(bytes).await.unwrap();
+    let mut sink = Vec::new();
+    match tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut sink)).await {
+        Ok(_) => Some(started.elapsed()),
+        Err(_) => None,
+    }
+}
+
+#[tokio::test]
+async fn clients_that_stall_before_a_request_head_is_complete_are_disconnected() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &[], &[("MOBIUS_CLIENT_READ_TIMEOUT_SECS", "1")]);
+    // The first 5 bytes of a TLS ClientHello: record header, no body.
+    let half_hello = [0x16, 0x03, 0x01, 0x02, 0x00];
+    let half_head = b"POST /api/graphql HTTP/1.1\r\nhost: x\r\n";
+    for (listener, addr, bytes) in [
+        ("device, silent", server.device_addr, &[][..]),
+        (
+            "device, half a ClientHello",
+            server.device_addr,
+            &half_hello[..],
+        ),
+        ("admin, silent", server.addr, &[][..]),
+        ("admin, half a request head", server.addr, &half_head[..]),
+    ] {
+        let closed = closed_after(addr, bytes).await;
+        assert!(
+            closed.is_some_and(|t| t < Duration::from_secs(4)),
+            "{listener}: closed after {closed:?}"
+        );
+    }
+
+    // A prompt client is still served.
+    let health = reqwest::get(server.url("/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200);
+}
+
+fn rss_mib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap()
+        / 1024
+}
+
+#[tokio::test]
+async fn bursts_of_failed_logins_do_not_grow_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(
+        dir.path(),
+        &[],
+        &[
+            ("MOBIUS_LOGIN_ATTEMPTS_PER_MINUTE_PER_CLIENT", "100000"),
+            ("MOBIUS_LOGIN_ATTEMPTS_PER_MINUTE_PER_ACCOUNT", "100000"),
+        ],
+    );
+    let http = reqwest::Client::new();
+    let password = "correct horse battery staple";
+    let code = server.setup_code.clone().expect("setup code");
+    let setup = http
+        .post(server.url("/api/graphql"))
+        .json(&json!({
+            "query": "mutation($i: SetupInput!) { setup(input: $i) { accessToken } }",
+            "variables": { "i": { "code": code, "email": "owner@example.test", "password": password, "displayName": "O" } }
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert!(setup["errors"].is_null(), "{setup}");
+    let login = async |email: String, password: &str| -> Value {
+        http.post(server.url("/api/graphql"))
+            .json(&json!({
+                "query": "mutation($e: String!, $p: String!) { login(input: { email: $e, password: $p }) { accessToken } }",
+                "variables": { "e": email, "p": password }
+            }))
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    };
+    // One of each first, so the pool and the dummy hash exist.
+    login("owner@example.test".into(), "wrong password 1").await;
+    let before = rss_mib(server.pid());
+
+    // Before the fix: +840 MiB over two such bursts (debug build).
+    for burst in 0..3 {
+        let attempts = (0..25).map(|i| {
+            let email = if i % 2 == 0 {
+                "owner@example.test".to_owned()
+            } else {
+                format!("nobody{burst}-{i}@example.test")
+            };
+            login(email, "wrong password 12")
+        });
+        for answer in futures_util::future::join_all(attempts).await {
+            assert_eq!(first_error_code(&answer), "UNAUTHENTICATED", "{answer}");
+        }
+    }
+    let growth = rss_mib(server.pid()).saturating_sub(before);
+    assert!(growth < 100, "RSS grew {growth} MiB over 75 failed logins");
+
+    let ok = login("owner@example.test".into(), password).await;
+    assert!(ok["data"]["login"]["accessToken"].is_string(), "{ok}");
+}

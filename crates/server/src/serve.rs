@@ -53,6 +53,7 @@ pub struct Server {
     api_token_usage: Arc<ApiTokenUsage>,
     setup_code: Option<String>,
     devices: DeviceSide,
+    client_read_timeout_secs: u64,
 }
 
 /// The device listener and what runs beside it.
@@ -223,6 +224,7 @@ impl Server {
             api_token_usage,
             setup_code,
             devices,
+            client_read_timeout_secs: settings.client_read_timeout_secs,
         })
     }
 
@@ -279,6 +281,7 @@ impl Server {
             devices.listener,
             devices.tls,
             devices.router,
+            Duration::from_secs(self.client_read_timeout_secs),
             stopped(stop_rx.clone()),
         ));
         let background = [
@@ -302,15 +305,20 @@ impl Server {
         // for this line has all three.
         tracing::info!(address = %addr, url = %url, "admin API listening");
         let shutdown = stopped(stop_rx);
-        let app = self
-            .router
-            .into_make_service_with_connect_info::<SocketAddr>();
         match self.tls {
-            None => axum::serve(self.listener, app)
-                .with_graceful_shutdown(shutdown)
+            None => {
+                crate::http::plain::serve(
+                    self.listener,
+                    self.router,
+                    Duration::from_secs(self.client_read_timeout_secs),
+                    shutdown,
+                )
                 .await
-                .context("serving the admin API")?,
+            }
             Some(config) => {
+                let app = self
+                    .router
+                    .into_make_service_with_connect_info::<SocketAddr>();
                 let handle = axum_server::Handle::new();
                 let on_signal = handle.clone();
                 tokio::spawn(async move {

@@ -91,6 +91,10 @@ pub struct Settings {
     /// admin API, keep it below three heartbeat intervals: a server that
     /// does not hold a device's connection sees only the stored time.
     pub last_seen_write_after_secs: u64,
+    /// A client gets this long to finish the TLS handshake and then to
+    /// send each request's head, on both listeners; slower ones are
+    /// disconnected, so held-open half requests cannot pile up.
+    pub client_read_timeout_secs: u64,
     /// Most devices a tenant may enroll (unset: no limit).
     pub device_limit: Option<u64>,
 }
@@ -124,6 +128,7 @@ impl Default for Settings {
             device_certificate_ttl_secs: 24 * 3600,
             heartbeat_interval_secs: 30,
             last_seen_write_after_secs: 60,
+            client_read_timeout_secs: 10,
             device_limit: None,
         }
     }
@@ -159,6 +164,7 @@ const SETTING_NAMES: &[&str] = &[
     "device_certificate_ttl_secs",
     "heartbeat_interval_secs",
     "last_seen_write_after_secs",
+    "client_read_timeout_secs",
     "device_limit",
 ];
 
@@ -257,6 +263,11 @@ impl Settings {
         if self.device_certificate_ttl_secs < 60 {
             return Err(SettingsError(
                 "device_certificate_ttl_secs must be at least 60".into(),
+            ));
+        }
+        if self.client_read_timeout_secs == 0 {
+            return Err(SettingsError(
+                "client_read_timeout_secs must be at least 1".into(),
             ));
         }
         if self.heartbeat_interval_secs == 0 {

@@ -477,20 +477,29 @@ async fn team_roles(scope: &TenantScope, user_id: Uuid) -> StoreResult<Vec<(Uuid
         .collect())
 }
 
-/// argon2 is CPU-bound: keep it off the async workers.
+/// argon2 is CPU-bound: keep it off the async workers, and at most one
+/// run per core at a time (see [`passwords::hashing_permit`]).
 async fn hash_password(password: &str) -> StoreResult<String> {
     passwords::check_policy(password)?;
     let password = password.to_owned();
-    tokio::task::spawn_blocking(move || passwords::hash(&password))
-        .await
-        .map_err(StoreError::internal("password hashing task"))?
+    let permit = passwords::hashing_permit().await;
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        passwords::hash(&password)
+    })
+    .await
+    .map_err(StoreError::internal("password hashing task"))?
 }
 
 async fn verify_password(password: &str, stored: Option<String>) -> bool {
     let password = password.to_owned();
-    tokio::task::spawn_blocking(move || passwords::verify(&password, stored.as_deref()))
-        .await
-        .unwrap_or(false)
+    let permit = passwords::hashing_permit().await;
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        passwords::verify(&password, stored.as_deref())
+    })
+    .await
+    .unwrap_or(false)
 }
 
 fn system(meta: &RequestMeta) -> Actor {

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -17,21 +17,35 @@ use tower::ServiceExt;
 use mobius_core::devices::DeviceIdentity;
 
 use crate::device::Peer;
+use crate::http::error_bodies::HYPER_MAX_HEADERS;
+use crate::http::first_byte::FirstByteDeadline;
 
-/// A handshake that has not finished in this long is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// In-flight device requests get this long to finish on shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Serves devices until `shutdown`. `client_read_timeout` bounds the TLS
+/// handshake and the wait for each request head: a client that connects
+/// and then sends nothing (or half a ClientHello, or half a request) is
+/// disconnected after it, without a client certificate ever being asked.
 pub async fn serve(
     listener: TcpListener,
     tls: rustls::ServerConfig,
     router: axum::Router,
+    client_read_timeout: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let acceptor = TlsAcceptor::from(Arc::new(tls));
     let graceful = GracefulShutdown::new();
-    let builder = Arc::new(Builder::new(TokioExecutor::new()));
+    let mut builder = Builder::new(TokioExecutor::new());
+    // Above our own limit, so too many headers get a JSON 431 from
+    // `error_bodies::refuse_oversized_head` rather than hyper's empty one.
+    builder
+        .http1()
+        .max_headers(HYPER_MAX_HEADERS)
+        // Without a timer hyper silently ignores the header timeout.
+        .timer(TokioTimer::new())
+        .header_read_timeout(client_read_timeout);
+    let builder = Arc::new(builder);
     tokio::pin!(shutdown);
     loop {
         let (stream, addr) = tokio::select! {
@@ -52,7 +66,8 @@ pub async fn serve(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            let tls = match tokio::time::timeout(client_read_timeout, acceptor.accept(stream)).await
+            {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     tracing::debug!(%addr, error = %e, "device TLS handshake failed");
@@ -75,8 +90,10 @@ pub async fn serve(
                     request.extensions_mut().insert(peer.clone());
                     request.map(axum::body::Body::new)
                 });
-            let connection =
-                builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(service));
+            let connection = builder.serve_connection(
+                TokioIo::new(FirstByteDeadline::new(tls, client_read_timeout)),
+                TowerToHyperService::new(service),
+            );
             if let Err(e) = watcher.watch(connection.into_owned()).await {
                 tracing::debug!(%addr, error = %e, "device connection ended with an error");
             }

@@ -32,6 +32,7 @@ use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+use crate::http::error_bodies;
 use crate::http::errors::ErrorCode;
 use crate::http::router;
 
@@ -73,7 +74,12 @@ pub fn router(state: DeviceState) -> Router {
                 .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
                 .layer(TraceLayer::new_for_http().make_span_with(router::request_span))
                 .layer(PropagateRequestIdLayer::new(request_id))
-                .layer(middleware::from_fn(crate::http::request_id::scope)),
+                .layer(middleware::from_fn(crate::http::request_id::scope))
+                .layer(middleware::from_fn_with_state(
+                    MAX_DEVICE_BODY_BYTES,
+                    error_bodies::json_error_bodies,
+                ))
+                .layer(middleware::from_fn(error_bodies::refuse_oversized_head)),
         )
         .with_state(state)
 }

@@ -22,7 +22,7 @@ use tracing::Level;
 use crate::admin::graphql::{self, GraphqlState};
 use crate::http::errors::{ApiError, ErrorCode};
 use crate::http::metrics::{self, Metrics};
-use crate::http::{hardening, request_id};
+use crate::http::{error_bodies, hardening, request_id};
 use crate::settings::Settings;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -77,6 +77,11 @@ pub fn router(state: AppState, settings: &Settings, graphql: Option<GraphqlState
                 .layer(trace)
                 .layer(PropagateRequestIdLayer::new(request_id))
                 .layer(middleware::from_fn(request_id::scope))
+                .layer(middleware::from_fn_with_state(
+                    settings.request_body_limit_bytes,
+                    error_bodies::json_error_bodies,
+                ))
+                .layer(middleware::from_fn(error_bodies::refuse_oversized_head))
                 .layer(TimeoutLayer::with_status_code(
                     StatusCode::REQUEST_TIMEOUT,
                     Duration::from_secs(settings.request_timeout_secs),

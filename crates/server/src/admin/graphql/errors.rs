@@ -1,7 +1,9 @@
 //! GraphQL errors: every error a client sees carries `extensions.code`
 //! from the fixed list, and internal causes never leave the server.
 
-use async_graphql::{Error, ErrorExtensions, Response};
+use async_graphql::{Error, ErrorExtensions, ParseRequestError, Response};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use mobius_core::StoreError;
 use mobius_core::authz::Denied;
 use mobius_core::identity::IdentityError;
@@ -112,4 +114,42 @@ pub fn sanitize(mut response: Response) -> Response {
         }
     }
     response
+}
+
+/// The answer to a body that is not a GraphQL request (`{"query": 5}`,
+/// `[1,2]`, a multipart upload): GraphQL's error shape with BAD_USER_INPUT
+/// and a fixed message, since async-graphql's text names its own types.
+pub fn unreadable_request(err: ParseRequestError) -> axum::response::Response {
+    // The body limit cut the body off: a bare 413, which
+    // `json_error_bodies` words with the limit in force.
+    let too_large = match &err {
+        ParseRequestError::PayloadTooLarge => true,
+        ParseRequestError::Io(io) => is_length_limit(io),
+        _ => false,
+    };
+    if too_large {
+        return StatusCode::PAYLOAD_TOO_LARGE.into_response();
+    }
+    // Every other variant (the enum is non-exhaustive) is a body that is
+    // not one GraphQL request.
+    let message = if matches!(err, ParseRequestError::UnsupportedBatch) {
+        "batch requests are not supported: send one {\"query\": ...} object"
+    } else {
+        "the body is not a GraphQL request: send a JSON object with a string \"query\" \
+         and optional \"variables\" (an object) and \"operationName\" (a string)"
+    };
+    tracing::debug!(error = %err, "unreadable GraphQL request");
+    crate::http::error_bodies::graphql_error(
+        StatusCode::BAD_REQUEST,
+        ErrorCode::BadUserInput,
+        message,
+    )
+}
+
+/// Whether a body read failed because the request-body limit cut it off.
+/// async-graphql-axum turns the body error into text
+/// (`io::Error::other(err.to_string())`), so the type is gone and only
+/// http-body-util's `LengthLimitError` wording identifies it.
+fn is_length_limit(err: &std::io::Error) -> bool {
+    err.to_string().contains("length limit exceeded")
 }

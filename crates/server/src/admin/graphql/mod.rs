@@ -6,6 +6,7 @@ mod audit;
 mod devices;
 mod enrollment;
 pub(crate) mod errors;
+mod expansion;
 pub mod gate;
 mod identity;
 pub mod ids;
@@ -56,6 +57,7 @@ use std::sync::Arc;
 use async_graphql::dataloader::{DataLoader, HashMapCache};
 use async_graphql::http::GraphiQLSource;
 use async_graphql::{Data, Schema};
+use async_graphql_axum::rejection::GraphQLRejection;
 use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State, WebSocketUpgrade};
 use axum::http::HeaderMap;
@@ -145,7 +147,8 @@ pub fn schema(services: Option<Services>) -> MobiusSchema {
         SubscriptionRoot::default(),
     )
     .limit_depth(MAX_DEPTH)
-    .limit_complexity(MAX_COMPLEXITY);
+    .limit_complexity(MAX_COMPLEXITY)
+    .extension(expansion::ExpansionLimit);
     if let Some(services) = services {
         builder = builder
             .data(WriteStore(services.store))
@@ -166,8 +169,12 @@ pub async fn execute(
     State(state): State<GraphqlState>,
     headers: HeaderMap,
     peer: Peer,
-    request: GraphQLRequest,
+    request: Result<GraphQLRequest, GraphQLRejection>,
 ) -> Response {
+    let request = match request {
+        Ok(request) => request,
+        Err(GraphQLRejection(err)) => return errors::unreadable_request(err),
+    };
     let context = request_context(&state, &headers, peer.0, true).await;
     let reads = context.reads.clone();
     let request = request
