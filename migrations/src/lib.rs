@@ -12,6 +12,7 @@ mod m20261122_000002_row_level_security;
 mod m20261122_000003_identity;
 mod m20261122_000004_device_pki;
 mod m20261201_000005_async_audit_chain;
+mod m20261201_000006_audit_inserts_unchained;
 mod tables;
 
 pub use tables::{LOOKUP_FUNCTION_SIGNATURES, SHARED_TABLES, TENANT_TABLES};
@@ -32,6 +33,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000003_identity::Migration),
             Box::new(m20261122_000004_device_pki::Migration),
             Box::new(m20261201_000005_async_audit_chain::Migration),
+            Box::new(m20261201_000006_audit_inserts_unchained::Migration),
         ]
     }
 }

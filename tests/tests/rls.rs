@@ -285,6 +285,19 @@ async fn tenant_a_cannot_read_change_or_create_tenant_b_rows() {
         );
         sp.rollback().await.unwrap();
     }
+    // An audit event cannot claim a place in the hash chain when it is
+    // written: only the chainer fills seq and the hashes, after commit.
+    let mut sp = tx.begin().await.unwrap();
+    let err = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO audit_events (id, tenant_id, actor_kind, action, target_kind, details, seq, created_at, updated_at) \
+         VALUES ('{}', '{a}', 'system', 'forged', 'tenant', '{{}}', 1, now(), now())",
+        Uuid::now_v7()
+    )))
+    .execute(&mut *sp)
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("row-level security"), "{err}");
+    sp.rollback().await.unwrap();
     // ...while the same insert for A itself is accepted.
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO teams (id, tenant_id, name, created_at, updated_at) VALUES ('{}', '{a}', 'new', now(), now())",
