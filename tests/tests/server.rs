@@ -183,6 +183,7 @@ async fn binary_on_postgres_creates_and_logs_in_as_the_request_role() {
 #[tokio::test]
 async fn binary_refuses_a_request_role_that_can_bypass_rls() {
     let db = TestDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
     let output = Command::new(workspace_binary("mobius-server"))
         .args([
             "serve",
@@ -190,6 +191,8 @@ async fn binary_refuses_a_request_role_that_can_bypass_rls() {
             "127.0.0.1:0",
             "--database-app-url",
             &db.admin_url(),
+            "--data-dir",
+            dir.path().to_str().unwrap(),
         ])
         .output()
         .unwrap();
@@ -298,8 +301,10 @@ fn bad_settings_stop_start_up_naming_the_setting() {
 
 #[test]
 fn cloud_edition_requires_postgres() {
+    let dir = tempfile::tempdir().unwrap();
     let output = Command::new(workspace_binary("mobius-server-cloud"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(1));

@@ -87,6 +87,13 @@ impl Server {
             ),
             _ => None,
         };
+        // Refuse a cloud binary without Postgres before touching the disk.
+        if edition.requires_postgres && !settings.uses_postgres() {
+            bail!(
+                "the {} edition needs Postgres: set `database_url` (--database-url or MOBIUS_DATABASE_URL)",
+                edition.name
+            );
+        }
         crate::data_dir::make_private(&settings.data_dir)?;
         // One server per embedded store: the lock is taken before the
         // store is opened, so a second server changes nothing.
