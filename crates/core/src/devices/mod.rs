@@ -93,7 +93,14 @@ pub(crate) struct EnrolledDevice<'a> {
 }
 
 /// Sets the fact columns (the common facts) and the JSON of all of them.
-fn set_facts(row: &mut device::ActiveModel, facts: &HostFacts, now: chrono::DateTime<chrono::Utc>) {
+/// Refuses facts Postgres cannot store (NUL characters) before any column
+/// is set, serializing them once.
+fn set_facts(
+    row: &mut device::ActiveModel,
+    facts: &HostFacts,
+    now: chrono::DateTime<chrono::Utc>,
+) -> StoreResult<()> {
+    let json = facts_json(facts)?;
     let text = |s: &str| (!s.trim().is_empty()).then(|| s.chars().take(200).collect::<String>());
     if let Some(hostname) = text(&facts.hostname) {
         row.hostname = Set(hostname);
@@ -107,8 +114,9 @@ fn set_facts(row: &mut device::ActiveModel, facts: &HostFacts, now: chrono::Date
     row.memory_bytes = Set(i64::try_from(facts.memory_bytes).ok());
     row.agent_version = Set(text(&facts.agent_version));
     row.hardware_uuid = Set(facts.hardware_uuid.as_deref().and_then(text));
-    row.facts = Set(serde_json::to_value(facts).ok());
+    row.facts = Set(Some(json));
     row.facts_updated_at = Set(Some(now));
+    Ok(())
 }
 
 /// Filters for a device listing; `None` means "any".
@@ -350,7 +358,7 @@ impl<'s> Devices<'s> {
     ) -> StoreResult<String> {
         let now = chrono::Utc::now();
         let mut row = <device::ActiveModel as Default>::default();
-        set_facts(&mut row, facts, now);
+        set_facts(&mut row, facts, now)?;
         row.ca_id = Set(Some(certificate.ca_id));
         row.cert_serial = Set(Some(certificate.serial.clone()));
         row.cert_not_after = Set(Some(certificate.not_after));
@@ -415,10 +423,9 @@ impl<'s> Devices<'s> {
 
     /// Keeps the latest facts: the common ones as columns, all as JSON.
     pub async fn record_facts(&self, id: Uuid, facts: &HostFacts) -> StoreResult<()> {
-        facts_json(facts)?;
         let mut row = <device::ActiveModel as Default>::default();
         let now = chrono::Utc::now();
-        set_facts(&mut row, facts, now);
+        set_facts(&mut row, facts, now)?;
         row.updated_at = Set(now);
         self.update_columns(id, row).await
     }
