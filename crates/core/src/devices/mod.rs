@@ -93,14 +93,12 @@ pub(crate) struct EnrolledDevice<'a> {
 }
 
 /// Sets the fact columns (the common facts) and the JSON of all of them.
-/// Refuses facts Postgres cannot store (NUL characters) before any column
-/// is set, serializing them once.
 fn set_facts(
     row: &mut device::ActiveModel,
-    facts: &HostFacts,
+    checked: CheckedFacts<'_>,
     now: chrono::DateTime<chrono::Utc>,
-) -> StoreResult<()> {
-    let json = facts_json(facts)?;
+) {
+    let CheckedFacts { facts, json } = checked;
     let text = |s: &str| (!s.trim().is_empty()).then(|| s.chars().take(200).collect::<String>());
     if let Some(hostname) = text(&facts.hostname) {
         row.hostname = Set(hostname);
@@ -116,7 +114,6 @@ fn set_facts(
     row.hardware_uuid = Set(facts.hardware_uuid.as_deref().and_then(text));
     row.facts = Set(Some(json));
     row.facts_updated_at = Set(Some(now));
-    Ok(())
 }
 
 /// Filters for a device listing; `None` means "any".
@@ -157,15 +154,23 @@ impl TenantScope {
     }
 }
 
-/// The facts as stored JSON, refused if any text in them holds a NUL
-/// (which Postgres cannot store).
-pub fn facts_json(facts: &HostFacts) -> StoreResult<serde_json::Value> {
-    let json = serde_json::to_value(facts).map_err(|e| StoreError::Invalid {
-        field: "facts",
-        reason: e.to_string(),
-    })?;
-    no_nul_in_json("facts", &json)?;
-    Ok(json)
+/// Facts checked once and serialized once: refused if any text in them
+/// holds a NUL (which Postgres cannot store), then written from the same
+/// JSON value.
+pub struct CheckedFacts<'a> {
+    facts: &'a HostFacts,
+    json: serde_json::Value,
+}
+
+impl<'a> CheckedFacts<'a> {
+    pub fn new(facts: &'a HostFacts) -> StoreResult<CheckedFacts<'a>> {
+        let json = serde_json::to_value(facts).map_err(|e| StoreError::Invalid {
+            field: "facts",
+            reason: e.to_string(),
+        })?;
+        no_nul_in_json("facts", &json)?;
+        Ok(CheckedFacts { facts, json })
+    }
 }
 
 impl<'s> Devices<'s> {
@@ -354,11 +359,11 @@ impl<'s> Devices<'s> {
         &self,
         enrolled: EnrolledDevice<'_>,
         certificate: &IssuedCertificate,
-        facts: &HostFacts,
+        facts: CheckedFacts<'_>,
     ) -> StoreResult<String> {
         let now = chrono::Utc::now();
         let mut row = <device::ActiveModel as Default>::default();
-        set_facts(&mut row, facts, now)?;
+        set_facts(&mut row, facts, now);
         row.ca_id = Set(Some(certificate.ca_id));
         row.cert_serial = Set(Some(certificate.serial.clone()));
         row.cert_not_after = Set(Some(certificate.not_after));
@@ -425,7 +430,7 @@ impl<'s> Devices<'s> {
     pub async fn record_facts(&self, id: Uuid, facts: &HostFacts) -> StoreResult<()> {
         let mut row = <device::ActiveModel as Default>::default();
         let now = chrono::Utc::now();
-        set_facts(&mut row, facts, now)?;
+        set_facts(&mut row, CheckedFacts::new(facts)?, now);
         row.updated_at = Set(now);
         self.update_columns(id, row).await
     }

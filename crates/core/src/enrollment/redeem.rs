@@ -27,7 +27,7 @@ use crate::authz::Entitlements;
 use crate::crypto::secrets;
 use crate::db::locks::TenantLock;
 use crate::db::{Backend, FoundTenant, SecretKind, Store, StoreError, TokenClaim};
-use crate::devices::{EnrolledDevice, HostFingerprint};
+use crate::devices::{CheckedFacts, EnrolledDevice, HostFingerprint};
 use crate::pki::{DeviceCsr, IssuedCertificate, Pki};
 
 pub struct EnrollmentRequest<'a> {
@@ -94,7 +94,7 @@ impl EnrollmentTokenSecret<'_> {
     ) -> Result<Enrolled, EnrollError> {
         // Refused before the token is claimed, so a bad request uses nothing
         // (the fingerprint is a parsed HostFingerprint already).
-        crate::devices::facts_json(request.facts)?;
+        let facts = CheckedFacts::new(request.facts)?;
         let hash = secrets::sha256(self.0);
         let claim = claim(store, &hash).await?;
         if !claim.claimed {
@@ -106,7 +106,7 @@ impl EnrollmentTokenSecret<'_> {
                 EnrollError::TokenUsedUp
             });
         }
-        let result = enroll_claimed(store, pki, entitlements, &claim, &request).await;
+        let result = enroll_claimed(store, pki, entitlements, &claim, &request, facts).await;
         if result.is_err() {
             give_back(store, &claim).await;
         }
@@ -183,6 +183,7 @@ async fn enroll_claimed(
     entitlements: &dyn Entitlements,
     claim: &TokenClaim,
     request: &EnrollmentRequest<'_>,
+    facts: CheckedFacts<'_>,
 ) -> Result<Enrolled, EnrollError> {
     if !address_allowed(claim.allowed_ips.as_ref(), request.client_ip) {
         return Err(EnrollError::AddressNotAllowed);
@@ -234,7 +235,7 @@ async fn enroll_claimed(
                 created,
             },
             &certificate,
-            request.facts,
+            facts,
         )
         .await?;
     scope
