@@ -2,9 +2,7 @@
 //! owners (the server's gate), the client secret sealed at rest.
 
 use chrono::{DateTime, Utc};
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, Set, TryIntoModel,
-};
+use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, Set};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -317,6 +315,7 @@ impl Sso<'_> {
             .filter(sso_config::Column::TenantId.eq(tenant_id))
             .one(self.scope.connection())
             .await?;
+        let is_new = existing.is_none();
         let mut row = match existing {
             Some(row) => {
                 let mut active = row.into_active_model();
@@ -347,7 +346,12 @@ impl Sso<'_> {
         row.allowed_redirect_origins = Set(serde_json::json!(origins));
         row.enabled = Set(input.enabled);
         row.updated_at = Set(now);
-        let saved = row.save(self.scope.connection()).await?.try_into_model()?;
+        // `save` would take a new row with its id set for an update.
+        let saved = if is_new {
+            row.insert(self.scope.connection()).await?
+        } else {
+            row.update(self.scope.connection()).await?
+        };
         let config = SsoConfig::from_row(saved)?;
         self.scope
             .audit()
