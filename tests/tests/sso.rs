@@ -13,8 +13,9 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
-use mobius_tests::{ServerProcess, uuid_of};
+use mobius_tests::{ServerProcess, TestDatabase, uuid_of};
 use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
+use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
 const OWNER_EMAIL: &str = "owner@example.com";
@@ -145,6 +146,7 @@ impl Browser {
 
 struct Harness {
     server: ServerProcess,
+    _db: Option<TestDatabase>,
     provider: OidcProvider,
     http: reqwest::Client,
     owner_token: String,
@@ -153,9 +155,23 @@ struct Harness {
 }
 
 impl Harness {
-    async fn start() -> Harness {
+    /// A fresh server: the embedded SQLite store, or Postgres (row-level
+    /// security, the slug lookup function) with a request role of its own.
+    async fn start(postgres: bool) -> Harness {
         let dir = tempfile::tempdir().unwrap();
-        let server = ServerProcess::start(dir.path(), &[], &[]);
+        let db = if postgres {
+            Some(TestDatabase::create().await)
+        } else {
+            None
+        };
+        let server = match &db {
+            Some(db) => ServerProcess::start(
+                dir.path(),
+                &["--database-url", db.owner_url().expose_secret()],
+                &[("MOBIUS_DATABASE_APP_ROLE", "mobius_sso_e2e_app")],
+            ),
+            None => ServerProcess::start(dir.path(), &[], &[]),
+        };
         let provider = OidcProvider::start(&server.url("/api/v1/mobius/sso/default/oidc/callback"));
         let http = reqwest::Client::new();
         let code = server.setup_code.clone().expect("setup code");
@@ -177,6 +193,7 @@ impl Harness {
             .to_owned();
         Harness {
             server,
+            _db: db,
             provider,
             http,
             owner_token,
@@ -339,8 +356,16 @@ fn account(sub: &str, email: &str, groups: &[&str]) -> Value {
 }
 
 #[tokio::test]
-async fn oidc_sign_in_provisions_maps_groups_and_refuses_what_it_must() {
-    let h = Harness::start().await;
+async fn oidc_sign_in_on_the_embedded_store() {
+    oidc_sign_in_provisions_maps_groups_and_refuses_what_it_must(Harness::start(false).await).await;
+}
+
+#[tokio::test]
+async fn oidc_sign_in_on_postgres() {
+    oidc_sign_in_provisions_maps_groups_and_refuses_what_it_must(Harness::start(true).await).await;
+}
+
+async fn oidc_sign_in_provisions_maps_groups_and_refuses_what_it_must(h: Harness) {
     let team = h
         .owner(
             "mutation { createTeam(input: { name: \"ops\" }) { id } }",
