@@ -601,3 +601,115 @@ async fn oidc_sign_in_provisions_maps_groups_and_refuses_what_it_must(h: Harness
     );
     let _ = uuid_of(&h.owner_id);
 }
+
+/// `mobius login --sso`: the CLI prints the sign-in URL, the browser
+/// comes back to the CLI's loopback listener, and the CLI ends up with a
+/// working saved session. `mobius sso get` shows the configuration to an
+/// owner without the secret.
+#[tokio::test]
+async fn the_cli_signs_in_through_the_identity_provider() {
+    let h = Harness::start(false).await;
+    h.configure("mobius", json!({})).await;
+    let config_dir = tempfile::tempdir().unwrap();
+    let mobius = |args: &[&str]| {
+        let mut command = Command::new(mobius_tests::workspace_binary("mobius"));
+        command
+            .args(args)
+            .env("MOBIUS_SERVER", h.server.url(""))
+            .env("MOBIUS_CONFIG_DIR", config_dir.path())
+            .env_remove("MOBIUS_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        command
+    };
+
+    let mut login = mobius(&["login", "--sso", "--no-browser"]).spawn().unwrap();
+    let stderr = BufReader::new(login.stderr.take().unwrap());
+    let mut lines = stderr.lines();
+    let url = loop {
+        let line = lines
+            .next()
+            .expect("mobius exited before printing the sign-in URL")
+            .unwrap();
+        if let Some(url) = line.trim().strip_prefix("http") {
+            break format!("http{url}");
+        }
+    };
+    assert!(
+        url.contains("/api/v1/mobius/sso/default/oidc/start?cli_port="),
+        "{url}"
+    );
+    let response = h
+        .http
+        .post(format!("{}/test/next-login", h.provider.issuer))
+        .json(&account("dan", "dan@example.com", &["mobius-admins"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    let mut browser = Browser::new();
+    let callback = browser
+        .follow_until(
+            &url,
+            &h.server.url("/api/v1/mobius/sso/default/oidc/callback"),
+        )
+        .await
+        .unwrap_or_else(|r| panic!("provider stopped at {}", r.status()));
+    let back = browser.get(&callback).await;
+    assert_eq!(back.status(), 303);
+    let loopback = back.headers()[LOCATION].to_str().unwrap().to_owned();
+    assert!(loopback.starts_with("http://127.0.0.1:"), "{loopback}");
+    // The one-time code alone (without the CLI's verifier) is refused.
+    let code = url::Url::parse(&loopback)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .unwrap()
+        .1
+        .into_owned();
+    let stolen = h
+        .http
+        .post(h.server.url("/api/v1/mobius/sso/default/oidc/cli-token"))
+        .json(&json!({ "code": code, "code_verifier": "guessed-verifier-guessed-verifier-guessed-ve" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stolen.status(), 401);
+    let page = browser.get(&loopback).await;
+    assert_eq!(page.status(), 200);
+    let output = tokio::task::spawn_blocking(move || login.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "mobius login --sso: {stdout}");
+    assert!(
+        stdout.contains("logged in to") && stdout.contains("dan@example.com"),
+        "{stdout}"
+    );
+
+    let whoami = mobius(&["whoami", "--output", "json"]).output().unwrap();
+    let viewer: Value = serde_json::from_slice(&whoami.stdout).unwrap();
+    assert_eq!(viewer["user"]["email"], "dan@example.com", "{viewer}");
+    assert_eq!(viewer["role"], "ADMIN", "{viewer}");
+
+    // An admin may not read the SSO configuration; the owner may, and
+    // never sees the secret.
+    let denied = mobius(&["sso", "get"]).output().unwrap();
+    assert!(!denied.status.success());
+    let get = mobius(&["sso", "get", "--output", "json"])
+        .env("MOBIUS_TOKEN", &h.owner_token)
+        .output()
+        .unwrap();
+    assert!(
+        get.status.success(),
+        "{}",
+        String::from_utf8_lossy(&get.stderr)
+    );
+    let shown = String::from_utf8_lossy(&get.stdout);
+    let config: Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(config["clientId"], "mobius");
+    assert_eq!(config["hasClientSecret"], true);
+    assert!(!shown.contains("mobius-secret"), "{shown}");
+}

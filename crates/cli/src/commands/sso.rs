@@ -89,10 +89,10 @@ pub async fn login(ctx: &Context, args: LoginArgs) -> Result<()> {
         .with_context(|| format!("cannot reach {server}"))?;
     if !response.status().is_success() {
         let status = response.status();
-        return match response.json::<ErrorBody>().await {
+        match response.json::<ErrorBody>().await {
             Ok(body) => bail!("{} ({})", body.error.message, body.error.code),
             Err(_) => bail!("the server answered {status}"),
-        };
+        }
     }
     let session: CliSession = response.json().await.context("unexpected answer")?;
     ctx.store().save(&Credentials {

@@ -104,6 +104,27 @@ fn sso_actor(user: Option<&User>, meta: &RequestMeta) -> Actor {
     }
 }
 
+impl super::Sso<'_> {
+    /// Links an IdP identity (issuer, subject) to a user: later sign-ins
+    /// find the user by it, whatever the email says then.
+    pub async fn link(&self, user_id: Uuid, issuer: &str, subject: &str) -> StoreResult<()> {
+        let now = Utc::now();
+        sso_identity::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            tenant_id: Set(self.scope.tenant_id()),
+            user_id: Set(user_id),
+            issuer: Set(issuer.to_owned()),
+            subject: Set(subject.to_owned()),
+            created_at: Set(now),
+            updated_at: Set(now),
+        }
+        .insert(self.scope.connection())
+        .await
+        .map_err(crate::db::conflict_on("SSO identity", "subject"))?;
+        Ok(())
+    }
+}
+
 impl Identity {
     /// Signs in the person `identity` names, after the server verified it
     /// against `login` (the consumed login state). `replay_key` is the
@@ -145,7 +166,10 @@ impl Identity {
                 // Linking by email is only safe when the IdP vouches for
                 // the address; otherwise anyone could claim an account.
                 Some(user) if identity.email_verified => {
-                    link(&scope, user.id, &identity).await?;
+                    scope
+                        .sso()
+                        .link(user.id, &identity.issuer, &identity.subject)
+                        .await?;
                     (user, false)
                 }
                 Some(_) => return Err(SsoError::EmailMissing),
@@ -167,7 +191,10 @@ impl Identity {
                             },
                         )
                         .await?;
-                    link(&scope, user.id, &identity).await?;
+                    scope
+                        .sso()
+                        .link(user.id, &identity.issuer, &identity.subject)
+                        .await?;
                     (user, true)
                 }
                 None => return Err(SsoError::NoAccount),
@@ -283,23 +310,6 @@ impl Identity {
 fn tenant_id(tenant: &FoundTenant) -> Uuid {
     use crate::db::TenantProof;
     tenant.tenant_id()
-}
-
-async fn link(scope: &TenantScope, user_id: Uuid, identity: &VerifiedIdentity) -> StoreResult<()> {
-    let now = Utc::now();
-    sso_identity::ActiveModel {
-        id: Set(Uuid::now_v7()),
-        tenant_id: Set(scope.tenant_id()),
-        user_id: Set(user_id),
-        issuer: Set(identity.issuer.clone()),
-        subject: Set(identity.subject.clone()),
-        created_at: Set(now),
-        updated_at: Set(now),
-    }
-    .insert(scope.connection())
-    .await
-    .map_err(crate::db::conflict_on("SSO identity", "subject"))?;
-    Ok(())
 }
 
 /// Makes the user's membership in each managed team what the groups say.
