@@ -13,6 +13,8 @@
 // - Clients whose ID tokens are deliberately wrong, re-signed with the
 //   provider's own key: `mobius-expired` (exp in the past) and
 //   `mobius-otheraud` (issued for another client id).
+// - POST /test/rotate-key: from then on ID tokens are signed with a new key
+//   (new `kid`) that /jwks also publishes, as an IdP rotating its keys does.
 
 import http from 'node:http';
 import Provider from 'oidc-provider';
@@ -63,11 +65,26 @@ const provider = new Provider(issuer, {
 });
 provider.proxy = false;
 
+let rotated = null;
+
 // Tampering for the negative tests, after the provider answered /token.
 provider.use(async (ctx, next) => {
   await next();
+  if (rotated && ctx.path === '/jwks' && ctx.body?.keys) {
+    ctx.body = { keys: [...ctx.body.keys, rotated.publicJwk] };
+    return;
+  }
   const clientId = ctx.oidc?.client?.clientId;
   if (ctx.path !== '/token' || !ctx.body?.id_token) return;
+  if (rotated && clientId === 'mobius') {
+    ctx.body = {
+      ...ctx.body,
+      id_token: await new SignJWT(decodeJwt(ctx.body.id_token))
+        .setProtectedHeader({ alg: 'RS256', kid: rotated.publicJwk.kid })
+        .sign(rotated.privateKey),
+    };
+    return;
+  }
   if (clientId !== 'mobius-expired' && clientId !== 'mobius-otheraud') return;
   const claims = decodeJwt(ctx.body.id_token);
   const now = Math.floor(Date.now() / 1000);
@@ -122,6 +139,13 @@ server.on('request', async (req, res) => {
       const account = JSON.parse(body);
       accounts.set(account.sub, { ...account });
       nextLogin = account.sub;
+      res.statusCode = 204;
+      return res.end();
+    }
+    if (req.method === 'POST' && req.url === '/test/rotate-key') {
+      const pair = await generateKeyPair('RS256', { extractable: true });
+      const pub = { ...(await exportJWK(pair.publicKey)), kid: 'test-key-2', alg: 'RS256', use: 'sig' };
+      rotated = { privateKey: pair.privateKey, publicJwk: pub };
       res.statusCode = 204;
       return res.end();
     }

@@ -418,6 +418,38 @@ async fn oidc_sign_in_provisions_maps_groups_and_refuses_what_it_must(h: Harness
         .expect("ada signs in again");
     assert_eq!(viewer["user"]["role"], "OBSERVER");
 
+    // 3b. The IdP rotates its signing key: the new `kid` is unknown to the
+    // cached JWKS, which Mobius fetches again instead of refusing.
+    let rotated = h
+        .http
+        .post(format!("{}/test/rotate-key", h.provider.issuer))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rotated.status(), 204);
+    let mut browser = Browser::new();
+    let after_rotation = h
+        .provider_round_trip(&mut browser, account("ada", "ada@example.com", &[]))
+        .await;
+    let viewer = finish(&h, &mut browser, &after_rotation)
+        .await
+        .expect("a token signed with the rotated key verifies");
+    assert_eq!(viewer["user"]["email"], "ada@example.com");
+
+    // 3c. Redirect targets outside the allow-list are refused up front.
+    for target in ["https://evil.example/", "//evil.example/x"] {
+        let response = Browser::new()
+            .get(&format!(
+                "{}?redirect_to={}",
+                h.server.url("/api/v1/mobius/sso/default/oidc/start"),
+                url::form_urlencoded::byte_serialize(target.as_bytes()).collect::<String>()
+            ))
+            .await;
+        assert_eq!(response.status(), 400, "{target}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["field"], "redirect_to", "{body}");
+    }
+
     // 4. A replayed code under a fresh state: the IdP refuses it.
     let old_code = url::Url::parse(&callback)
         .unwrap()
