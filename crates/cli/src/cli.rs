@@ -220,7 +220,7 @@ pub enum SsoCommand {
         --issuer-url https://keycloak.example.com/realms/acme --client-id mobius \\\n    \
         --client-secret-stdin --allowed-domain acme.com --groups-claim groups \\\n    \
         --group-role mobius-admins=admin --jit --default-role observer")]
-    Set(SsoSetArgs),
+    Set(Box<SsoSetArgs>),
 }
 
 #[derive(Debug, Args)]

@@ -90,8 +90,7 @@ impl SsoConfig {
             .rsplit_once('@')
             .map(|(_, d)| d.to_ascii_lowercase())
             .unwrap_or_default();
-        self.allowed_email_domains.is_empty()
-            || self.allowed_email_domains.iter().any(|d| *d == domain)
+        self.allowed_email_domains.is_empty() || self.allowed_email_domains.contains(&domain)
     }
 
     fn from_row(row: sso_config::Model) -> StoreResult<SsoConfig> {

@@ -61,7 +61,7 @@ fn mapped_roles(config: &SsoConfig, groups: &[String]) -> (Role, Vec<(Uuid, Opti
     let mut role: Option<Role> = None;
     let mut teams: Vec<(Uuid, Option<TeamRole>)> = Vec::new();
     for mapping in &config.group_roles {
-        let member = groups.iter().any(|g| *g == mapping.group);
+        let member = groups.contains(&mapping.group);
         if let Some(team_id) = mapping.team_id {
             let entry = match teams.iter_mut().find(|(t, _)| *t == team_id) {
                 Some(entry) => entry,
