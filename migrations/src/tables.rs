@@ -21,6 +21,10 @@ pub const TENANT_TABLES: &[&str] = &[
     "api_tokens",
     "certificate_authorities",
     "revoked_devices",
+    "sso_configs",
+    "sso_login_states",
+    "sso_identities",
+    "sso_replay_cache",
 ];
 
 /// Tables without `tenant_id` that the request role may still use, with
@@ -42,6 +46,7 @@ pub const LOOKUP_FUNCTION_SIGNATURES: &[&str] = &[
     "mobius_audit_unchained_tenants()",
     "mobius_audit_chain(jsonb)",
     "mobius_claim_enrollment_token(bytea)",
+    "mobius_tenant_by_slug(text)",
 ];
 
 /// The tenant of the current transaction, or NULL (never an error) when

@@ -97,6 +97,11 @@ pub struct Settings {
     pub client_read_timeout_secs: u64,
     /// Most devices a tenant may enroll (unset: no limit).
     pub device_limit: Option<u64>,
+    /// The URL browsers reach this server at (scheme, host, port), e.g.
+    /// `https://mobius.example.com`: single sign-on builds its callback
+    /// URL from it. Unset: taken from each request's `Host` header, which
+    /// is only right when nothing rewrites it in between.
+    pub public_url: Option<String>,
 }
 
 impl Default for Settings {
@@ -130,6 +135,7 @@ impl Default for Settings {
             last_seen_write_after_secs: 60,
             client_read_timeout_secs: 10,
             device_limit: None,
+            public_url: None,
         }
     }
 }
@@ -166,6 +172,7 @@ const SETTING_NAMES: &[&str] = &[
     "last_seen_write_after_secs",
     "client_read_timeout_secs",
     "device_limit",
+    "public_url",
 ];
 
 /// Values given as command-line flags; `None` means "not given".
@@ -274,6 +281,14 @@ impl Settings {
             return Err(SettingsError(
                 "heartbeat_interval_secs must be at least 1".into(),
             ));
+        }
+        if let Some(public_url) = &self.public_url
+            && !url::Url::parse(public_url)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+        {
+            return Err(SettingsError(format!(
+                "public_url: `{public_url}` is not a URL like https://mobius.example.com"
+            )));
         }
         for origin in &self.cors_allowed_origins {
             // An origin is scheme://host[:port], nothing more: anything else

@@ -26,10 +26,13 @@ pub enum Operation {
     ViewAuditLog,
     /// Tenant-wide settings and the tenant CA.
     ManageTenant,
+    /// Single sign-on configuration: owners only, since it decides who
+    /// can sign in at all and with which role.
+    ManageSso,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 14] = [
+    pub const ALL: [Operation; 15] = [
         Operation::ViewTenant,
         Operation::ViewSites,
         Operation::ManageSites,
@@ -44,6 +47,7 @@ impl Operation {
         Operation::ManageEnrollmentTokens,
         Operation::ViewAuditLog,
         Operation::ManageTenant,
+        Operation::ManageSso,
     ];
 }
 
@@ -68,6 +72,7 @@ pub fn permits(role: Role, op: Operation) -> bool {
             | ManageEnrollmentTokens
             | ViewAuditLog
             | ManageTenant => true,
+            ManageSso => false,
         },
         Role::Maintainer => match op {
             ViewTenant
@@ -79,7 +84,7 @@ pub fn permits(role: Role, op: Operation) -> bool {
             | ManageDevices
             | ManageEnrollmentTokens => true,
             ManageSites | ManageTeams | ManageUsers | ManageAllApiTokens | ViewAuditLog
-            | ManageTenant => false,
+            | ManageTenant | ManageSso => false,
         },
         Role::Observer => match op {
             ViewTenant | ViewSites | ViewTeams | ManageOwnApiTokens | ViewDevices => true,
@@ -91,7 +96,8 @@ pub fn permits(role: Role, op: Operation) -> bool {
             | ManageDevices
             | ManageEnrollmentTokens
             | ViewAuditLog
-            | ManageTenant => false,
+            | ManageTenant
+            | ManageSso => false,
         },
         Role::Gitops => match op {
             ViewTenant
@@ -102,7 +108,7 @@ pub fn permits(role: Role, op: Operation) -> bool {
             | ManageOwnApiTokens
             | ManageEnrollmentTokens => true,
             ViewUsers | ManageUsers | ManageAllApiTokens | ViewDevices | ManageDevices
-            | ViewAuditLog | ManageTenant => false,
+            | ViewAuditLog | ManageTenant | ManageSso => false,
         },
     }
 }
