@@ -21,6 +21,9 @@ pub const TENANT_TABLES: &[&str] = &[
     "api_tokens",
     "certificate_authorities",
     "revoked_devices",
+    "billing_plans",
+    "billing_stripe_events",
+    "billing_usage_days",
 ];
 
 /// Tables without `tenant_id` that the request role may still use, with
@@ -42,6 +45,11 @@ pub const LOOKUP_FUNCTION_SIGNATURES: &[&str] = &[
     "mobius_audit_unchained_tenants()",
     "mobius_audit_chain(jsonb)",
     "mobius_claim_enrollment_token(bytea)",
+    "mobius_billing_customer_tenant(text)",
+    "mobius_billing_tenant_exists(uuid)",
+    "mobius_billing_plans_since(timestamptz)",
+    "mobius_billing_tenants()",
+    "mobius_billing_usage(date, date)",
 ];
 
 /// The tenant of the current transaction, or NULL (never an error) when

@@ -97,6 +97,12 @@ pub struct Settings {
     pub client_read_timeout_secs: u64,
     /// Most devices a tenant may enroll (unset: no limit).
     pub device_limit: Option<u64>,
+    /// Stripe billing and the price → plan mapping (cloud edition, feature
+    /// `billing`); see docs/operations/billing.md.
+    pub billing: Option<mobius_core::billing::BillingSettings>,
+    /// AWS KMS envelope sealing (cloud edition, feature `kms`); see
+    /// docs/operations/kms.md.
+    pub kms: Option<mobius_core::crypto::kms::KmsSettings>,
 }
 
 impl Default for Settings {
@@ -130,6 +136,8 @@ impl Default for Settings {
             last_seen_write_after_secs: 60,
             client_read_timeout_secs: 10,
             device_limit: None,
+            billing: None,
+            kms: None,
         }
     }
 }

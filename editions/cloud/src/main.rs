@@ -2,6 +2,11 @@
 //! the cloud-only features this binary was built with. Its services are
 //! built by [`services::CloudServices`].
 
+#[cfg(feature = "billing")]
+mod billing;
+#[cfg(feature = "kms")]
+mod kms;
+mod sealer;
 mod services;
 
 use mobius_server::Edition;

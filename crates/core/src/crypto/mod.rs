@@ -2,5 +2,6 @@
 //! [`sealing::SecretSealer`] trait, one implementation per edition) and
 //! generating and hashing high-entropy secrets.
 
+pub mod kms;
 pub mod sealing;
 pub mod secrets;

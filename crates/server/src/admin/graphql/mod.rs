@@ -3,6 +3,7 @@
 //! path.
 
 mod audit;
+mod billing;
 mod devices;
 mod enrollment;
 pub(crate) mod errors;
@@ -121,6 +122,8 @@ pub struct Services {
     pub identity: Identity,
     pub limiter: LoginLimiter,
     pub devices: DeviceAdmin,
+    /// The entitlement gate (the tenant's device limit, premium features).
+    pub entitlements: Arc<dyn mobius_core::authz::Entitlements>,
 }
 
 /// The device side, as the admin API needs it.
@@ -154,7 +157,8 @@ pub fn schema(services: Option<Services>) -> MobiusSchema {
             .data(WriteStore(services.store))
             .data(services.identity)
             .data(services.limiter)
-            .data(services.devices);
+            .data(services.devices)
+            .data(services.entitlements);
     }
     builder.finish()
 }
