@@ -443,6 +443,7 @@ impl Billing<'_> {
             .terms
             .device_limit
             .map(|l| i64::try_from(l).unwrap_or(i64::MAX));
+        let is_new = existing.is_none();
         let mut model = match existing {
             Some(row) => row.into_active_model(),
             None => plan::ActiveModel {
@@ -462,7 +463,11 @@ impl Billing<'_> {
         model.grace_until = Set(plan.grace_until);
         model.state_event_at = Set(state_event_at);
         model.updated_at = Set(plan.updated_at);
-        model.save(self.scope.connection()).await?;
+        if is_new {
+            model.insert(self.scope.connection()).await?;
+        } else {
+            model.update(self.scope.connection()).await?;
+        }
         Ok(())
     }
 }
