@@ -10,10 +10,8 @@
 //!   installed by .ci/run into /var/cache/mobius/peers-venv) started here.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
@@ -104,6 +102,47 @@ impl Cloud {
             cloud.tenant_id = uuid_of(tenant["data"]["tenant"]["id"].as_str().unwrap());
         }
         cloud
+    }
+
+    /// Starts a new server process on the same database and data
+    /// directory with `config`, then stops the old one.
+    fn restart(&mut self, config: &str) {
+        let config_path = self.dir.path().join("cloud.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let new = ServerProcess::start_binary(
+            "mobius-server-cloud",
+            self.dir.path(),
+            &[
+                "--database-url",
+                self.db.owner_url().expose_secret(),
+                "--config",
+                config_path.to_str().unwrap(),
+            ],
+            &[],
+        );
+        drop(std::mem::replace(&mut self.server, new));
+    }
+
+    /// Runs `mobius-server-cloud <args>` on the same database and data
+    /// directory (beside the running server); its exit status and output.
+    fn command(&self, config: &str, args: &[&str]) -> (bool, String) {
+        let config_path = self.dir.path().join("cloud-command.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let output = Command::new(workspace_binary("mobius-server-cloud"))
+            .current_dir(self.dir.path())
+            .args(args)
+            .args(["--database-url", self.db.owner_url().expose_secret()])
+            .args(["--config", config_path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ),
+        )
     }
 
     async fn gql(&self, query: &str, variables: Value) -> Value {
@@ -805,4 +844,399 @@ async fn the_cloud_binary_refuses_an_invalid_price_mapping() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("unknown feature `telepathy`"), "{stderr}");
+}
+
+// ---------------------------------------------------------------------
+// KMS envelope sealing against moto_server.
+// ---------------------------------------------------------------------
+
+const PEERS_VENV: &str = "/var/cache/mobius/peers-venv";
+
+/// A moto_server (AWS emulator) on a free port, killed on drop.
+struct Moto {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Moto {
+    async fn start() -> Moto {
+        let program = Path::new(PEERS_VENV).join("bin/moto_server");
+        assert!(
+            program.is_file(),
+            "{} is missing: run .ci/run (it installs tests/peers/requirements.txt into {PEERS_VENV})",
+            program.display()
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(&program)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+        let moto = Moto {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        };
+        let up = eventually(Duration::from_secs(20), async || {
+            tokio::net::TcpStream::connect(moto.addr).await.is_ok()
+        })
+        .await;
+        assert!(
+            up,
+            "moto_server did not listen on {} within 20 s",
+            moto.addr
+        );
+        moto
+    }
+
+    /// One KMS API call (moto does not check signatures).
+    async fn kms(&self, target: &str, body: Value) -> (u16, Value) {
+        let response = reqwest::Client::new()
+            .post(format!("http://{}/", self.addr))
+            .header("X-Amz-Target", format!("TrentService.{target}"))
+            .header("Content-Type", "application/x-amz-json-1.1")
+            .header(
+                "Authorization",
+                "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/kms/aws4_request, SignedHeaders=host, Signature=0",
+            )
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn create_key(&self) -> String {
+        let (status, key) = self.kms("CreateKey", json!({})).await;
+        assert_eq!(status, 200, "{key}");
+        key["KeyMetadata"]["KeyId"].as_str().unwrap().to_owned()
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP proxy in front of KMS that a test can cut off (dropping every
+/// open connection) and restore.
+struct Switch {
+    addr: SocketAddr,
+    up: tokio::sync::watch::Sender<bool>,
+}
+
+impl Switch {
+    async fn start(target: SocketAddr) -> Switch {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (up, watch) = tokio::sync::watch::channel(true);
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut watch = watch.clone();
+                tokio::spawn(async move {
+                    if !*watch.borrow() {
+                        return;
+                    }
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = watch.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        Switch { addr, up }
+    }
+
+    fn set(&self, up: bool) {
+        let _ = self.up.send(up);
+    }
+}
+
+fn kms_toml(endpoint: SocketAddr, key_id: &str) -> String {
+    format!(
+        r#"
+[kms]
+key_id = "{key_id}"
+region = "us-east-1"
+endpoint_url = "http://{endpoint}"
+access_key_id = "testing"
+secret_access_key = "testing"
+data_key_max_uses = 1
+call_timeout_secs = 2
+"#
+    )
+}
+
+/// First bytes of every sealed secret (JWT signing keys, then CA keys).
+async fn sealed_formats(cloud: &Cloud) -> Vec<u8> {
+    let mut conn = cloud.owner_connection().await;
+    let mut formats: Vec<u8> = Vec::new();
+    for sql in [
+        "SELECT sealed_private_key FROM signing_keys ORDER BY id",
+        "SELECT sealed_key FROM certificate_authorities ORDER BY id",
+    ] {
+        let rows: Vec<Vec<u8>> = sqlx::query_scalar(sql).fetch_all(&mut conn).await.unwrap();
+        formats.extend(rows.iter().map(|r| r[0]));
+    }
+    formats
+}
+
+/// The key id and wrapped data key inside a KMS-sealed value.
+fn kms_parts(sealed: &[u8]) -> (String, Vec<u8>) {
+    assert_eq!(sealed[0], 2, "a KMS-sealed value");
+    let key_len = u16::from_be_bytes([sealed[1], sealed[2]]) as usize;
+    let key_id = String::from_utf8(sealed[3..3 + key_len].to_vec()).unwrap();
+    let at = 3 + key_len;
+    let wrapped_len = u16::from_be_bytes([sealed[at], sealed[at + 1]]) as usize;
+    (key_id, sealed[at + 2..at + 2 + wrapped_len].to_vec())
+}
+
+#[tokio::test]
+async fn kms_seals_every_secret_and_a_blob_opens_only_in_its_own_context() {
+    use base64::Engine;
+    let moto = Moto::start().await;
+    let key = moto.create_key().await;
+    let mut cloud = Cloud::start(&kms_toml(moto.addr, &key)).await;
+    assert!(
+        sealed_formats(&cloud).await.iter().all(|f| *f == 2),
+        "every secret sealed through KMS"
+    );
+    // Round trip: a CA rotation seals, an enrollment opens, a restart
+    // opens the signing key.
+    let rotated = cloud
+        .gql("mutation { rotateTenantCa { id } }", json!({}))
+        .await;
+    assert!(rotated["errors"].is_null(), "{rotated}");
+    assert_eq!(cloud.enroll("kms-1").await, 200);
+    cloud.restart(&kms_toml(moto.addr, &key));
+    assert_eq!(cloud.enroll("kms-2").await, 200);
+
+    // KMS itself refuses the data key under another context.
+    let mut conn = cloud.owner_connection().await;
+    let (ca_id, ca_blob): (uuid::Uuid, Vec<u8>) = sqlx::query_as(
+        "SELECT id, sealed_key FROM certificate_authorities WHERE retire_after IS NULL",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    let (_, wrapped) = kms_parts(&ca_blob);
+    let blob = base64::engine::general_purpose::STANDARD.encode(&wrapped);
+    let tenant = cloud.tenant_id.to_string();
+    let (status, _) = moto
+        .kms(
+            "Decrypt",
+            json!({ "CiphertextBlob": blob, "EncryptionContext": { "tenant_id": tenant, "purpose": "tenant-ca" } }),
+        )
+        .await;
+    assert_eq!(status, 200, "the right context opens");
+    for wrong in [
+        json!({ "tenant_id": uuid::Uuid::now_v7().to_string(), "purpose": "tenant-ca" }),
+        json!({ "tenant_id": tenant, "purpose": "jwt-signing-key" }),
+        json!({}),
+    ] {
+        let (status, answer) = moto
+            .kms(
+                "Decrypt",
+                json!({ "CiphertextBlob": blob, "EncryptionContext": wrong }),
+            )
+            .await;
+        assert_eq!(status, 400, "{wrong} must not open: {answer}");
+    }
+
+    // The server refuses a blob sealed for another purpose: the JWT
+    // signing key's value put in place of the CA key does not open.
+    let jwt_blob: Vec<u8> =
+        sqlx::query_scalar("SELECT sealed_private_key FROM signing_keys LIMIT 1")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    sqlx::query("UPDATE certificate_authorities SET sealed_key = $1 WHERE id = $2")
+        .bind(&jwt_blob)
+        .bind(ca_id)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    cloud.restart(&kms_toml(moto.addr, &key));
+    assert_eq!(
+        cloud.enroll("kms-3").await,
+        500,
+        "refused, as an internal error"
+    );
+    let logged = eventually(Duration::from_secs(5), async || {
+        cloud.server.log_events().iter().any(|e| {
+            e.to_string()
+                .contains("sealed secret is corrupt, or was sealed under another key or context")
+        })
+    })
+    .await;
+    assert!(logged, "the cause is logged");
+}
+
+#[tokio::test]
+async fn kms_unavailable_at_start_stops_the_server_with_a_clear_message() {
+    let db = TestDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cloud.toml");
+    // Nothing listens there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    std::fs::write(&config, kms_toml(closed, "alias/mobius")).unwrap();
+    let started = std::time::Instant::now();
+    let output = Command::new(workspace_binary("mobius-server-cloud"))
+        .current_dir(dir.path())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--device-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--database-url", db.owner_url().expose_secret()])
+        .args(["--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("the key service is not usable, so the server will not start"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("KMS GenerateDataKey failed"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+// Multi-threaded: the proxy must keep serving while the test blocks on
+// the server's start-up output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kms_outage_later_is_internal_the_server_stays_up_and_recovers() {
+    let moto = Moto::start().await;
+    let key = moto.create_key().await;
+    let switch = Switch::start(moto.addr).await;
+    let cloud = Cloud::start(&kms_toml(switch.addr, &key)).await;
+    let rotated = cloud
+        .gql("mutation { rotateTenantCa { id } }", json!({}))
+        .await;
+    assert!(rotated["errors"].is_null(), "{rotated}");
+
+    switch.set(false);
+    let failed = cloud
+        .gql("mutation { rotateTenantCa { id } }", json!({}))
+        .await;
+    assert_eq!(
+        failed["errors"][0]["extensions"]["code"], "INTERNAL",
+        "{failed}"
+    );
+    assert!(
+        !failed.to_string().contains("KMS"),
+        "no internal text: {failed}"
+    );
+    let logged = eventually(Duration::from_secs(5), async || {
+        cloud
+            .server
+            .log_events()
+            .iter()
+            .any(|e| e.to_string().contains("KMS GenerateDataKey failed"))
+    })
+    .await;
+    assert!(logged, "the cause is logged");
+    let health = cloud
+        .http
+        .get(cloud.server.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status().as_u16(), 200, "the server stays up");
+
+    switch.set(true);
+    let recovered = eventually(Duration::from_secs(15), async || {
+        cloud
+            .gql("mutation { rotateTenantCa { id } }", json!({}))
+            .await["errors"]
+            .is_null()
+    })
+    .await;
+    assert!(recovered, "sealing works again once KMS is back");
+}
+
+#[tokio::test]
+async fn reseal_moves_every_secret_to_kms_and_back_resumably_and_follows_a_key_rotation() {
+    let moto = Moto::start().await;
+    let first = moto.create_key().await;
+    // A local-key server first: two secrets (signing key, CA key) sealed locally.
+    let mut cloud = Cloud::start("").await;
+    assert_eq!(sealed_formats(&cloud).await, vec![1, 1]);
+    let kms = kms_toml(moto.addr, &first);
+
+    let (ok, out) = cloud.command(&kms, &["reseal", "--to", "kms", "--dry-run"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("would reseal 2 of 2"), "{out}");
+    assert_eq!(
+        sealed_formats(&cloud).await,
+        vec![1, 1],
+        "a dry run changes nothing"
+    );
+
+    let (ok, out) = cloud.command(&kms, &["reseal", "--to", "kms"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("resealed 2 of 2"), "{out}");
+    assert_eq!(sealed_formats(&cloud).await, vec![2, 2]);
+    let (ok, out) = cloud.command(&kms, &["reseal", "--to", "kms"]);
+    assert!(
+        ok && out.contains("resealed 0 of 2") && out.contains("2 already there"),
+        "idempotent: {out}"
+    );
+
+    // The server runs on the resealed secrets.
+    cloud.restart(&kms);
+    assert_eq!(cloud.enroll("resealed-1").await, 200);
+
+    // Key rotation: a new key; old values still open, reseal moves them.
+    let second = moto.create_key().await;
+    let rotated = kms_toml(moto.addr, &second);
+    cloud.restart(&rotated);
+    assert_eq!(
+        cloud.enroll("rotated-1").await,
+        200,
+        "values under the old key still open"
+    );
+    let (ok, out) = cloud.command(&rotated, &["reseal", "--to", "kms"]);
+    assert!(ok, "{out}");
+    let mut conn = cloud.owner_connection().await;
+    let blobs: Vec<Vec<u8>> = sqlx::query_scalar(
+        "SELECT sealed_key FROM certificate_authorities UNION ALL SELECT sealed_private_key FROM signing_keys",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    for blob in &blobs {
+        assert!(
+            kms_parts(blob).0.ends_with(&second),
+            "re-wrapped under the new key"
+        );
+    }
+
+    // And back to the local master key.
+    let (ok, out) = cloud.command(&rotated, &["reseal", "--to", "local"]);
+    assert!(ok, "{out}");
+    assert!(
+        sealed_formats(&cloud).await.iter().all(|f| *f == 1),
+        "{out}"
+    );
+    cloud.restart("");
+    assert_eq!(cloud.enroll("local-again").await, 200);
 }

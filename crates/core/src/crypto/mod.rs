@@ -3,5 +3,6 @@
 //! generating and hashing high-entropy secrets.
 
 pub mod kms;
+pub mod reseal;
 pub mod sealing;
 pub mod secrets;

@@ -26,7 +26,7 @@ use aes_gcm::{Aes256Gcm, Nonce};
 use aws_sdk_kms::error::ProvideErrorMetadata;
 use aws_sdk_kms::primitives::Blob;
 use mobius_core::crypto::kms::KmsSettings;
-use mobius_core::crypto::sealing::{LocalSealer, SealContext, SealError, SecretSealer};
+use mobius_core::crypto::sealing::{SealContext, SealError, SecretSealer};
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
@@ -372,9 +372,4 @@ impl SecretSealer for KmsSealer {
             )
             .map_err(|_| SealError::Unsealable)
     }
-}
-
-/// A local sealer as a trait object, for `reseal --to local`.
-pub fn local_sealer(key: LocalSealer) -> std::sync::Arc<dyn SecretSealer> {
-    std::sync::Arc::new(key)
 }
