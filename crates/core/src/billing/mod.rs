@@ -252,10 +252,10 @@ impl Store {
                 if customer_id.is_some() {
                     next.stripe_customer_id = customer_id.clone();
                 }
-                if next.stripe_subscription_id.is_none() || !next.status.keeps_paid_terms() {
-                    if let Some(sub) = subscription_id {
-                        next.stripe_subscription_id = Some(sub.clone());
-                    }
+                if (next.stripe_subscription_id.is_none() || !next.status.keeps_paid_terms())
+                    && let Some(sub) = subscription_id
+                {
+                    next.stripe_subscription_id = Some(sub.clone());
                 }
             }
             BillingChange::Subscription {

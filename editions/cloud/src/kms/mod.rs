@@ -207,6 +207,9 @@ impl KmsSealer {
                 SealError::KeyService("GenerateDataKey returned no wrapped key".into())
             })?;
         let key_id = out.key_id().unwrap_or(&self.key_id).to_owned();
+        // Opening what was just sealed needs no Decrypt.
+        self.remember(Self::open_cache_key(&pairs, &wrapped), plaintext)
+            .await;
         sealing.insert(
             pairs,
             DataKey {
@@ -220,6 +223,31 @@ impl KmsSealer {
         Ok((plaintext, wrapped, key_id))
     }
 
+    /// The open cache's key: context pairs and wrapped key together, so
+    /// a data key known for one context is never used for another.
+    fn open_cache_key(pairs: &(String, &'static str), wrapped: &[u8]) -> [u8; 32] {
+        let mut digest = Sha256::new();
+        digest.update(pairs.0.as_bytes());
+        digest.update([0]);
+        digest.update(pairs.1.as_bytes());
+        digest.update([0]);
+        digest.update(wrapped);
+        digest.finalize().into()
+    }
+
+    /// Keeps an unwrapped data key, evicting the oldest beyond the bound.
+    async fn remember(&self, cache_key: [u8; 32], key: [u8; 32]) {
+        let mut opened = self.opened.lock().await;
+        if opened.keys.insert(cache_key, key).is_none() {
+            opened.order.push_back(cache_key);
+        }
+        while opened.order.len() > self.open_entries {
+            if let Some(old) = opened.order.pop_front() {
+                opened.keys.remove(&old);
+            }
+        }
+    }
+
     async fn unwrap_key(
         &self,
         context: &SealContext,
@@ -227,13 +255,7 @@ impl KmsSealer {
         wrapped: &[u8],
     ) -> Result<[u8; 32], SealError> {
         let pairs = Self::pairs(context);
-        let mut digest = Sha256::new();
-        digest.update(pairs.0.as_bytes());
-        digest.update([0]);
-        digest.update(pairs.1.as_bytes());
-        digest.update([0]);
-        digest.update(wrapped);
-        let cache_key: [u8; 32] = digest.finalize().into();
+        let cache_key = Self::open_cache_key(&pairs, wrapped);
         if let Some(key) = self.opened.lock().await.keys.get(&cache_key) {
             return Ok(*key);
         }
@@ -260,15 +282,7 @@ impl KmsSealer {
             .unwrap_or_default()
             .try_into()
             .map_err(|_| SealError::KeyService("Decrypt returned no 32-byte key".into()))?;
-        let mut opened = self.opened.lock().await;
-        if opened.keys.insert(cache_key, key).is_none() {
-            opened.order.push_back(cache_key);
-        }
-        while opened.order.len() > self.open_entries {
-            if let Some(old) = opened.order.pop_front() {
-                opened.keys.remove(&old);
-            }
-        }
+        self.remember(cache_key, key).await;
         Ok(key)
     }
 }
