@@ -25,6 +25,9 @@ pub const TENANT_TABLES: &[&str] = &[
     "sso_login_states",
     "sso_identities",
     "sso_replay_cache",
+    "billing_plans",
+    "billing_stripe_events",
+    "billing_usage_days",
 ];
 
 /// Tables without `tenant_id` that the request role may still use, with
@@ -47,6 +50,11 @@ pub const LOOKUP_FUNCTION_SIGNATURES: &[&str] = &[
     "mobius_audit_chain(jsonb)",
     "mobius_claim_enrollment_token(bytea)",
     "mobius_tenant_by_slug(text)",
+    "mobius_billing_customer_tenant(text)",
+    "mobius_billing_tenant_exists(uuid)",
+    "mobius_billing_plans_since(timestamptz)",
+    "mobius_billing_tenants()",
+    "mobius_billing_usage(date, date)",
 ];
 
 /// The tenant of the current transaction, or NULL (never an error) when

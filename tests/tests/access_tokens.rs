@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use mobius_core::Uuid;
-use mobius_core::crypto::sealing::{LocalSealer, SecretSealer};
+use mobius_core::crypto::sealing::{LocalSealer, SealContext, SecretSealer};
 use mobius_core::identity::access_tokens::{AccessTokenError, AccessTokens};
 use mobius_tests::{Backend, TestStore};
 
@@ -78,24 +78,39 @@ async fn signing_keys_cannot_be_opened_with_another_master_key() {
 #[tokio::test]
 async fn sealed_values_are_bound_to_their_context() {
     let sealer = LocalSealer::new(&[9u8; 32]);
-    let sealed = sealer.seal("tenant-a", b"secret key bytes").await.unwrap();
+    let sealed = sealer
+        .seal(
+            &SealContext::platform("test", "tenant-a"),
+            b"secret key bytes",
+        )
+        .await
+        .unwrap();
     assert!(
         !sealed.windows(6).any(|w| w == b"secret"),
         "ciphertext must not contain the plaintext"
     );
     assert_eq!(
-        sealer.open("tenant-a", &sealed).await.unwrap(),
+        sealer
+            .open(&SealContext::platform("test", "tenant-a"), &sealed)
+            .await
+            .unwrap(),
         b"secret key bytes"
     );
     assert!(
-        sealer.open("tenant-b", &sealed).await.is_err(),
+        sealer
+            .open(&SealContext::platform("test", "tenant-b"), &sealed)
+            .await
+            .is_err(),
         "another context cannot open it"
     );
     let mut flipped = sealed.clone();
     let last = flipped.len() - 1;
     flipped[last] ^= 1;
     assert!(
-        sealer.open("tenant-a", &flipped).await.is_err(),
+        sealer
+            .open(&SealContext::platform("test", "tenant-a"), &flipped)
+            .await
+            .is_err(),
         "a flipped bit is detected"
     );
 }

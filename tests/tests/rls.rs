@@ -157,8 +157,35 @@ async fn two_populated_tenants(store: &Store) -> (Uuid, Uuid) {
             .await
             .unwrap();
         scope.commit().await.unwrap();
+        // Billing: a plan and a processed Stripe event.
+        let found = store
+            .billing_tenant(None, Some(tenant.id))
+            .await
+            .unwrap()
+            .unwrap();
+        store
+            .apply_billing_event(
+                &found,
+                &mobius_core::billing::BillingEvent {
+                    id: format!("evt_{slug}"),
+                    event_type: "checkout.session.completed".into(),
+                    created: chrono::Utc::now(),
+                    change: mobius_core::billing::BillingChange::CheckoutCompleted {
+                        customer_id: Some(format!("cus_{slug}")),
+                        subscription_id: None,
+                    },
+                },
+                &mobius_core::billing::PlanCatalog::new(&Default::default()).unwrap(),
+            )
+            .await
+            .unwrap();
         ids.push(tenant.id);
     }
+    // Billing: a usage row per tenant.
+    store
+        .record_billing_usage(chrono::Utc::now())
+        .await
+        .unwrap();
     (ids[0], ids[1])
 }
 
@@ -476,6 +503,55 @@ async fn cross_tenant_lookups_return_only_ids() {
         store.default_tenant().await.unwrap().map(|t| t.id()),
         Some(a)
     );
+    // Billing: the tenant of a Stripe customer id, an existing tenant id,
+    // every tenant's id, changed plans, usage rows.
+    let found = |t: Option<mobius_core::db::FoundTenant>| t.map(|t| t.id());
+    assert_eq!(
+        found(store.billing_tenant(Some("cus_bravo"), None).await.unwrap()),
+        Some(b)
+    );
+    assert_eq!(
+        found(
+            store
+                .billing_tenant(Some("cus_nobody"), None)
+                .await
+                .unwrap()
+        ),
+        None
+    );
+    assert_eq!(
+        found(
+            store
+                .billing_tenant(Some("cus_alpha"), Some(b))
+                .await
+                .unwrap()
+        ),
+        Some(a)
+    );
+    assert_eq!(
+        found(
+            store
+                .billing_tenant(None, Some(Uuid::now_v7()))
+                .await
+                .unwrap()
+        ),
+        None
+    );
+    let mut all = store.billing_tenant_ids().await.unwrap();
+    all.sort();
+    let mut expected = vec![a, b];
+    expected.sort();
+    assert_eq!(all, expected);
+    assert_eq!(
+        store
+            .billing_plans_since(chrono::DateTime::UNIX_EPOCH)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    let today = chrono::Utc::now().date_naive();
+    assert_eq!(store.billing_usage(today, today).await.unwrap().len(), 2);
 
     // The functions are the only way across: the app role cannot call
     // anything that returns rows, and PUBLIC has no EXECUTE on them.

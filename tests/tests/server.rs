@@ -325,7 +325,7 @@ fn each_edition_binary_names_its_own_services() {
         (
             "mobius-server-cloud",
             "(cloud edition)",
-            Some("[cloud: KMS sealing not built yet]"),
+            Some("[cloud: no [kms] settings]"),
         ),
     ] {
         let output = Command::new(workspace_binary(binary))

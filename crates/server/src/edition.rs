@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use mobius_core::Store;
 use mobius_core::authz::{Entitlements, FixedDeviceLimit};
 use mobius_core::crypto::sealing::{LocalSealer, SecretSealer};
 use secrecy::ExposeSecret;
@@ -70,12 +71,21 @@ pub struct ServiceNames {
 }
 
 /// One implementation per edition, chosen by the binary.
+#[async_trait::async_trait]
 pub trait EditionProvider: Send + Sync {
     /// Names the services [`EditionProvider::build`] would use, without
     /// side effects (no key file is created).
     fn describe(&self, settings: &Settings) -> ServiceNames;
 
     fn build(&self, settings: &Settings) -> anyhow::Result<EditionServices>;
+
+    /// The services `serve` runs with, once the store is open: what
+    /// [`EditionProvider::build`] makes, plus anything that needs the
+    /// store or a network check before the server may listen (the cloud
+    /// edition's plan cache, webhook routes, KMS reachability).
+    async fn start(&self, settings: &Settings, _store: &Store) -> anyhow::Result<EditionServices> {
+        self.build(settings)
+    }
 }
 
 /// The OSS services: AES-256-GCM sealing under a local master key, and the
@@ -106,6 +116,7 @@ impl LocalServices {
     }
 }
 
+#[async_trait::async_trait]
 impl EditionProvider for LocalServices {
     fn describe(&self, settings: &Settings) -> ServiceNames {
         ServiceNames {

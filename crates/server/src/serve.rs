@@ -111,7 +111,7 @@ impl Server {
             tracing::info!(tenant_id = %tenant_id.id(), "empty store: created the default tenant and its default site");
         }
         let names = edition.provider.describe(settings);
-        let services = edition.provider.build(settings)?;
+        let services = edition.provider.start(settings, &store).await?;
         tracing::info!(
             edition = edition.name,
             sealer = %names.sealer,
@@ -214,6 +214,7 @@ impl Server {
                 limiter,
                 devices: device_admin,
                 sealer: services.sealer.clone(),
+                entitlements: services.entitlements.clone(),
             })),
             store: store.clone(),
             identity,

@@ -102,6 +102,12 @@ pub struct Settings {
     /// URL from it. Unset: taken from each request's `Host` header, which
     /// is only right when nothing rewrites it in between.
     pub public_url: Option<String>,
+    /// Stripe billing and the price → plan mapping (cloud edition, feature
+    /// `billing`); see docs/operations/billing.md.
+    pub billing: Option<mobius_core::billing::BillingSettings>,
+    /// AWS KMS envelope sealing (cloud edition, feature `kms`); see
+    /// docs/operations/kms.md.
+    pub kms: Option<mobius_core::crypto::kms::KmsSettings>,
 }
 
 impl Default for Settings {
@@ -136,6 +142,8 @@ impl Default for Settings {
             client_read_timeout_secs: 10,
             device_limit: None,
             public_url: None,
+            billing: None,
+            kms: None,
         }
     }
 }

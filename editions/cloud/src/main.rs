@@ -1,7 +1,14 @@
 //! `mobius-server-cloud`, the cloud edition: multi-tenant on Postgres, with
 //! the cloud-only features this binary was built with. Its services are
-//! built by [`services::CloudServices`].
+//! built by [`services::CloudServices`]; the cloud-only commands
+//! (`reseal`, `usage export`) are in [`commands`].
 
+#[cfg(feature = "billing")]
+mod billing;
+mod commands;
+#[cfg(feature = "kms")]
+mod kms;
+mod sealer;
 mod services;
 
 use mobius_server::Edition;
@@ -16,12 +23,19 @@ const FEATURES: &[&str] = &[
     "kms",
 ];
 
+pub const EDITION: Edition = Edition {
+    name: "cloud",
+    binary: "mobius-server-cloud",
+    requires_postgres: true,
+    features: FEATURES,
+    provider: &services::CloudServices,
+};
+
 fn main() -> std::process::ExitCode {
-    mobius_server::cli::main(Edition {
-        name: "cloud",
-        binary: "mobius-server-cloud",
-        requires_postgres: true,
-        features: FEATURES,
-        provider: &services::CloudServices,
-    })
+    // The cloud-only commands come first on the command line; everything
+    // else is the server's own command line.
+    match std::env::args().nth(1).as_deref() {
+        Some("reseal") | Some("usage") => commands::main(),
+        _ => mobius_server::cli::main(EDITION),
+    }
 }

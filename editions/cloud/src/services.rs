@@ -1,28 +1,69 @@
-//! The cloud edition's services. Cloud-only implementations live beside
-//! this file, behind the crate's features: AWS KMS sealing (`kms`) and
-//! entitlements from the tenant's billing plan (`billing`) arrive with
-//! their issues; until then the cloud binary seals with the local master
-//! key and applies the `device_limit` setting per tenant, and says so in
-//! its start-up log and `config` output.
+//! The cloud edition's services: entitlements from each tenant's billing
+//! plan (feature `billing`, when `[billing]` is configured) and AWS KMS
+//! envelope sealing (feature `kms`, when `[kms]` is configured). Without
+//! a section the cloud binary falls back to the OSS service (local
+//! master key; the `device_limit` setting) and says so in its start-up
+//! log and `config` output.
 
+use std::sync::Arc;
+
+use mobius_core::Store;
 use mobius_server::Settings;
 use mobius_server::edition::{EditionProvider, EditionServices, LocalServices, ServiceNames};
 
 pub struct CloudServices;
 
+#[async_trait::async_trait]
 impl EditionProvider for CloudServices {
     fn describe(&self, settings: &Settings) -> ServiceNames {
         let local = LocalServices.describe(settings);
         ServiceNames {
-            sealer: format!("{} [cloud: KMS sealing not built yet]", local.sealer),
-            entitlements: format!(
-                "{} per tenant [cloud: billing plans not built yet]",
-                local.entitlements
-            ),
+            sealer: crate::sealer::describe(settings, &local.sealer),
+            entitlements: match &settings.billing {
+                #[cfg(feature = "billing")]
+                Some(billing) => match mobius_core::billing::PlanCatalog::new(billing) {
+                    Ok(catalog) => {
+                        use mobius_core::authz::Entitlements;
+                        crate::billing::PlanEntitlements::new(catalog.free().clone()).describe()
+                    }
+                    Err(err) => format!("invalid billing settings: {err}"),
+                },
+                _ => format!(
+                    "{} per tenant [cloud: no [billing] settings]",
+                    local.entitlements
+                ),
+            },
         }
     }
 
+    /// The services without the store: the sealer (for `rotate-signing-key`
+    /// and `reseal`) and the fallback entitlements.
     fn build(&self, settings: &Settings) -> anyhow::Result<EditionServices> {
-        LocalServices.build(settings)
+        let local = LocalServices.build(settings)?;
+        Ok(EditionServices {
+            sealer: crate::sealer::build(settings)?,
+            entitlements: local.entitlements,
+            routes: axum::Router::new(),
+        })
+    }
+
+    async fn start(&self, settings: &Settings, store: &Store) -> anyhow::Result<EditionServices> {
+        let mut services = self.build(settings)?;
+        crate::sealer::check(&services.sealer).await?;
+        #[cfg(feature = "billing")]
+        if let Some(billing) = &settings.billing {
+            let started = crate::billing::start(billing, store).await?;
+            services.entitlements = started.entitlements as Arc<_>;
+            services.routes = services.routes.merge(started.routes);
+        }
+        #[cfg(not(feature = "billing"))]
+        if settings.billing.is_some() {
+            anyhow::bail!(
+                "[billing] is set, but this binary was built without the `billing` feature"
+            );
+        }
+        #[cfg(not(feature = "billing"))]
+        let _ = store;
+        Ok(services)
     }
 }

@@ -2,5 +2,7 @@
 //! [`sealing::SecretSealer`] trait, one implementation per edition) and
 //! generating and hashing high-entropy secrets.
 
+pub mod kms;
+pub mod reseal;
 pub mod sealing;
 pub mod secrets;

@@ -9,6 +9,7 @@ use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use sea_orm::prelude::Uuid;
 
 /// Sealing failed, or a sealed value is corrupt or belongs elsewhere.
 #[derive(Debug, thiserror::Error)]
@@ -17,19 +18,75 @@ pub enum SealError {
     Unsealable,
     #[error("master key: {0}")]
     MasterKey(String),
+    /// The key service (KMS) failed or could not be reached; the text is
+    /// for the log, never for a client.
+    #[error("key service: {0}")]
+    KeyService(String),
 }
 
-/// Seals and opens small secrets. `context` is bound to the ciphertext
-/// (AES-GCM associated data; a KMS encryption context), so a value sealed
-/// for one key id or tenant cannot be replayed as another's.
+/// What a sealed secret is bound to: its tenant (none for platform-wide
+/// secrets such as the JWT signing keys), its purpose, and the row it
+/// belongs to. Sealers bind all of it to the ciphertext, so a value
+/// sealed for one tenant, purpose or key id cannot be replayed as
+/// another's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SealContext {
+    tenant_id: Option<Uuid>,
+    purpose: &'static str,
+    subject: String,
+}
+
+impl SealContext {
+    /// A secret of one tenant (`purpose` e.g. `tenant-ca`, `subject` the
+    /// row's id).
+    pub fn tenant(tenant_id: Uuid, purpose: &'static str, subject: impl std::fmt::Display) -> Self {
+        SealContext {
+            tenant_id: Some(tenant_id),
+            purpose,
+            subject: subject.to_string(),
+        }
+    }
+
+    /// A secret of the platform itself, not of any tenant.
+    pub fn platform(purpose: &'static str, subject: impl std::fmt::Display) -> Self {
+        SealContext {
+            tenant_id: None,
+            purpose,
+            subject: subject.to_string(),
+        }
+    }
+
+    pub fn tenant_id(&self) -> Option<Uuid> {
+        self.tenant_id
+    }
+
+    pub fn purpose(&self) -> &'static str {
+        self.purpose
+    }
+
+    /// The whole context as one string, for AES-GCM associated data:
+    /// `mobius:<purpose>:<tenant>:<subject>` (no tenant part for platform
+    /// secrets), the exact strings used before this type existed, so
+    /// values sealed then still open.
+    pub fn associated_data(&self) -> String {
+        match self.tenant_id {
+            Some(tenant) => format!("mobius:{}:{tenant}:{}", self.purpose, self.subject),
+            None => format!("mobius:{}:{}", self.purpose, self.subject),
+        }
+    }
+}
+
+/// Seals and opens small secrets, each bound to its [`SealContext`]
+/// (AES-GCM associated data; a KMS encryption context).
 #[async_trait::async_trait]
 pub trait SecretSealer: Send + Sync + std::fmt::Debug {
-    async fn seal(&self, context: &str, plaintext: &[u8]) -> Result<Vec<u8>, SealError>;
-    async fn open(&self, context: &str, sealed: &[u8]) -> Result<Vec<u8>, SealError>;
+    async fn seal(&self, context: &SealContext, plaintext: &[u8]) -> Result<Vec<u8>, SealError>;
+    async fn open(&self, context: &SealContext, sealed: &[u8]) -> Result<Vec<u8>, SealError>;
 }
 
 /// Format version of [`LocalSealer`] output: `1 || nonce(12) || ciphertext+tag`.
-const LOCAL_FORMAT_V1: u8 = 1;
+/// (Other sealers use other first bytes, so `reseal` can tell them apart.)
+pub const LOCAL_FORMAT_V1: u8 = 1;
 
 /// AES-256-GCM under a 32-byte master key.
 pub struct LocalSealer {
@@ -89,7 +146,8 @@ impl LocalSealer {
 
 #[async_trait::async_trait]
 impl SecretSealer for LocalSealer {
-    async fn seal(&self, context: &str, plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
+    async fn seal(&self, context: &SealContext, plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
+        let aad = context.associated_data();
         let nonce_bytes: [u8; 12] = rand::random();
         let ciphertext = self
             .cipher
@@ -97,7 +155,7 @@ impl SecretSealer for LocalSealer {
                 &Nonce::from(nonce_bytes),
                 Payload {
                     msg: plaintext,
-                    aad: context.as_bytes(),
+                    aad: aad.as_bytes(),
                 },
             )
             .map_err(|_| SealError::Unsealable)?;
@@ -108,7 +166,8 @@ impl SecretSealer for LocalSealer {
         Ok(out)
     }
 
-    async fn open(&self, context: &str, sealed: &[u8]) -> Result<Vec<u8>, SealError> {
+    async fn open(&self, context: &SealContext, sealed: &[u8]) -> Result<Vec<u8>, SealError> {
+        let aad = context.associated_data();
         let (&version, rest) = sealed.split_first().ok_or(SealError::Unsealable)?;
         if version != LOCAL_FORMAT_V1 || rest.len() < 12 + 16 {
             return Err(SealError::Unsealable);
@@ -120,7 +179,7 @@ impl SecretSealer for LocalSealer {
                 &Nonce::from(nonce),
                 Payload {
                     msg: ciphertext,
-                    aad: context.as_bytes(),
+                    aad: aad.as_bytes(),
                 },
             )
             .map_err(|_| SealError::Unsealable)

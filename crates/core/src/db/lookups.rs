@@ -303,3 +303,133 @@ impl Store {
         }))
     }
 }
+
+/// Billing's cross-tenant lookups (cloud): the tenant of a Stripe
+/// customer, whether a tenant id exists, the plans changed since a time,
+/// every tenant's id, and the usage rows for the operator's export.
+impl Store {
+    /// The tenant whose plan carries this Stripe customer id
+    /// (`mobius_billing_customer_tenant`).
+    pub(crate) async fn tenant_by_stripe_customer(
+        &self,
+        customer_id: &str,
+    ) -> StoreResult<Option<FoundTenant>> {
+        crate::db::no_nul("customer", customer_id)?;
+        let sql = match self.backend {
+            Backend::Postgres => "SELECT mobius_billing_customer_tenant($1) AS id",
+            Backend::Sqlite => {
+                "SELECT tenant_id AS id FROM billing_plans WHERE stripe_customer_id = ?"
+            }
+        };
+        Ok(self
+            .lookup_one(sql, vec![customer_id.into()])
+            .await?
+            .map(FoundTenant::new))
+    }
+
+    /// `id` as a proof if such a tenant exists (`mobius_billing_tenant_exists`).
+    pub(crate) async fn existing_tenant(&self, id: Uuid) -> StoreResult<Option<FoundTenant>> {
+        let sql = match self.backend {
+            Backend::Postgres => "SELECT mobius_billing_tenant_exists($1) AS id",
+            Backend::Sqlite => "SELECT id FROM tenants WHERE id = ?",
+        };
+        Ok(self
+            .lookup_one(sql, vec![id.into()])
+            .await?
+            .map(FoundTenant::new))
+    }
+
+    /// Every tenant's id (`mobius_billing_tenants`), for jobs that visit
+    /// each tenant in its own scope.
+    pub async fn billing_tenant_ids(&self) -> StoreResult<Vec<Uuid>> {
+        let sql = match self.backend {
+            Backend::Postgres => "SELECT mobius_billing_tenants() AS id",
+            Backend::Sqlite => "SELECT id FROM tenants ORDER BY id",
+        };
+        let rows = self
+            .db
+            .query_all_raw(Statement::from_string(self.db_backend(), sql))
+            .await?;
+        rows.iter()
+            .map(|row| Ok(row.try_get::<Uuid>("", "id")?))
+            .collect()
+    }
+
+    /// Plans written after `since` (`mobius_billing_plans_since`), for
+    /// the cloud entitlement cache.
+    pub async fn billing_plans_since(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<Vec<crate::billing::PlanSnapshot>> {
+        let sql = match self.backend {
+            Backend::Postgres => {
+                "SELECT tenant_id, tier, device_limit, features, status, grace_until, updated_at \
+                 FROM mobius_billing_plans_since($1)"
+            }
+            Backend::Sqlite => {
+                "SELECT tenant_id, tier, device_limit, features, status, grace_until, updated_at \
+                 FROM billing_plans WHERE updated_at > ?"
+            }
+        };
+        let rows = self
+            .db
+            .query_all_raw(Statement::from_sql_and_values(
+                self.db_backend(),
+                sql,
+                [since.into()],
+            ))
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(crate::billing::snapshot_from_parts(
+                    row.try_get("", "tenant_id")?,
+                    row.try_get("", "tier")?,
+                    row.try_get("", "device_limit")?,
+                    &row.try_get::<String>("", "features")?,
+                    &row.try_get::<String>("", "status")?,
+                    row.try_get("", "grace_until")?,
+                    row.try_get("", "updated_at")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Every tenant's daily usage from `from` to `to` inclusive
+    /// (`mobius_billing_usage`), for the operator's export.
+    pub async fn billing_usage(
+        &self,
+        from: chrono::NaiveDate,
+        to: chrono::NaiveDate,
+    ) -> StoreResult<Vec<crate::billing::UsageDay>> {
+        let sql = match self.backend {
+            Backend::Postgres => {
+                "SELECT tenant_id, tenant_slug, day, devices, active_devices \
+                 FROM mobius_billing_usage($1, $2)"
+            }
+            Backend::Sqlite => {
+                "SELECT u.tenant_id, t.slug AS tenant_slug, u.day, u.devices, u.active_devices \
+                 FROM billing_usage_days u JOIN tenants t ON t.id = u.tenant_id \
+                 WHERE u.day BETWEEN ? AND ? ORDER BY u.day, t.slug"
+            }
+        };
+        let rows = self
+            .db
+            .query_all_raw(Statement::from_sql_and_values(
+                self.db_backend(),
+                sql,
+                [from.into(), to.into()],
+            ))
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(crate::billing::UsageDay {
+                    tenant_id: row.try_get("", "tenant_id")?,
+                    tenant_slug: row.try_get("", "tenant_slug")?,
+                    day: row.try_get("", "day")?,
+                    devices: row.try_get("", "devices")?,
+                    active_devices: row.try_get("", "active_devices")?,
+                })
+            })
+            .collect()
+    }
+}

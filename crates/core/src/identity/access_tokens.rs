@@ -14,7 +14,7 @@ use sea_orm::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::RwLock;
 
-use crate::crypto::sealing::SecretSealer;
+use crate::crypto::sealing::{SealContext, SecretSealer};
 use crate::db::Store;
 use crate::db::entities::signing_key;
 use crate::db::{StoreError, StoreResult};
@@ -267,6 +267,6 @@ async fn create_key(store: &Store, sealer: &dyn SecretSealer) -> StoreResult<Uui
 
 /// Binds a sealed key to its id, so one key's ciphertext cannot stand in
 /// for another's.
-fn seal_context(kid: Uuid) -> String {
-    format!("mobius:jwt-signing-key:{kid}")
+pub fn seal_context(kid: Uuid) -> SealContext {
+    SealContext::platform("jwt-signing-key", kid)
 }

@@ -21,7 +21,7 @@ use sea_orm::{
 };
 
 use crate::audit::{Actor, AuditRecord};
-use crate::crypto::sealing::SecretSealer;
+use crate::crypto::sealing::{SealContext, SecretSealer};
 use crate::db::TenantScope;
 use crate::db::entities::certificate_authority;
 use crate::db::{StoreError, StoreResult, TrustedCa};
@@ -430,8 +430,8 @@ fn tenant_label(tenant_id: Uuid) -> String {
     format!("Mobius tenant {tenant_id}")
 }
 
-fn seal_context(tenant_id: Uuid, ca_id: Uuid) -> String {
-    format!("mobius:tenant-ca:{tenant_id}:{ca_id}")
+pub fn seal_context(tenant_id: Uuid, ca_id: Uuid) -> SealContext {
+    SealContext::tenant(tenant_id, "tenant-ca", ca_id)
 }
 
 fn to_offset(t: chrono::DateTime<chrono::Utc>) -> StoreResult<time::OffsetDateTime> {

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::entities::sso_login_state;
 use super::{Sso, SsoError, SsoResult};
-use crate::crypto::sealing::SecretSealer;
+use crate::crypto::sealing::{SealContext, SecretSealer};
 use crate::crypto::secrets;
 use crate::db::{Backend, StoreError, StoreResult};
 
@@ -39,8 +39,8 @@ pub struct TakenLogin {
     pub cli_challenge: Option<String>,
 }
 
-fn verifier_context(state_hash: &[u8]) -> String {
-    format!("sso-pkce:{}", hex::encode(state_hash))
+fn verifier_context(tenant_id: Uuid, state_hash: &[u8]) -> SealContext {
+    SealContext::tenant(tenant_id, "sso-pkce", hex::encode(state_hash))
 }
 
 impl Sso<'_> {
@@ -59,7 +59,7 @@ impl Sso<'_> {
         let pkce_verifier = secrets::generate("");
         let state_hash = secrets::sha256(&state);
         let sealed = sealer
-            .seal(&verifier_context(&state_hash), pkce_verifier.as_bytes())
+            .seal(&verifier_context(self.scope.tenant_id(), &state_hash), pkce_verifier.as_bytes())
             .await
             .map_err(StoreError::internal("sealing a PKCE verifier"))?;
         let now = Utc::now();
@@ -117,7 +117,7 @@ impl Sso<'_> {
             return Err(SsoError::InvalidState);
         }
         let verifier = sealer
-            .open(&verifier_context(&hash), &row.sealed_pkce_verifier)
+            .open(&verifier_context(self.scope.tenant_id(), &hash), &row.sealed_pkce_verifier)
             .await
             .map_err(StoreError::internal("opening a PKCE verifier"))?;
         let verifier = String::from_utf8(verifier)

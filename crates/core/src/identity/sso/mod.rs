@@ -85,6 +85,6 @@ impl TenantScope {
 /// The sealing context of a tenant's client secret: binds the ciphertext
 /// to the tenant, so one tenant's sealed secret cannot be replayed as
 /// another's.
-fn client_secret_context(tenant_id: uuid::Uuid) -> String {
-    format!("sso-client-secret:{tenant_id}")
+fn client_secret_context(tenant_id: uuid::Uuid) -> crate::crypto::sealing::SealContext {
+    crate::crypto::sealing::SealContext::tenant(tenant_id, "sso-client-secret", "oidc")
 }

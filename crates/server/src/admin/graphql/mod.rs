@@ -3,6 +3,7 @@
 //! path.
 
 mod audit;
+mod billing;
 mod devices;
 mod enrollment;
 pub(crate) mod errors;
@@ -126,6 +127,8 @@ pub struct Services {
     pub devices: DeviceAdmin,
     /// Seals SSO client secrets.
     pub sealer: Arc<dyn mobius_core::crypto::sealing::SecretSealer>,
+    /// The entitlement gate (the tenant's device limit, premium features).
+    pub entitlements: Arc<dyn mobius_core::authz::Entitlements>,
 }
 
 /// The device side, as the admin API needs it.
@@ -160,7 +163,8 @@ pub fn schema(services: Option<Services>) -> MobiusSchema {
             .data(services.identity)
             .data(services.limiter)
             .data(services.devices)
-            .data(sso::SsoSealer(services.sealer));
+            .data(sso::SsoSealer(services.sealer))
+            .data(services.entitlements);
     }
     builder.finish()
 }

@@ -3,7 +3,7 @@
 use crate::admin::graphql::prelude::*;
 
 #[derive(SimpleObject, Clone)]
-#[graphql(name = "Tenant")]
+#[graphql(name = "Tenant", complex)]
 pub struct TenantNode {
     pub id: ID,
     pub name: String,
