@@ -320,12 +320,18 @@ fn cloud_edition_requires_postgres() {
 #[test]
 fn each_edition_binary_names_its_own_services() {
     let dir = tempfile::tempdir().unwrap();
-    for (binary, edition, marker) in [
-        ("mobius-server", "(oss edition)", None),
+    for (binary, edition, marker, entitlements) in [
+        (
+            "mobius-server",
+            "(oss edition)",
+            None,
+            "# entitlements: free tier, no license (10000 devices, capped at 7 devices by `device_limit`)",
+        ),
         (
             "mobius-server-cloud",
             "(cloud edition)",
             Some("[cloud: KMS sealing not built yet]"),
+            "# entitlements: fixed device limit (7 devices per tenant)",
         ),
     ] {
         let output = Command::new(workspace_binary(binary))
@@ -340,10 +346,7 @@ fn each_edition_binary_names_its_own_services() {
             stdout.contains("# sealer: local AES-256-GCM (master key file"),
             "{binary}: {stdout}"
         );
-        assert!(
-            stdout.contains("# entitlements: fixed device limit (7 devices per tenant)"),
-            "{binary}: {stdout}"
-        );
+        assert!(stdout.contains(entitlements), "{binary}: {stdout}");
         match marker {
             Some(marker) => assert!(stdout.contains(marker), "{binary}: {stdout}"),
             None => assert!(!stdout.contains("[cloud:"), "{binary}: {stdout}"),

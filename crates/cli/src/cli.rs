@@ -152,12 +152,34 @@ pub enum Command {
     #[command(subcommand)]
     Audit(AuditCommand),
 
+    /// Show the license: tier, device limit, expiry and premium features
+    #[command(subcommand)]
+    License(LicenseCommand),
+
     /// Run any GraphQL query or mutation and print its data as JSON
     #[command(
         after_help = "Example:\n  mobius graphql 'query($n: Int) { sites(first: $n) { nodes { id name } } }' \
                       --variables '{\"n\": 5}'"
     )]
     Graphql(GraphqlArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LicenseCommand {
+    /// Show the license in force: state (valid, expiring, grace, expired,
+    /// free), tier, organization, devices used of the limit, expiry and days
+    /// left, and which premium features are available
+    #[command(
+        long_about = "Show the license in force: state (valid, expiring, grace, expired, free), \
+                      tier, organization, devices used of the limit, expiry and days left, and \
+                      which premium features are available.\n\n\
+                      A warning is printed on stderr from 30 days before expiry. Needs a role \
+                      that may manage the tenant (owner or admin). The license itself is set on \
+                      the server (setting `license_key` or the file license.key in its data \
+                      directory), not with this command.",
+        after_help = "Example:\n  mobius license status\n  mobius license status --output json | jq .daysLeft"
+    )]
+    Status,
 }
 
 #[derive(Debug, Args)]

@@ -13,6 +13,7 @@ pub mod db;
 pub mod devices;
 pub mod enrollment;
 pub mod identity;
+pub mod licensing;
 pub mod pki;
 pub mod tenancy;
 

@@ -54,6 +54,8 @@ pub struct Server {
     setup_code: Option<String>,
     devices: DeviceSide,
     client_read_timeout_secs: u64,
+    /// The gate and the default tenant, for the daily license log line.
+    license_watch: (Arc<dyn mobius_core::authz::Entitlements>, mobius_core::Uuid),
 }
 
 /// The device listener and what runs beside it.
@@ -212,10 +214,12 @@ impl Server {
                 identity: identity.clone(),
                 limiter,
                 devices: device_admin,
+                entitlements: services.entitlements.clone(),
             })),
             store: store.clone(),
             identity,
             api_token_usage: api_token_usage.clone(),
+            entitlements: services.entitlements.clone(),
         };
         let state = AppState {
             store: store.clone(),
@@ -232,6 +236,7 @@ impl Server {
             setup_code,
             devices,
             client_read_timeout_secs: settings.client_read_timeout_secs,
+            license_watch: (services.entitlements.clone(), tenant_id.id()),
         })
     }
 
@@ -307,6 +312,10 @@ impl Server {
             )),
             tokio::spawn(jobs::reload_trust_periodically(devices.trust.clone())),
             tokio::spawn(jobs::chain_audit_periodically(self.store.clone())),
+            tokio::spawn(jobs::log_license_daily(
+                self.license_watch.0.clone(),
+                self.license_watch.1,
+            )),
         ];
         // After the setup code and the device listener, so whoever waits
         // for this line has all three.

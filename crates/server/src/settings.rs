@@ -95,8 +95,18 @@ pub struct Settings {
     /// send each request's head, on both listeners; slower ones are
     /// disconnected, so held-open half requests cannot pile up.
     pub client_read_timeout_secs: u64,
-    /// Most devices a tenant may enroll (unset: no limit).
+    /// Most devices a tenant may enroll (unset: no limit). With a
+    /// license (OSS), the lower of this and the license's limit applies.
     pub device_limit: Option<u64>,
+    /// The license (a signed JWT). Without it, `<data_dir>/license.key` is
+    /// read if present; without either, the free tier applies.
+    #[serde(serialize_with = "redact_secret")]
+    pub license_key: Option<SecretString>,
+    /// Also trust the public test key for licenses. Honoured only by debug
+    /// builds (a release binary refuses to start with it): tests sign
+    /// licenses with that key, and a production binary must never accept
+    /// them. See docs/operations/license.md.
+    pub license_trust_test_key: bool,
 }
 
 impl Default for Settings {
@@ -130,6 +140,8 @@ impl Default for Settings {
             last_seen_write_after_secs: 60,
             client_read_timeout_secs: 10,
             device_limit: None,
+            license_key: None,
+            license_trust_test_key: false,
         }
     }
 }
@@ -166,6 +178,8 @@ const SETTING_NAMES: &[&str] = &[
     "last_seen_write_after_secs",
     "client_read_timeout_secs",
     "device_limit",
+    "license_key",
+    "license_trust_test_key",
 ];
 
 /// Values given as command-line flags; `None` means "not given".

@@ -5,6 +5,9 @@
 //! key and applies the `device_limit` setting per tenant, and says so in
 //! its start-up log and `config` output.
 
+use std::sync::Arc;
+
+use mobius_core::authz::{Entitlements, FixedDeviceLimit};
 use mobius_server::Settings;
 use mobius_server::edition::{EditionProvider, EditionServices, LocalServices, ServiceNames};
 
@@ -17,12 +20,18 @@ impl EditionProvider for CloudServices {
             sealer: format!("{} [cloud: KMS sealing not built yet]", local.sealer),
             entitlements: format!(
                 "{} per tenant [cloud: billing plans not built yet]",
-                local.entitlements
+                FixedDeviceLimit(settings.device_limit).describe()
             ),
         }
     }
 
+    /// No license file in the cloud: a tenant's entitlements are its
+    /// plan's (the `device_limit` setting until billing plans arrive).
     fn build(&self, settings: &Settings) -> anyhow::Result<EditionServices> {
-        LocalServices.build(settings)
+        Ok(EditionServices {
+            sealer: LocalServices::sealer(settings)?,
+            entitlements: Arc::new(FixedDeviceLimit(settings.device_limit)),
+            routes: axum::Router::new(),
+        })
     }
 }

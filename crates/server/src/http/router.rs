@@ -49,6 +49,7 @@ pub fn router(state: AppState, settings: &Settings, graphql: Option<GraphqlState
         .fallback(not_found)
         .with_state(state.clone());
     if let Some(graphql) = graphql {
+        routes = routes.merge(crate::admin::rest::router(graphql.clone()));
         routes = routes.merge(
             Router::new()
                 .route(

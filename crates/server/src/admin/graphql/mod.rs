@@ -10,6 +10,7 @@ mod expansion;
 pub mod gate;
 mod identity;
 pub mod ids;
+mod licensing;
 mod loaders;
 mod node;
 mod pagination;
@@ -64,6 +65,7 @@ use axum::http::HeaderMap;
 use axum::http::header::{AUTHORIZATION, COOKIE, USER_AGENT};
 use axum::response::{Html, IntoResponse, Response};
 use mobius_core::Store;
+use mobius_core::authz::Entitlements;
 use mobius_core::identity::ApiTokenUsage;
 use mobius_core::identity::{Identity, IdentityError, RequestMeta};
 
@@ -85,6 +87,7 @@ pub struct QueryRoot(
     enrollment::EnrollmentQuery,
     audit::AuditQuery,
     node::NodeQuery,
+    licensing::LicenseQuery,
 );
 
 /// Mutations are split by area and merged.
@@ -113,6 +116,8 @@ pub struct GraphqlState {
     pub store: Store,
     pub identity: Identity,
     pub api_token_usage: Arc<ApiTokenUsage>,
+    /// The edition's entitlement gate (the REST license endpoints read it).
+    pub entitlements: Arc<dyn Entitlements>,
 }
 
 /// What resolvers use besides the request context.
@@ -121,6 +126,7 @@ pub struct Services {
     pub identity: Identity,
     pub limiter: LoginLimiter,
     pub devices: DeviceAdmin,
+    pub entitlements: Arc<dyn Entitlements>,
 }
 
 /// The device side, as the admin API needs it.
@@ -154,7 +160,8 @@ pub fn schema(services: Option<Services>) -> MobiusSchema {
             .data(WriteStore(services.store))
             .data(services.identity)
             .data(services.limiter)
-            .data(services.devices);
+            .data(services.devices)
+            .data(services.entitlements);
     }
     builder.finish()
 }

@@ -1,0 +1,498 @@
+//! Licenses end to end: the real `mobius-server` on Postgres, given
+//! licenses signed with the test key (trusted only by debug builds, and
+//! only with `license_trust_test_key`), and asked through REST, GraphQL,
+//! the CLI and its log what it grants.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use chrono::Utc;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use mobius_tests::{ServerProcess, TestDatabase, workspace_binary};
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+
+const PASSWORD: &str = "correct horse battery staple";
+const ISSUER: &str = "https://licenses.mobius.dev";
+const FREE_DEVICE_LIMIT: u64 = 10_000;
+
+/// The test key's private half (PKCS#8 DER). Public on purpose: only a
+/// debug build told `license_trust_test_key` trusts it.
+const TEST_PRIVATE_KEY: &str = "MC4CAQAwBQYDK2VwBCIEIKE4JCyumrQhEQEvV15+uv3jepXla891dTvbzsqf5AKV";
+
+/// A license signed with the test key, expiring `exp_days` from now.
+fn license(tier: &str, devices: u64, exp_days: i64) -> String {
+    license_with(json!({ "tier": tier, "devices": devices }), exp_days)
+}
+
+fn license_with(overrides: Value, exp_days: i64) -> String {
+    let exp = Utc::now() + chrono::Duration::days(exp_days);
+    let mut claims = json!({
+        "iss": ISSUER, "sub": "Acme Corp", "tier": "premium", "devices": 100,
+        "iat": (exp - chrono::Duration::days(365)).timestamp(),
+        "exp": exp.timestamp(), "jti": "lic-test-0001",
+    });
+    for (k, v) in overrides.as_object().unwrap() {
+        claims[k] = v.clone();
+    }
+    let der = STANDARD.decode(TEST_PRIVATE_KEY).unwrap();
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::EdDSA),
+        &claims,
+        &EncodingKey::from_ed_der(&der),
+    )
+    .unwrap()
+}
+
+/// A server on its own Postgres database, set up with an owner.
+struct Licensed {
+    _db: TestDatabase,
+    server: ServerProcess,
+    data_dir: tempfile::TempDir,
+    http: reqwest::Client,
+    token: String,
+}
+
+impl Licensed {
+    /// `license_key`: given as the setting; `license_file`: written to
+    /// `license.key` in the data directory before start.
+    async fn start(license_key: Option<&str>, license_file: Option<&str>) -> Licensed {
+        let db = TestDatabase::create().await;
+        let data_dir = tempfile::tempdir().unwrap();
+        if let Some(file) = license_file {
+            let dir = data_dir.path().join("mobius-data");
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("license.key"), format!("{file}\n")).unwrap();
+        }
+        let mut env = vec![("MOBIUS_LICENSE_TRUST_TEST_KEY", "true")];
+        if let Some(key) = license_key {
+            env.push(("MOBIUS_LICENSE_KEY", key));
+        }
+        let server = ServerProcess::start(
+            data_dir.path(),
+            &["--database-url", db.owner_url().expose_secret()],
+            &env,
+        );
+        let http = reqwest::Client::new();
+        let code = server.setup_code.clone().expect("setup code");
+        let setup: Value = http
+            .post(server.url("/api/graphql"))
+            .json(&json!({
+                "query": "mutation($i: SetupInput!) { setup(input: $i) { accessToken } }",
+                "variables": { "i": { "code": code, "email": "owner@acme.test", "password": PASSWORD, "displayName": "O" } },
+            }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let token = setup["data"]["setup"]["accessToken"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{setup}"))
+            .to_owned();
+        Licensed {
+            _db: db,
+            server,
+            data_dir,
+            http,
+            token,
+        }
+    }
+
+    async fn gql(&self, query: &str, variables: Value) -> Value {
+        self.http
+            .post(self.server.url("/api/graphql"))
+            .bearer_auth(&self.token)
+            .json(&json!({ "query": query, "variables": variables }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// `GET /api/v1/mobius/license/status` as the owner.
+    async fn status(&self) -> Value {
+        let response = self
+            .http
+            .get(self.server.url("/api/v1/mobius/license/status"))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+
+    /// `mobius license status` with the owner's token.
+    fn cli(&self, args: &[&str]) -> (Option<i32>, String, String) {
+        let output = Command::new(workspace_binary("mobius"))
+            .args(["--server", &self.server.url("")])
+            .args(args)
+            .env("MOBIUS_TOKEN", &self.token)
+            .env("MOBIUS_CONFIG_DIR", self.data_dir.path().join("cli"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
+    /// Enrolls a device with a fresh enrollment token; the status and body.
+    async fn enroll(&self, fingerprint: &str) -> (u16, Value) {
+        let sites = self.gql("{ sites { nodes { id } } }", json!({})).await;
+        let site = sites["data"]["sites"]["nodes"][0]["id"].as_str().unwrap();
+        let created = self
+            .gql(
+                "mutation($i: CreateEnrollmentTokenInput!) { createEnrollmentToken(input: $i) { token } }",
+                json!({ "i": { "siteId": site, "maxUses": 1 } }),
+            )
+            .await;
+        let token = created["data"]["createEnrollmentToken"]["token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{created}"));
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let csr = rcgen::CertificateParams::new(vec!["ignored.example".to_owned()])
+            .unwrap()
+            .serialize_request(&key)
+            .unwrap()
+            .pem()
+            .unwrap();
+        let ca = std::fs::read(self.data_dir.path().join("mobius-data/device-ca.pem")).unwrap();
+        let client = reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(&ca).unwrap()])
+            .build()
+            .unwrap();
+        let response = client
+            .post(format!(
+                "https://{}/api/v1/mobius/device/enroll",
+                self.server.device_addr
+            ))
+            .json(&json!({
+                "token": token, "csr_pem": csr, "host_fingerprint": fingerprint,
+                "facts": { "hostname": fingerprint, "os_name": "Debian", "os_version": "12", "kernel_version": "6.1",
+                           "architecture": "x86_64", "cpu_model": "test", "cpu_cores": 2, "memory_bytes": 1024,
+                           "uptime_secs": 1, "kvm_available": false, "agent_version": "test" }
+            }))
+            .send()
+            .await
+            .unwrap();
+        (
+            response.status().as_u16(),
+            response.json().await.unwrap_or(Value::Null),
+        )
+    }
+}
+
+const LICENSE_QUERY: &str = "{ license { source tier state effectiveTier organization deviceLimit deviceCount expiresAt daysLeft licenseId signedByTestKey features { name tier available } warning } }";
+
+#[tokio::test]
+async fn without_a_license_the_free_tier_applies_everywhere() {
+    let server = Licensed::start(None, None).await;
+    let status = server.status().await;
+    assert_eq!(status["state"], "free", "{status}");
+    assert_eq!(status["tier"], "free");
+    assert_eq!(status["source"], "license");
+    assert_eq!(status["device_limit"], FREE_DEVICE_LIMIT);
+    assert_eq!(status["device_count"], 0);
+    assert!(status["expires_at"].is_null() && status["warning"].is_null());
+    assert!(
+        status["features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["available"] == false && f["tier"] == "premium"),
+        "{status}"
+    );
+
+    let graphql = server.gql(LICENSE_QUERY, json!({})).await;
+    assert_eq!(graphql["data"]["license"]["state"], "free", "{graphql}");
+    assert_eq!(graphql["data"]["license"]["deviceLimit"], FREE_DEVICE_LIMIT);
+
+    let (code, stdout, stderr) = server.cli(&["license", "status", "--output", "json"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let cli: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(cli["state"], "free");
+    assert_eq!(cli["deviceCount"], 0);
+    let (code, stdout, _) = server.cli(&["license", "status"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        stdout.contains("free") && stdout.contains("0 of 10000"),
+        "{stdout}"
+    );
+
+    // PUT never changes the license: it says how to.
+    let put = server
+        .http
+        .put(server.server.url("/api/v1/mobius/license"))
+        .bearer_auth(&server.token)
+        .body("eyJ...")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 409);
+    let body: Value = put.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "CONFLICT");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("license_key") && message.contains("restart"),
+        "{message}"
+    );
+
+    // Admins only: no credential, no status.
+    let anonymous = server
+        .http
+        .get(server.server.url("/api/v1/mobius/license/status"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let body: Value = anonymous.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "UNAUTHENTICATED");
+    let garbage = server
+        .http
+        .get(server.server.url("/api/v1/mobius/license/status"))
+        .bearer_auth("not-a-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(garbage.status(), 401);
+}
+
+/// Runs `mobius-server serve` on the embedded store with `env`; it must
+/// exit with an error within 30 s. Returns its stderr.
+fn refused_start(env: &[(&str, &str)], license_file: Option<&str>) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    if let Some(file) = license_file {
+        std::fs::write(dir.path().join("license.key"), file).unwrap();
+    }
+    let mut child = Command::new(workspace_binary("mobius-server"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--device-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ])
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..600 {
+        if child.try_wait().unwrap().is_some() {
+            let output = child.wait_with_output().unwrap();
+            assert_ne!(output.status.code(), Some(0));
+            return format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stderr),
+                String::from_utf8_lossy(&output.stdout)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    panic!("mobius-server started with env {env:?}; it must refuse");
+}
+
+#[test]
+fn a_license_that_does_not_verify_stops_start_up_naming_the_problem() {
+    let good = license("premium", 10, 100);
+
+    // Signed by the test key, which is not trusted unless asked for.
+    let out = refused_start(&[("MOBIUS_LICENSE_KEY", &good)], None);
+    assert!(
+        out.contains("invalid license (from the setting `license_key`)")
+            && out.contains("signed by a key this binary does not trust"),
+        "{out}"
+    );
+
+    // Malformed, from the file.
+    let out = refused_start(&[], Some("this is not a license"));
+    assert!(
+        out.contains("invalid license (from the file") && out.contains("not a well-formed JWT"),
+        "{out}"
+    );
+
+    // Tampered: the claims changed after signing.
+    let mut parts: Vec<String> = good.split('.').map(str::to_owned).collect();
+    let tampered_claims = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
+        json!({"iss": ISSUER, "sub": "Acme Corp", "tier": "enterprise", "devices": 1_000_000,
+               "iat": 1, "exp": 4_000_000_000_i64, "jti": "x"})
+        .to_string(),
+    );
+    parts[1] = tampered_claims;
+    let out = refused_start(
+        &[
+            ("MOBIUS_LICENSE_KEY", &parts.join(".")),
+            ("MOBIUS_LICENSE_TRUST_TEST_KEY", "true"),
+        ],
+        None,
+    );
+    assert!(out.contains("does not trust"), "{out}");
+
+    // The right key, the wrong issuer.
+    let wrong_iss = license_with(json!({ "iss": "https://example.com" }), 100);
+    let out = refused_start(
+        &[
+            ("MOBIUS_LICENSE_KEY", &wrong_iss),
+            ("MOBIUS_LICENSE_TRUST_TEST_KEY", "true"),
+        ],
+        None,
+    );
+    assert!(
+        out.contains("issuer (`iss`) is \"https://example.com\""),
+        "{out}"
+    );
+
+    // An unknown tier.
+    let gold = license_with(json!({ "tier": "gold" }), 100);
+    let out = refused_start(
+        &[
+            ("MOBIUS_LICENSE_KEY", &gold),
+            ("MOBIUS_LICENSE_TRUST_TEST_KEY", "true"),
+        ],
+        None,
+    );
+    assert!(out.contains("claim `tier` is invalid"), "{out}");
+    // The token's text never appears in the message.
+    assert!(!out.contains(&gold), "{out}");
+}
+
+#[tokio::test]
+async fn an_expiring_license_warns_in_status_graphql_cli_and_log() {
+    // From the file in the data directory, 10 days left.
+    let key = license("premium", 50, 10);
+    let server = Licensed::start(None, Some(&key)).await;
+    let status = server.status().await;
+    assert_eq!(status["state"], "expiring", "{status}");
+    assert_eq!(status["tier"], "premium");
+    assert_eq!(status["effective_tier"], "premium");
+    assert_eq!(status["organization"], "Acme Corp");
+    assert_eq!(status["license_id"], "lic-test-0001");
+    assert_eq!(status["device_limit"], 50);
+    assert_eq!(status["signed_by_test_key"], true);
+    let days = status["days_left"].as_i64().unwrap();
+    assert!((9..=10).contains(&days), "{status}");
+    let warning = status["warning"].as_str().unwrap();
+    assert!(
+        warning.contains("expires on") && warning.contains("renew"),
+        "{warning}"
+    );
+    assert!(
+        status["features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["available"] == true),
+        "{status}"
+    );
+
+    let graphql = server.gql(LICENSE_QUERY, json!({})).await;
+    assert_eq!(graphql["data"]["license"]["state"], "expiring", "{graphql}");
+    assert_eq!(graphql["data"]["license"]["warning"], warning);
+
+    let (code, stdout, stderr) = server.cli(&["license", "status"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains("expiring") && stdout.contains("Acme Corp"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("warning: the premium license expires on"),
+        "{stderr}"
+    );
+
+    // The daily log line, written at start-up first.
+    let logged = server.server.log_events().into_iter().any(|e| {
+        e["level"] == "WARN"
+            && e["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("license: the premium license expires on"))
+            && e["state"] == "expiring"
+    });
+    assert!(logged, "{:?}", server.server.log_events());
+}
+
+#[tokio::test]
+async fn in_grace_everything_works_and_the_licensed_device_limit_holds() {
+    let server = Licensed::start(Some(&license("premium", 2, -5)), None).await;
+    let status = server.status().await;
+    assert_eq!(status["state"], "grace", "{status}");
+    assert_eq!(status["effective_tier"], "premium");
+    assert!(status["days_left"].as_i64().unwrap() <= -4);
+    assert!(
+        status["warning"]
+            .as_str()
+            .unwrap()
+            .contains("everything keeps working until"),
+        "{status}"
+    );
+    assert!(
+        status["features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["available"] == true)
+    );
+    assert_eq!(server.enroll("grace-1").await.0, 200);
+    assert_eq!(server.enroll("grace-2").await.0, 200);
+    let (code, body) = server.enroll("grace-3").await;
+    assert_eq!(code, 402, "{body}");
+    assert_eq!(body["error"]["code"], "LICENSE_REQUIRED");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("device limit of 2"),
+        "{body}"
+    );
+    assert_eq!(server.status().await["device_count"], 2);
+}
+
+#[tokio::test]
+async fn after_grace_premium_features_stop_while_reads_and_devices_go_on() {
+    let server = Licensed::start(Some(&license("enterprise", 3, -20)), None).await;
+    let status = server.status().await;
+    assert_eq!(status["state"], "expired", "{status}");
+    assert_eq!(status["tier"], "enterprise");
+    assert_eq!(status["effective_tier"], "free");
+    assert_eq!(status["device_limit"], FREE_DEVICE_LIMIT);
+    assert!(
+        status["features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["available"] == false),
+        "{status}"
+    );
+    assert!(
+        status["warning"]
+            .as_str()
+            .unwrap()
+            .contains("premium features refuse with LICENSE_REQUIRED"),
+        "{status}"
+    );
+    // Device traffic and reads keep working; the licensed limit of 3 no
+    // longer applies, the free tier's does.
+    for i in 0..4 {
+        let (code, body) = server.enroll(&format!("expired-{i}")).await;
+        assert_eq!(code, 200, "{body}");
+    }
+    let tenant = server
+        .gql("{ tenant { name } devices { totalCount } }", json!({}))
+        .await;
+    assert!(tenant["errors"].is_null(), "{tenant}");
+    assert_eq!(tenant["data"]["devices"]["totalCount"], 4);
+}
