@@ -25,7 +25,10 @@ pub const TENANT_TABLES: &[&str] = &[
 
 /// Tables without `tenant_id` that the request role may still use, with
 /// the privileges it gets on each.
-pub const SHARED_TABLES: &[(&str, &str)] = &[("signing_keys", "SELECT, INSERT, UPDATE")];
+pub const SHARED_TABLES: &[(&str, &str)] = &[
+    ("signing_keys", "SELECT, INSERT, UPDATE"),
+    ("platform_operator_log", "SELECT, INSERT"),
+];
 
 /// Every SECURITY DEFINER function the request role calls (the lookups,
 /// the audit chainer's and the enrollment claim), with argument types, for
@@ -42,6 +45,10 @@ pub const LOOKUP_FUNCTION_SIGNATURES: &[&str] = &[
     "mobius_audit_unchained_tenants()",
     "mobius_audit_chain(jsonb)",
     "mobius_claim_enrollment_token(bytea)",
+    "mobius_blocked_tenants()",
+    "mobius_signup_verification_tenant(bytea)",
+    "mobius_signups_for_email(text)",
+    "mobius_platform_tenants()",
 ];
 
 /// The tenant of the current transaction, or NULL (never an error) when

@@ -48,7 +48,7 @@ fn license_with(overrides: Value, exp_days: i64) -> String {
 
 /// A server on its own Postgres database, set up with an owner.
 struct Licensed {
-    _db: TestDatabase,
+    db: TestDatabase,
     server: ServerProcess,
     data_dir: tempfile::TempDir,
     http: reqwest::Client,
@@ -59,6 +59,15 @@ impl Licensed {
     /// `license_key`: given as the setting; `license_file`: written to
     /// `license.key` in the data directory before start.
     async fn start(license_key: Option<&str>, license_file: Option<&str>) -> Licensed {
+        Licensed::start_binary("mobius-server", license_key, license_file, &[]).await
+    }
+
+    async fn start_binary(
+        binary: &str,
+        license_key: Option<&str>,
+        license_file: Option<&str>,
+        extra_env: &[(&str, &str)],
+    ) -> Licensed {
         let db = TestDatabase::create().await;
         let data_dir = tempfile::tempdir().unwrap();
         if let Some(file) = license_file {
@@ -70,7 +79,9 @@ impl Licensed {
         if let Some(key) = license_key {
             env.push(("MOBIUS_LICENSE_KEY", key));
         }
-        let server = ServerProcess::start(
+        env.extend_from_slice(extra_env);
+        let server = ServerProcess::start_binary(
+            binary,
             data_dir.path(),
             &["--database-url", db.owner_url().expose_secret()],
             &env,
@@ -94,7 +105,7 @@ impl Licensed {
             .unwrap_or_else(|| panic!("{setup}"))
             .to_owned();
         Licensed {
-            _db: db,
+            db,
             server,
             data_dir,
             http,
@@ -147,6 +158,41 @@ impl Licensed {
 
     /// Enrolls a device with a fresh enrollment token; the status and body.
     async fn enroll(&self, fingerprint: &str) -> (u16, Value) {
+        let (code, body, _) = self.enroll_with_key(fingerprint).await;
+        (code, body)
+    }
+
+    /// An HTTPS client for the device listener, with a client identity.
+    fn device_client(&self, identity_pem: Option<&str>) -> reqwest::Client {
+        let ca = std::fs::read(self.data_dir.path().join("mobius-data/device-ca.pem")).unwrap();
+        let mut builder = reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(&ca).unwrap()]);
+        if let Some(pem) = identity_pem {
+            builder = builder.identity(reqwest::Identity::from_pem(pem.as_bytes()).unwrap());
+        }
+        builder.build().unwrap()
+    }
+
+    /// A heartbeat with the device's identity (certificate and key PEM).
+    async fn ping(&self, identity_pem: &str) -> (u16, Value) {
+        let response = self
+            .device_client(Some(identity_pem))
+            .post(format!(
+                "https://{}/api/mobius/device/ping",
+                self.server.device_addr
+            ))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        (
+            response.status().as_u16(),
+            response.json().await.unwrap_or(Value::Null),
+        )
+    }
+
+    /// As [`Licensed::enroll`], also returning the identity PEM on success.
+    async fn enroll_with_key(&self, fingerprint: &str) -> (u16, Value, String) {
         let sites = self.gql("{ sites { nodes { id } } }", json!({})).await;
         let site = sites["data"]["sites"]["nodes"][0]["id"].as_str().unwrap();
         let created = self
@@ -165,12 +211,8 @@ impl Licensed {
             .unwrap()
             .pem()
             .unwrap();
-        let ca = std::fs::read(self.data_dir.path().join("mobius-data/device-ca.pem")).unwrap();
-        let client = reqwest::Client::builder()
-            .tls_certs_only([reqwest::Certificate::from_pem(&ca).unwrap()])
-            .build()
-            .unwrap();
-        let response = client
+        let response = self
+            .device_client(None)
             .post(format!(
                 "https://{}/api/v1/mobius/device/enroll",
                 self.server.device_addr
@@ -184,10 +226,14 @@ impl Licensed {
             .send()
             .await
             .unwrap();
-        (
-            response.status().as_u16(),
-            response.json().await.unwrap_or(Value::Null),
-        )
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        let identity = format!(
+            "{}{}",
+            body["certificate_pem"].as_str().unwrap_or_default(),
+            key.serialize_pem()
+        );
+        (status, body, identity)
     }
 }
 
@@ -495,4 +541,275 @@ async fn after_grace_premium_features_stop_while_reads_and_devices_go_on() {
         .await;
     assert!(tenant["errors"].is_null(), "{tenant}");
     assert_eq!(tenant["data"]["devices"]["totalCount"], 4);
+}
+
+const OPERATOR_TOKEN: &str = "mob_op_4fJ9kQ2xV7wZ1pL8sT3nR6yB0cE5hU";
+
+fn operator_hash() -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(OPERATOR_TOKEN.as_bytes()))
+}
+
+impl Licensed {
+    /// A platform request with the operator token (or `token`).
+    async fn platform(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+    ) -> (u16, Value) {
+        let mut request = self.http.request(
+            method,
+            self.server.url(&format!("/api/v1/mobius/platform{path}")),
+        );
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        (
+            response.status().as_u16(),
+            response.json().await.unwrap_or(Value::Null),
+        )
+    }
+
+    async fn login(&self) -> Value {
+        self.http
+            .post(self.server.url("/api/graphql"))
+            .json(&json!({
+                "query": "mutation($i: LoginInput!) { login(input: $i) { accessToken } }",
+                "variables": { "i": { "email": "owner@acme.test", "password": PASSWORD } },
+            }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn the_operator_lists_suspends_resumes_and_offboards_tenants() {
+    let hash = operator_hash();
+    let cloud = Licensed::start_binary(
+        "mobius-server-cloud",
+        None,
+        None,
+        &[("MOBIUS_PLATFORM_OPERATOR_TOKEN_SHA256", &hash)],
+    )
+    .await;
+    let (code, _, identity) = cloud.enroll_with_key("acme-host").await;
+    assert_eq!(code, 200);
+    // A second tenant, with a site and a device's worth of rows to remove.
+    let store = cloud.db.app_store().await;
+    let beta = store
+        .create_tenant(&mobius_core::audit::Actor::system(), "Beta", "beta")
+        .await
+        .unwrap();
+
+    // Only the operator token opens the surface.
+    use reqwest::Method;
+    assert_eq!(cloud.platform(Method::GET, "/tenants", None).await.0, 401);
+    let (code, body) = cloud
+        .platform(Method::GET, "/tenants", Some(&cloud.token))
+        .await;
+    assert_eq!(
+        code, 401,
+        "a tenant owner's token is not the operator's: {body}"
+    );
+    assert_eq!(body["error"]["code"], "UNAUTHENTICATED");
+
+    let (code, tenants) = cloud
+        .platform(Method::GET, "/tenants", Some(OPERATOR_TOKEN))
+        .await;
+    assert_eq!(code, 200, "{tenants}");
+    let tenants = tenants.as_array().unwrap().clone();
+    assert_eq!(tenants.len(), 2, "{tenants:?}");
+    let acme = tenants.iter().find(|t| t["slug"] == "default").unwrap();
+    assert_eq!(acme["devices"], 1);
+    assert_eq!(acme["users"], 1);
+    assert_eq!(acme["state"], "active");
+    let acme_id = acme["id"].as_str().unwrap().to_owned();
+
+    // Suspended: sign-in, API calls and device traffic refused, clearly.
+    let (code, suspended) = cloud
+        .platform(
+            Method::POST,
+            &format!("/tenants/{acme_id}/suspend"),
+            Some(OPERATOR_TOKEN),
+        )
+        .await;
+    assert_eq!(code, 200, "{suspended}");
+    assert_eq!(suspended["state"], "suspended");
+    let login = cloud.login().await;
+    assert_eq!(
+        login["errors"][0]["extensions"]["code"], "TENANT_SUSPENDED",
+        "{login}"
+    );
+    let read = cloud.gql("{ tenant { name } }", json!({})).await;
+    assert_eq!(
+        read["errors"][0]["extensions"]["code"], "TENANT_SUSPENDED",
+        "{read}"
+    );
+    let (code, body) = cloud.ping(&identity).await;
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(body["error"]["code"], "TENANT_SUSPENDED");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("suspended by the platform operator"),
+        "{body}"
+    );
+    let status = cloud
+        .http
+        .get(cloud.server.url("/api/v1/mobius/license/status"))
+        .bearer_auth(&cloud.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status.status(), 403);
+
+    // Resumed: everything as before, nothing lost.
+    let (code, resumed) = cloud
+        .platform(
+            Method::POST,
+            &format!("/tenants/{acme_id}/resume"),
+            Some(OPERATOR_TOKEN),
+        )
+        .await;
+    assert_eq!(code, 200, "{resumed}");
+    assert_eq!(resumed["state"], "active");
+    assert!(cloud.login().await["errors"].is_null());
+    let read = cloud.gql("{ devices { totalCount } }", json!({})).await;
+    assert_eq!(read["data"]["devices"]["totalCount"], 1, "{read}");
+    assert_eq!(cloud.ping(&identity).await.0, 200);
+    // In the cloud, entitlements come from the plan.
+    let put = cloud
+        .http
+        .put(cloud.server.url("/api/v1/mobius/license"))
+        .bearer_auth(&cloud.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 409);
+    let put: Value = put.json().await.unwrap();
+    assert!(
+        put["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("billing plan"),
+        "{put}"
+    );
+
+    // Offboarding: a dry run first, then deletion confirmed by the slug.
+    let beta_path = format!("/tenants/{}", beta.id);
+    let (code, report) = cloud
+        .platform(
+            Method::DELETE,
+            &format!("{beta_path}?dry_run=true"),
+            Some(OPERATOR_TOKEN),
+        )
+        .await;
+    assert_eq!(code, 200, "{report}");
+    assert_eq!(report["dry_run"], true);
+    assert_eq!(report["deleted"], false);
+    assert_eq!(report["slug"], "beta");
+    assert_eq!(report["rows"]["sites"], 1);
+    assert!(report["rows"]["audit_events"].as_u64().unwrap() >= 2);
+    let (code, refused) = cloud
+        .platform(Method::DELETE, &beta_path, Some(OPERATOR_TOKEN))
+        .await;
+    assert_eq!(code, 400, "{refused}");
+    assert_eq!(refused["error"]["field"], "confirm");
+    let (code, deleted) = cloud
+        .platform(
+            Method::DELETE,
+            &format!("{beta_path}?confirm=beta"),
+            Some(OPERATOR_TOKEN),
+        )
+        .await;
+    assert_eq!(code, 200, "{deleted}");
+    assert_eq!(deleted["deleted"], true);
+    let (_, tenants) = cloud
+        .platform(Method::GET, "/tenants", Some(OPERATOR_TOKEN))
+        .await;
+    assert_eq!(tenants.as_array().unwrap().len(), 1, "{tenants}");
+    // Every row is gone, the audit log included (counted as the owner).
+    use sea_orm::sqlx::Connection;
+    let mut owner = sea_orm::sqlx::PgConnection::connect(cloud.db.owner_url().expose_secret())
+        .await
+        .unwrap();
+    for table in mobius_migrations::TENANT_TABLES {
+        // Table names from the migrations' constant list.
+        let (n,): (i64,) = sea_orm::sqlx::query_as(sea_orm::sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM {table} WHERE tenant_id = $1"
+        )))
+        .bind(beta.id)
+        .fetch_one(&mut owner)
+        .await
+        .unwrap();
+        assert_eq!(n, 0, "{table}");
+    }
+    let (code, _) = cloud
+        .platform(
+            Method::DELETE,
+            &format!("{beta_path}?dry_run=true"),
+            Some(OPERATOR_TOKEN),
+        )
+        .await;
+    assert_eq!(code, 404);
+    let (code, bad) = cloud
+        .platform(
+            Method::POST,
+            "/tenants/not-a-uuid/suspend",
+            Some(OPERATOR_TOKEN),
+        )
+        .await;
+    assert_eq!(code, 400, "{bad}");
+
+    // The operator log has it all, newest first.
+    let (code, log) = cloud
+        .platform(Method::GET, "/log", Some(OPERATOR_TOKEN))
+        .await;
+    assert_eq!(code, 200);
+    let actions: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for action in [
+        "tenant.deleted",
+        "tenant.offboarding_reported",
+        "tenant.resumed",
+        "tenant.suspended",
+        "tenants.listed",
+    ] {
+        assert!(actions.contains(&action), "{action} in {actions:?}");
+    }
+    let deleted = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "tenant.deleted")
+        .unwrap();
+    assert_eq!(deleted["tenant_id"], beta.id.to_string());
+    assert_eq!(deleted["details"]["slug"], "beta", "{deleted}");
+}
+
+#[tokio::test]
+async fn the_oss_edition_has_no_operator_surface() {
+    let hash = operator_hash();
+    let oss = Licensed::start_binary(
+        "mobius-server",
+        None,
+        None,
+        &[("MOBIUS_PLATFORM_OPERATOR_TOKEN_SHA256", &hash)],
+    )
+    .await;
+    let (code, _) = oss
+        .platform(reqwest::Method::GET, "/tenants", Some(OPERATOR_TOKEN))
+        .await;
+    assert_eq!(code, 404);
 }

@@ -380,7 +380,7 @@ async fn readyz_is_503_with_the_pending_migrations_listed() {
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = mobius_server::http::router::router(state, &settings, None);
+    let app = mobius_server::http::router::router(state, &settings, None, None);
     let serving = tokio::spawn(async move { axum::serve(listener, app).await });
 
     let response = reqwest::get(format!("http://{addr}/readyz")).await.unwrap();

@@ -15,6 +15,7 @@ pub mod enrollment;
 pub mod identity;
 pub mod licensing;
 pub mod pki;
+pub mod platform;
 pub mod tenancy;
 
 pub use db::{Store, StoreError, StoreResult, TenantScope};

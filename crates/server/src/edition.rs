@@ -62,6 +62,10 @@ pub struct EditionServices {
     /// Routes only this edition serves (SSO callbacks, billing webhooks),
     /// merged into the admin router.
     pub routes: axum::Router,
+    /// Whether this edition has the platform operator surface
+    /// (/api/v1/mobius/platform/, cloud only); it is served when the
+    /// operator token's hash is also configured.
+    pub platform_operator: bool,
 }
 
 /// Which implementation an edition uses for each service, for the
@@ -163,6 +167,8 @@ impl EditionProvider for LocalServices {
             sealer: LocalServices::sealer(settings)?,
             entitlements: Arc::new(LocalServices::entitlements(settings)?),
             routes: axum::Router::new(),
+            // OSS is single-tenant: no operator above its one tenant.
+            platform_operator: false,
         })
     }
 }

@@ -112,6 +112,10 @@ impl Server {
         if created {
             tracing::info!(tenant_id = %tenant_id.id(), "empty store: created the default tenant and its default site");
         }
+        store
+            .refresh_tenant_blocks()
+            .await
+            .context("loading suspended tenants")?;
         let names = edition.provider.describe(settings);
         let services = edition.provider.build(settings)?;
         tracing::info!(
@@ -225,7 +229,25 @@ impl Server {
             store: store.clone(),
             metrics: Metrics::new(),
         };
-        let router = router::router(state, settings, Some(graphql)).merge(services.routes);
+        let platform = match (
+            &settings.platform_operator_token_sha256,
+            services.platform_operator,
+        ) {
+            (Some(hash), true) => {
+                tracing::info!("platform operator surface on: /api/v1/mobius/platform/");
+                crate::admin::rest::platform::router(store.clone(), hash)
+            }
+            (Some(_), false) => {
+                tracing::warn!(
+                    "platform_operator_token_sha256 is set, but the {} edition has no platform operator (single-tenant): ignored",
+                    edition.name
+                );
+                None
+            }
+            (None, _) => None,
+        };
+        let router =
+            router::router(state, settings, Some(graphql), platform).merge(services.routes);
         Ok(Server {
             store,
             _data_dir_lock: data_dir_lock,
@@ -312,6 +334,7 @@ impl Server {
             )),
             tokio::spawn(jobs::reload_trust_periodically(devices.trust.clone())),
             tokio::spawn(jobs::chain_audit_periodically(self.store.clone())),
+            tokio::spawn(jobs::refresh_tenant_blocks(self.store.clone())),
             tokio::spawn(jobs::log_license_daily(
                 self.license_watch.0.clone(),
                 self.license_watch.1,

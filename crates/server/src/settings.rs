@@ -107,6 +107,11 @@ pub struct Settings {
     /// licenses with that key, and a production binary must never accept
     /// them. See docs/operations/license.md.
     pub license_trust_test_key: bool,
+    /// The SHA-256 (hex) of the platform operator's API token (cloud
+    /// edition). Unset: the operator surface under /api/v1/mobius/platform/
+    /// is off. Only the hash is configured, so no settings file, environment
+    /// or `config` output ever holds the token. See docs/operations/tenants.md.
+    pub platform_operator_token_sha256: Option<String>,
 }
 
 impl Default for Settings {
@@ -142,6 +147,7 @@ impl Default for Settings {
             device_limit: None,
             license_key: None,
             license_trust_test_key: false,
+            platform_operator_token_sha256: None,
         }
     }
 }
@@ -180,6 +186,7 @@ const SETTING_NAMES: &[&str] = &[
     "device_limit",
     "license_key",
     "license_trust_test_key",
+    "platform_operator_token_sha256",
 ];
 
 /// Values given as command-line flags; `None` means "not given".
@@ -277,6 +284,15 @@ impl Settings {
         if self.device_certificate_ttl_secs < 60 {
             return Err(SettingsError(
                 "device_certificate_ttl_secs must be at least 60".into(),
+            ));
+        }
+        if let Some(hash) = &self.platform_operator_token_sha256
+            && (hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(SettingsError(
+                "platform_operator_token_sha256 must be the SHA-256 of the token as 64 hex digits \
+                 (e.g. `printf %s \"$TOKEN\" | sha256sum`)"
+                    .into(),
             ));
         }
         if self.client_read_timeout_secs == 0 {

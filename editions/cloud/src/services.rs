@@ -32,6 +32,7 @@ impl EditionProvider for CloudServices {
             sealer: LocalServices::sealer(settings)?,
             entitlements: Arc::new(FixedDeviceLimit(settings.device_limit)),
             routes: axum::Router::new(),
+            platform_operator: true,
         })
     }
 }

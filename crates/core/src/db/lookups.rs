@@ -11,7 +11,7 @@ use sea_orm::{
 
 use super::entities::{certificate_authority, tenant};
 use super::proof::FoundTenant;
-use super::{Backend, Store, StoreResult};
+use super::{Backend, Store, StoreError, StoreResult};
 
 /// Secrets whose owning tenant can be looked up by hash before a tenant is set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -287,5 +287,72 @@ impl Store {
             used_up: row.try_get("", "used_up")?,
             claimed: row.try_get("", "claimed")?,
         }))
+    }
+}
+
+/// One tenant as the platform operator sees it: names, state and usage
+/// counts, never its users' or devices' rows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlatformTenant {
+    pub id: Uuid,
+    pub name: String,
+    pub slug: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub suspended_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub awaiting_verification: bool,
+    pub devices: i64,
+    pub users: i64,
+}
+
+impl Store {
+    /// Tenants closed to users and devices, with whether each is suspended
+    /// (else: awaiting sign-up verification), through
+    /// `mobius_blocked_tenants()` on Postgres.
+    pub async fn blocked_tenants(&self) -> StoreResult<Vec<(Uuid, bool)>> {
+        let sql = match self.backend {
+            Backend::Postgres => "SELECT id, suspended FROM mobius_blocked_tenants()",
+            Backend::Sqlite => {
+                "SELECT id, suspended_at IS NOT NULL AS suspended FROM tenants \
+                 WHERE suspended_at IS NOT NULL OR verification_hash IS NOT NULL"
+            }
+        };
+        let rows = self
+            .db
+            .query_all_raw(Statement::from_string(self.db_backend(), sql))
+            .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("", "id")?, row.try_get("", "suspended")?)))
+            .collect()
+    }
+
+    /// Every tenant with its usage, for the platform operator, through
+    /// `mobius_platform_tenants()` (Postgres only: the operator surface is
+    /// the multi-tenant cloud edition's).
+    pub async fn platform_tenants(&self) -> StoreResult<Vec<PlatformTenant>> {
+        if self.backend != Backend::Postgres {
+            return Err(StoreError::MultiTenantRequiresPostgres);
+        }
+        let rows = self
+            .db
+            .query_all_raw(Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                "SELECT id, name, slug, created_at, suspended_at, awaiting_verification, devices, users \
+                 FROM mobius_platform_tenants()",
+            ))
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(PlatformTenant {
+                    id: row.try_get("", "id")?,
+                    name: row.try_get("", "name")?,
+                    slug: row.try_get("", "slug")?,
+                    created_at: row.try_get("", "created_at")?,
+                    suspended_at: row.try_get("", "suspended_at")?,
+                    awaiting_verification: row.try_get("", "awaiting_verification")?,
+                    devices: row.try_get("", "devices")?,
+                    users: row.try_get("", "users")?,
+                })
+            })
+            .collect()
     }
 }

@@ -48,6 +48,10 @@ impl Store {
             api_token_max_days: Set(365),
             created_at: Set(now),
             updated_at: Set(now),
+            suspended_at: Set(None),
+            signup_email: Set(None),
+            verification_hash: Set(None),
+            verification_expires_at: Set(None),
         }
         .insert(scope.connection())
         .await

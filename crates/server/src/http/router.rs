@@ -36,7 +36,14 @@ pub struct AppState {
 
 /// The admin router. `graphql` is `None` only in tests of the bare
 /// health endpoints.
-pub fn router(state: AppState, settings: &Settings, graphql: Option<GraphqlState>) -> Router {
+/// `platform` is the operator surface, when this edition and the settings
+/// turn it on.
+pub fn router(
+    state: AppState,
+    settings: &Settings,
+    graphql: Option<GraphqlState>,
+    platform: Option<Router<AppState>>,
+) -> Router {
     let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
     let trace = TraceLayer::new_for_http()
         .make_span_with(request_span)
@@ -58,6 +65,9 @@ pub fn router(state: AppState, settings: &Settings, graphql: Option<GraphqlState
                 )
                 .with_state(graphql),
         );
+    }
+    if let Some(platform) = platform {
+        routes = routes.merge(platform);
     }
     let mut routes = routes.layer(middleware::from_fn_with_state(
         state.metrics.clone(),

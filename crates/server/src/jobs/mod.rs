@@ -49,6 +49,18 @@ pub async fn log_license_daily(
     }
 }
 
+/// Suspensions and verifications made on any replica reach this one
+/// within about a second.
+pub async fn refresh_tenant_blocks(store: Store) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if let Err(err) = store.refresh_tenant_blocks().await {
+            tracing::warn!(error = %err, "could not reload suspended tenants");
+        }
+    }
+}
+
 /// Heartbeats are recorded in memory; this writes them at least once a second.
 pub async fn flush_presence_periodically(store: Store, presence: Arc<Presence>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));

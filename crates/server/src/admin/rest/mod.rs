@@ -3,6 +3,7 @@
 //! the GraphQL layer's authentication: a bearer access or API token.
 
 pub mod license;
+pub mod platform;
 
 use axum::Router;
 use axum::http::HeaderMap;
