@@ -812,4 +812,253 @@ async fn the_oss_edition_has_no_operator_surface() {
         .platform(reqwest::Method::GET, "/tenants", Some(OPERATOR_TOKEN))
         .await;
     assert_eq!(code, 404);
+    // Nor self sign-up: the OSS edition stays single-tenant.
+    let refused = oss
+        .gql(
+            "mutation($i: SignUpInput!) { signUp(input: $i) { verificationRequired } }",
+            json!({ "i": { "name": "X", "slug": "x", "email": "x@x.test", "displayName": "X", "password": PASSWORD } }),
+        )
+        .await;
+    assert_eq!(
+        refused["errors"][0]["extensions"]["code"], "FORBIDDEN",
+        "{refused}"
+    );
+}
+
+/// A real SMTP server (aiosmtpd from the peers venv) on a free port,
+/// saving every message into a maildir; killed on drop.
+struct SmtpPeer {
+    child: std::process::Child,
+    port: u16,
+    maildir: tempfile::TempDir,
+}
+
+impl SmtpPeer {
+    fn start() -> SmtpPeer {
+        let venv = std::env::var("MOBIUS_PEERS_VENV")
+            .unwrap_or_else(|_| "/var/cache/mobius/peers-venv".to_owned());
+        let python = std::path::Path::new(&venv).join("bin/python");
+        assert!(
+            python.is_file(),
+            "{} is missing: run .ci/run (it installs tests/peers/requirements.txt)",
+            python.display()
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let maildir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(python)
+            .args([
+                "-m",
+                "aiosmtpd",
+                "-n",
+                "-l",
+                &format!("127.0.0.1:{port}"),
+                "-c",
+                "aiosmtpd.handlers.Mailbox",
+            ])
+            .arg(maildir.path().join("mail"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start aiosmtpd");
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return SmtpPeer {
+                    child,
+                    port,
+                    maildir,
+                };
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("aiosmtpd exited with {status}: is it installed in {venv}?");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        panic!("aiosmtpd did not listen on port {port} within 10 s");
+    }
+
+    /// Every message received so far, raw, with quoted-printable undone.
+    fn messages(&self) -> Vec<String> {
+        let dir = self.maildir.path().join("mail/new");
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+            .map(|m| {
+                m.replace("=\r\n", "")
+                    .replace("=\n", "")
+                    .replace("=3D", "=")
+            })
+            .collect()
+    }
+
+    /// The verification link in the message sent to `to`, waiting for it.
+    async fn link_for(&self, to: &str) -> String {
+        for _ in 0..200 {
+            if let Some(message) = self.messages().into_iter().find(|m| m.contains(to)) {
+                let start = message
+                    .find("/api/v1/mobius/signup/verify?token=")
+                    .unwrap_or_else(|| panic!("no link in {message}"));
+                let link: String = message[start..]
+                    .chars()
+                    .take_while(|c| !c.is_whitespace())
+                    .collect();
+                return link;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no email to {to} within 10 s: {:?}", self.messages());
+    }
+}
+
+impl Drop for SmtpPeer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const SIGN_UP: &str = "mutation($i: SignUpInput!) { signUp(input: $i) { verificationRequired tenant { id name slug } } }";
+
+impl Licensed {
+    async fn anonymous(&self, query: &str, variables: Value) -> Value {
+        self.http
+            .post(self.server.url("/api/graphql"))
+            .json(&json!({ "query": query, "variables": variables }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn sign_up_makes_a_tenant_usable_once_the_emailed_link_is_followed() {
+    let smtp = SmtpPeer::start();
+    let port = smtp.port.to_string();
+    let cloud = Licensed::start_binary(
+        "mobius-server-cloud",
+        None,
+        None,
+        &[
+            ("MOBIUS_SIGNUP_ENABLED", "true"),
+            ("MOBIUS_PUBLIC_URL", "https://mobius.example.com"),
+            ("MOBIUS_SMTP_HOST", "127.0.0.1"),
+            ("MOBIUS_SMTP_PORT", &port),
+            ("MOBIUS_SMTP_TLS", "none"),
+            ("MOBIUS_SMTP_FROM", "Mobius <no-reply@mobius.example.com>"),
+            ("MOBIUS_SIGNUP_MAX_TENANTS_PER_EMAIL", "2"),
+            ("MOBIUS_SIGNUP_ATTEMPTS_PER_HOUR_PER_CLIENT", "5"),
+        ],
+    )
+    .await;
+    let input = |name: &str, slug: &str, email: &str| json!({ "i": { "name": name, "slug": slug, "email": email, "displayName": "Founder", "password": PASSWORD } });
+    let signed = cloud
+        .anonymous(SIGN_UP, input("Globex", "globex", "founder@globex.test"))
+        .await;
+    assert!(signed["errors"].is_null(), "{signed}");
+    assert_eq!(signed["data"]["signUp"]["verificationRequired"], true);
+    assert_eq!(signed["data"]["signUp"]["tenant"]["slug"], "globex");
+
+    // Closed until verified.
+    let login = |slug: &'static str| json!({ "i": { "email": "founder@globex.test", "password": PASSWORD, "tenant": slug } });
+    const LOGIN: &str = "mutation($i: LoginInput!) { login(input: $i) { accessToken } }";
+    let refused = cloud.anonymous(LOGIN, login("globex")).await;
+    assert_eq!(
+        refused["errors"][0]["extensions"]["code"], "FORBIDDEN",
+        "{refused}"
+    );
+    assert!(
+        refused["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not verified"),
+        "{refused}"
+    );
+
+    // The link from the received email opens it.
+    let link = smtp.link_for("founder@globex.test").await;
+    let message = smtp.messages().join("\n");
+    assert!(
+        message.contains("Subject: Confirm your Mobius sign-up"),
+        "{message}"
+    );
+    assert!(message.contains("https://mobius.example.com/api/v1/mobius/signup/verify"));
+    let verified = cloud
+        .http
+        .get(cloud.server.url(&link))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(verified.status(), 200);
+    let verified: Value = verified.json().await.unwrap();
+    assert_eq!(verified["tenant"], "globex", "{verified}");
+    let again = cloud
+        .http
+        .get(cloud.server.url(&link))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 404, "a link works once");
+
+    let session = cloud.anonymous(LOGIN, login("globex")).await;
+    let token = session["data"]["login"]["accessToken"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{session}"))
+        .to_owned();
+    // Its owner, default site and CA exist: a device enrolls at once.
+    let globex = Licensed { token, ..cloud };
+    let whoami = globex
+        .gql("{ tenant { slug } sites { nodes { name } } }", json!({}))
+        .await;
+    assert_eq!(whoami["data"]["tenant"]["slug"], "globex", "{whoami}");
+    assert_eq!(whoami["data"]["sites"]["nodes"][0]["name"], "default");
+    let (code, body) = globex.enroll("globex-host").await;
+    assert_eq!(code, 200, "{body}");
+
+    // The slug is unique; an email signs up a limited number of tenants.
+    let taken = globex
+        .anonymous(SIGN_UP, input("Globex 2", "globex", "other@globex.test"))
+        .await;
+    assert_eq!(
+        taken["errors"][0]["extensions"]["code"], "CONFLICT",
+        "{taken}"
+    );
+    assert_eq!(taken["errors"][0]["extensions"]["field"], "slug");
+    let second = globex
+        .anonymous(
+            SIGN_UP,
+            input("Globex Labs", "globex-labs", "Founder@Globex.test"),
+        )
+        .await;
+    assert!(second["errors"].is_null(), "{second}");
+    let third = globex
+        .anonymous(
+            SIGN_UP,
+            input("Globex Three", "globex-3", "founder@globex.test"),
+        )
+        .await;
+    assert_eq!(
+        third["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+        "{third}"
+    );
+    assert_eq!(third["errors"][0]["extensions"]["field"], "email");
+    // Five attempts an hour from one address: the sixth is refused.
+    let _ = globex
+        .anonymous(SIGN_UP, input("Bad", "Not A Slug!", "x@y.test"))
+        .await;
+    let limited = globex
+        .anonymous(SIGN_UP, input("Initech", "initech", "boss@initech.test"))
+        .await;
+    assert_eq!(
+        limited["errors"][0]["extensions"]["code"], "RATE_LIMITED",
+        "{limited}"
+    );
 }

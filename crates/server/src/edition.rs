@@ -66,6 +66,9 @@ pub struct EditionServices {
     /// (/api/v1/mobius/platform/, cloud only); it is served when the
     /// operator token's hash is also configured.
     pub platform_operator: bool,
+    /// Whether this edition offers self sign-up of tenants (cloud only);
+    /// it is on when `signup_enabled` is also set.
+    pub self_signup: bool,
 }
 
 /// Which implementation an edition uses for each service, for the
@@ -169,6 +172,7 @@ impl EditionProvider for LocalServices {
             routes: axum::Router::new(),
             // OSS is single-tenant: no operator above its one tenant.
             platform_operator: false,
+            self_signup: false,
         })
     }
 }

@@ -199,6 +199,37 @@ impl Server {
             trust: trust.clone(),
             revocation_lookback: certificate_ttl,
         };
+        let signup = match (settings.signup_enabled, services.self_signup) {
+            (true, true) => {
+                tracing::info!(
+                    verify_email = settings.signup_verify_email,
+                    "self sign-up on: signUp in GraphQL"
+                );
+                Some(Arc::new(graphql::signup::SignUpService {
+                    pki: pki.clone(),
+                    policy: mobius_core::tenancy::SignUpPolicy {
+                        verify_email: settings.signup_verify_email,
+                        link_ttl: chrono::Duration::hours(settings.signup_link_ttl_hours as i64),
+                        max_tenants_per_email: settings.signup_max_tenants_per_email,
+                    },
+                    limiter: crate::http::limits::SignUpLimiter::new(
+                        settings.signup_attempts_per_hour_per_client,
+                    ),
+                    mailer: crate::mail::Mailer::from_settings(settings)
+                        .context("setting up SMTP (settings smtp_*)")?,
+                    public_url: settings.public_url.clone().unwrap_or_default(),
+                    trust: trust.clone(),
+                }))
+            }
+            (true, false) => {
+                tracing::warn!(
+                    "signup_enabled is set, but the {} edition is single-tenant: no sign-up",
+                    edition.name
+                );
+                None
+            }
+            (false, _) => None,
+        };
         let device_admin = DeviceAdmin {
             pki,
             trust,
@@ -219,6 +250,7 @@ impl Server {
                 limiter,
                 devices: device_admin,
                 entitlements: services.entitlements.clone(),
+                signup: signup.clone(),
             })),
             store: store.clone(),
             identity,
@@ -246,8 +278,15 @@ impl Server {
             }
             (None, _) => None,
         };
+        let signup_routes = signup
+            .as_ref()
+            .map(|_| crate::admin::rest::signup::router(store.clone()));
+        let tenant_routes = match (platform, signup_routes) {
+            (Some(platform), Some(signup)) => Some(platform.merge(signup)),
+            (platform, signup) => platform.or(signup),
+        };
         let router =
-            router::router(state, settings, Some(graphql), platform).merge(services.routes);
+            router::router(state, settings, Some(graphql), tenant_routes).merge(services.routes);
         Ok(Server {
             store,
             _data_dir_lock: data_dir_lock,

@@ -112,6 +112,44 @@ pub struct Settings {
     /// is off. Only the hash is configured, so no settings file, environment
     /// or `config` output ever holds the token. See docs/operations/tenants.md.
     pub platform_operator_token_sha256: Option<String>,
+    /// Self sign-up of new tenants (cloud edition only): `signUp` in
+    /// GraphQL. Needs `public_url` and `smtp_host` while
+    /// `signup_verify_email` is on.
+    pub signup_enabled: bool,
+    /// A new tenant stays closed until the emailed link is followed. Off:
+    /// usable at once (for trials behind another gate).
+    pub signup_verify_email: bool,
+    /// Most tenants one email address may sign up.
+    pub signup_max_tenants_per_email: u64,
+    /// Sign-ups allowed per client address per hour.
+    pub signup_attempts_per_hour_per_client: u32,
+    /// How long a verification link works.
+    pub signup_link_ttl_hours: u64,
+    /// The server's public base URL, for links in emails
+    /// (e.g. `https://mobius.example.com`).
+    pub public_url: Option<String>,
+    /// The SMTP server that sends emails.
+    pub smtp_host: Option<String>,
+    pub smtp_port: u16,
+    pub smtp_tls: SmtpTls,
+    pub smtp_username: Option<String>,
+    #[serde(serialize_with = "redact_secret")]
+    pub smtp_password: Option<SecretString>,
+    /// The sender, e.g. `Mobius <no-reply@example.com>`.
+    pub smtp_from: String,
+}
+
+/// How the SMTP connection is protected.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// STARTTLS on the submission port (587), required.
+    #[default]
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Tls,
+    /// Plain text: only for a relay on the same host or a test server.
+    None,
 }
 
 impl Default for Settings {
@@ -148,6 +186,18 @@ impl Default for Settings {
             license_key: None,
             license_trust_test_key: false,
             platform_operator_token_sha256: None,
+            signup_enabled: false,
+            signup_verify_email: true,
+            signup_max_tenants_per_email: 3,
+            signup_attempts_per_hour_per_client: 10,
+            signup_link_ttl_hours: 48,
+            public_url: None,
+            smtp_host: None,
+            smtp_port: 587,
+            smtp_tls: SmtpTls::Starttls,
+            smtp_username: None,
+            smtp_password: None,
+            smtp_from: "Mobius <no-reply@localhost>".into(),
         }
     }
 }
@@ -187,6 +237,18 @@ const SETTING_NAMES: &[&str] = &[
     "license_key",
     "license_trust_test_key",
     "platform_operator_token_sha256",
+    "signup_enabled",
+    "signup_verify_email",
+    "signup_max_tenants_per_email",
+    "signup_attempts_per_hour_per_client",
+    "signup_link_ttl_hours",
+    "public_url",
+    "smtp_host",
+    "smtp_port",
+    "smtp_tls",
+    "smtp_username",
+    "smtp_password",
+    "smtp_from",
 ];
 
 /// Values given as command-line flags; `None` means "not given".
@@ -293,6 +355,26 @@ impl Settings {
                 "platform_operator_token_sha256 must be the SHA-256 of the token as 64 hex digits \
                  (e.g. `printf %s \"$TOKEN\" | sha256sum`)"
                     .into(),
+            ));
+        }
+        if self.signup_enabled && self.signup_verify_email {
+            let url_ok = self.public_url.as_deref().is_some_and(|u| {
+                url::Url::parse(u).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+            });
+            if !url_ok {
+                return Err(SettingsError(
+                    "signup_enabled with signup_verify_email needs public_url (https://...) for the verification link".into(),
+                ));
+            }
+            if self.smtp_host.is_none() {
+                return Err(SettingsError(
+                    "signup_enabled with signup_verify_email needs smtp_host to send the verification email".into(),
+                ));
+            }
+        }
+        if self.smtp_from.parse::<lettre::message::Mailbox>().is_err() {
+            return Err(SettingsError(
+                "smtp_from must be an address such as `Mobius <no-reply@example.com>`".into(),
             ));
         }
         if self.client_read_timeout_secs == 0 {

@@ -33,6 +33,7 @@ impl EditionProvider for CloudServices {
             entitlements: Arc::new(FixedDeviceLimit(settings.device_limit)),
             routes: axum::Router::new(),
             platform_operator: true,
+            self_signup: true,
         })
     }
 }

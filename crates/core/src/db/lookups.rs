@@ -356,3 +356,44 @@ impl Store {
             .collect()
     }
 }
+
+impl Store {
+    /// How many tenants were signed up with `email` (lower-cased), through
+    /// `mobius_signups_for_email(text)`: the per-email sign-up limit.
+    pub async fn signups_for_email(&self, email: &str) -> StoreResult<u64> {
+        let sql = match self.backend {
+            Backend::Postgres => "SELECT mobius_signups_for_email($1) AS n",
+            Backend::Sqlite => "SELECT count(*) AS n FROM tenants WHERE signup_email = lower(?)",
+        };
+        let row = self
+            .db
+            .query_one_raw(Statement::from_sql_and_values(
+                self.db_backend(),
+                sql,
+                [email.into()],
+            ))
+            .await?;
+        let n: i64 = match row {
+            Some(row) => row.try_get("", "n")?,
+            None => 0,
+        };
+        Ok(n.max(0) as u64)
+    }
+
+    /// The tenant a sign-up verification secret (its SHA-256) belongs to,
+    /// while the link is valid, through
+    /// `mobius_signup_verification_tenant(bytea)`.
+    pub(crate) async fn signup_verification_tenant(
+        &self,
+        hash: &[u8; 32],
+    ) -> StoreResult<Option<Uuid>> {
+        let sql = match self.backend {
+            Backend::Postgres => "SELECT mobius_signup_verification_tenant($1) AS id",
+            Backend::Sqlite => {
+                "SELECT id FROM tenants WHERE verification_hash = ? \
+                 AND verification_expires_at > CURRENT_TIMESTAMP"
+            }
+        };
+        self.lookup_one(sql, vec![hash.to_vec().into()]).await
+    }
+}

@@ -51,7 +51,7 @@ impl TenantBlocks {
         self.0.read().ok().and_then(|m| m.get(&tenant).copied())
     }
 
-    fn set(&self, tenant: Uuid, block: Option<TenantBlock>) {
+    pub(crate) fn set(&self, tenant: Uuid, block: Option<TenantBlock>) {
         if let Ok(mut map) = self.0.write() {
             match block {
                 Some(block) => map.insert(tenant, block),

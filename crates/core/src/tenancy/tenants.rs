@@ -172,7 +172,7 @@ impl<'s> TenantSettings<'s> {
 
 /// Tenant slugs: 1 to 63 characters of `a-z`, `0-9` and `-`, starting with a
 /// letter or digit (they appear in URLs and certificate names).
-fn valid_slug(slug: &str) -> StoreResult<String> {
+pub(crate) fn valid_slug(slug: &str) -> StoreResult<String> {
     let ok = !slug.is_empty()
         && slug.len() <= 63
         && slug

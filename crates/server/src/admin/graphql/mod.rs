@@ -14,6 +14,7 @@ mod licensing;
 mod loaders;
 mod node;
 mod pagination;
+pub mod signup;
 mod tenancy;
 
 /// What every area's resolvers and types use: async-graphql, the gate,
@@ -97,6 +98,7 @@ pub struct MutationRoot(
     tenancy::TenancyMutation,
     devices::DeviceMutation,
     enrollment::EnrollmentMutation,
+    signup::SignUpMutation,
 );
 
 // Each area's subscriptions, merged.
@@ -127,6 +129,8 @@ pub struct Services {
     pub limiter: LoginLimiter,
     pub devices: DeviceAdmin,
     pub entitlements: Arc<dyn Entitlements>,
+    /// Self sign-up, where the edition and settings turn it on.
+    pub signup: Option<Arc<signup::SignUpService>>,
 }
 
 /// The device side, as the admin API needs it.
@@ -162,6 +166,9 @@ pub fn schema(services: Option<Services>) -> MobiusSchema {
             .data(services.limiter)
             .data(services.devices)
             .data(services.entitlements);
+        if let Some(signup) = services.signup {
+            builder = builder.data(signup);
+        }
     }
     builder.finish()
 }

@@ -4,6 +4,7 @@
 
 pub mod license;
 pub mod platform;
+pub mod signup;
 
 use axum::Router;
 use axum::http::HeaderMap;
