@@ -325,7 +325,7 @@ fn each_edition_binary_names_its_own_services() {
             "mobius-server",
             "(oss edition)",
             None,
-            "# entitlements: free tier, no license (10000 devices, capped at 7 devices by `device_limit`)",
+            "# entitlements: free tier, no license (device limit 7 from `device_limit`)",
         ),
         (
             "mobius-server-cloud",

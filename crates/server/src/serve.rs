@@ -112,10 +112,6 @@ impl Server {
         if created {
             tracing::info!(tenant_id = %tenant_id.id(), "empty store: created the default tenant and its default site");
         }
-        store
-            .refresh_tenant_blocks()
-            .await
-            .context("loading suspended tenants")?;
         let names = edition.provider.describe(settings);
         let services = edition.provider.build(settings)?;
         tracing::info!(
@@ -133,6 +129,12 @@ impl Server {
             .issue_setup_code()
             .await
             .context("issuing the setup code")?;
+        // After the setup code, whose start-up step reads the default
+        // tenant: a suspended default tenant must not stop the server.
+        store
+            .refresh_tenant_blocks()
+            .await
+            .context("loading suspended tenants")?;
 
         let listener = TcpListener::bind(settings.listen)
             .await

@@ -84,8 +84,8 @@ pub enum LicenseState {
     Expiring,
     /// Expired less than 14 days ago: a louder warning, full function.
     Grace,
-    /// Grace is over: premium features refuse with `LICENSE_REQUIRED`, the
-    /// device limit falls back to the free tier's (no device is dropped).
+    /// Grace is over: premium features refuse with `LICENSE_REQUIRED`; the
+    /// licensed device limit still applies (no device is dropped).
     Expired,
 }
 
@@ -154,7 +154,7 @@ impl EntitlementStatus {
                 self.tier.name()
             )),
             LicenseState::Expired => Some(format!(
-                "the {} license expired on {exp} and its grace period ended on {grace}: premium features refuse with LICENSE_REQUIRED and the free device limit applies to new devices; reads and device traffic keep working",
+                "the {} license expired on {exp} and its grace period ended on {grace}: premium features refuse with LICENSE_REQUIRED; reads, device traffic and enrollments within the licensed limit keep working",
                 self.tier.name()
             )),
         }

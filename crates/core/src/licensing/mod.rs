@@ -24,11 +24,12 @@ use crate::authz::{
 /// The `iss` every Mobius license carries.
 pub const LICENSE_ISSUER: &str = "https://licenses.mobius.dev";
 
-/// Devices allowed without a license (and after a license's grace ended).
-/// Generous on purpose: a self-hoster can build the OSS edition from
-/// source anyway, so the free tier limits what support and premium
-/// features cover, not whether a small fleet can run.
-pub const FREE_DEVICE_LIMIT: u64 = 10_000;
+/// Devices allowed without a license: no limit. An exact limit costs
+/// every enrollment a per-tenant lock and a count (five statements become
+/// seven, and a tenant's enrollments serialize), which the free tier should
+/// not pay; it differs from paid tiers by the premium features. The
+/// `device_limit` setting can still set one.
+pub const FREE_DEVICE_LIMIT: Option<u64> = None;
 
 /// Warnings start this long before `exp`.
 pub const WARN_BEFORE_EXPIRY_DAYS: i64 = 30;
@@ -218,7 +219,19 @@ impl License {
 fn describe(err: &jsonwebtoken::errors::Error) -> String {
     match err.kind() {
         ErrorKind::MissingRequiredClaim(claim) => format!("claim `{claim}` is missing"),
-        ErrorKind::Json(_) => "its claims are not the expected JSON".to_owned(),
+        ErrorKind::Json(e) => {
+            // serde names a missing field without quoting any value.
+            let text = e.to_string();
+            match text.strip_prefix("missing field ") {
+                Some(rest) => format!(
+                    "claim {} is missing",
+                    rest.split(" at line").next().unwrap_or(rest)
+                ),
+                None => "its claims are not the expected JSON (strings for iss, sub, tier and \
+                         jti; whole numbers for devices, iat and exp)"
+                    .to_owned(),
+            }
+        }
         ErrorKind::Base64(_) | ErrorKind::Utf8(_) => "a part is not valid base64url".to_owned(),
         ErrorKind::InvalidToken => "it does not have three dot-separated parts".to_owned(),
         ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
@@ -285,7 +298,12 @@ impl Entitlements for LicenseEntitlements {
             None => String::new(),
         };
         match &self.license {
-            None => format!("free tier, no license ({FREE_DEVICE_LIMIT} devices{cap})"),
+            None => match self.device_cap {
+                Some(cap) => {
+                    format!("free tier, no license (device limit {cap} from `device_limit`)")
+                }
+                None => "free tier, no license (no device limit)".to_owned(),
+            },
             Some(l) => format!(
                 "{} license for {:?} ({} devices, expires {}, {}{}{cap})",
                 l.tier.name(),
@@ -302,14 +320,18 @@ impl Entitlements for LicenseEntitlements {
         }
     }
 
+    /// The license's limit in every state (an expired license keeps
+    /// limiting what it covered; only its premium features stop), else
+    /// the free tier's; the `device_limit` setting can only lower it.
     fn device_limit(&self, _: Uuid) -> Option<u64> {
-        let licensed = match (&self.license, self.state()) {
-            (Some(license), LicenseState::Valid | LicenseState::Expiring | LicenseState::Grace) => {
-                license.devices
-            }
-            (_, _) => FREE_DEVICE_LIMIT,
+        let licensed = match &self.license {
+            Some(license) => Some(license.devices),
+            None => FREE_DEVICE_LIMIT,
         };
-        Some(self.device_cap.map_or(licensed, |cap| cap.min(licensed)))
+        match (licensed, self.device_cap) {
+            (Some(l), Some(cap)) => Some(l.min(cap)),
+            (l, cap) => l.or(cap),
+        }
     }
 
     fn require(&self, tenant_id: Uuid, feature: Feature) -> Result<(), LicenseRequired> {
@@ -417,7 +439,9 @@ mod tests {
         assert_eq!(at(-31).status(tenant).state, LicenseState::Valid);
         assert_eq!(at(-29).status(tenant).state, LicenseState::Expiring);
         assert_eq!(
-            at(-29).status(tenant).days_left(exp - Duration::days(29)),
+            at(-29)
+                .status(tenant)
+                .days_left(license.expires_at - Duration::days(29)),
             Some(29)
         );
         let grace = at(13);
@@ -431,7 +455,7 @@ mod tests {
             refused.to_string(),
             "policies per team requires a premium license or plan"
         );
-        assert_eq!(expired.device_limit(tenant), Some(FREE_DEVICE_LIMIT));
+        assert_eq!(expired.device_limit(tenant), Some(50));
     }
 
     #[test]
@@ -442,8 +466,10 @@ mod tests {
         let gate = LicenseEntitlements::new(Some(basic), Some(10));
         assert!(gate.require(tenant, Feature::Saml).is_err());
         assert_eq!(gate.device_limit(tenant), Some(10));
-        let free = LicenseEntitlements::new(None, Some(1_000_000));
-        assert_eq!(free.device_limit(tenant), Some(FREE_DEVICE_LIMIT));
+        let free = LicenseEntitlements::new(None, None);
+        assert_eq!(free.device_limit(tenant), FREE_DEVICE_LIMIT);
+        let capped = LicenseEntitlements::new(None, Some(7));
+        assert_eq!(capped.device_limit(tenant), Some(7));
         assert_eq!(free.status(tenant).state, LicenseState::Free);
         assert!(free.require(tenant, Feature::CustomWebhooks).is_err());
     }
