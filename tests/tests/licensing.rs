@@ -1074,3 +1074,63 @@ async fn sign_up_makes_a_tenant_usable_once_the_emailed_link_is_followed() {
         "{limited}"
     );
 }
+
+#[tokio::test]
+async fn a_server_restarts_while_its_default_tenant_is_suspended() {
+    let hash = operator_hash();
+    let env = [
+        ("MOBIUS_PLATFORM_OPERATOR_TOKEN_SHA256", hash.as_str()),
+        ("MOBIUS_LICENSE_TRUST_TEST_KEY", "true"),
+    ];
+    let cloud = Licensed::start_binary("mobius-server-cloud", None, None, &env[..1]).await;
+    let (_, tenants) = cloud
+        .platform(reqwest::Method::GET, "/tenants", Some(OPERATOR_TOKEN))
+        .await;
+    let id = tenants[0]["id"].as_str().unwrap().to_owned();
+    let (code, _) = cloud
+        .platform(
+            reqwest::Method::POST,
+            &format!("/tenants/{id}/suspend"),
+            Some(OPERATOR_TOKEN),
+        )
+        .await;
+    assert_eq!(code, 200);
+    let Licensed {
+        db,
+        server,
+        data_dir,
+        http,
+        token,
+    } = cloud;
+    assert_eq!(server.terminate(), Some(0));
+    // Start-up reads the default tenant (setup code, CA): a suspension
+    // must not stop the server, and it must still hold afterwards.
+    let server = ServerProcess::start_binary(
+        "mobius-server-cloud",
+        data_dir.path(),
+        &["--database-url", db.owner_url().expose_secret()],
+        &env,
+    );
+    let restarted = Licensed {
+        db,
+        server,
+        data_dir,
+        http,
+        token,
+    };
+    let read = restarted.gql("{ tenant { name } }", json!({})).await;
+    assert_eq!(
+        read["errors"][0]["extensions"]["code"], "TENANT_SUSPENDED",
+        "{read}"
+    );
+    let (code, _) = restarted
+        .platform(
+            reqwest::Method::POST,
+            &format!("/tenants/{id}/resume"),
+            Some(OPERATOR_TOKEN),
+        )
+        .await;
+    assert_eq!(code, 200);
+    let read = restarted.gql("{ tenant { name } }", json!({})).await;
+    assert!(read["errors"].is_null(), "{read}");
+}
