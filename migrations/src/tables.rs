@@ -32,7 +32,10 @@ pub const TENANT_TABLES: &[&str] = &[
 
 /// Tables without `tenant_id` that the request role may still use, with
 /// the privileges it gets on each.
-pub const SHARED_TABLES: &[(&str, &str)] = &[("signing_keys", "SELECT, INSERT, UPDATE")];
+pub const SHARED_TABLES: &[(&str, &str)] = &[
+    ("signing_keys", "SELECT, INSERT, UPDATE"),
+    ("platform_operator_log", "SELECT, INSERT"),
+];
 
 /// Every SECURITY DEFINER function the request role calls (the lookups,
 /// the audit chainer's and the enrollment claim), with argument types, for
@@ -55,6 +58,10 @@ pub const LOOKUP_FUNCTION_SIGNATURES: &[&str] = &[
     "mobius_billing_plans_since(timestamptz)",
     "mobius_billing_tenants()",
     "mobius_billing_usage(date, date)",
+    "mobius_blocked_tenants()",
+    "mobius_signup_verification_tenant(bytea)",
+    "mobius_signups_for_email(text)",
+    "mobius_platform_tenants()",
 ];
 
 /// The tenant of the current transaction, or NULL (never an error) when

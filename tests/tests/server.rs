@@ -320,12 +320,18 @@ fn cloud_edition_requires_postgres() {
 #[test]
 fn each_edition_binary_names_its_own_services() {
     let dir = tempfile::tempdir().unwrap();
-    for (binary, edition, marker) in [
-        ("mobius-server", "(oss edition)", None),
+    for (binary, edition, marker, entitlements) in [
+        (
+            "mobius-server",
+            "(oss edition)",
+            None,
+            "# entitlements: free tier, no license (device limit 7 from `device_limit`)",
+        ),
         (
             "mobius-server-cloud",
             "(cloud edition)",
             Some("[cloud: no [kms] settings]"),
+            "# entitlements: fixed device limit (7 devices per tenant) [cloud: no [billing] settings]",
         ),
     ] {
         let output = Command::new(workspace_binary(binary))
@@ -340,10 +346,7 @@ fn each_edition_binary_names_its_own_services() {
             stdout.contains("# sealer: local AES-256-GCM (master key file"),
             "{binary}: {stdout}"
         );
-        assert!(
-            stdout.contains("# entitlements: fixed device limit (7 devices per tenant)"),
-            "{binary}: {stdout}"
-        );
+        assert!(stdout.contains(entitlements), "{binary}: {stdout}");
         match marker {
             Some(marker) => assert!(stdout.contains(marker), "{binary}: {stdout}"),
             None => assert!(!stdout.contains("[cloud:"), "{binary}: {stdout}"),
@@ -377,7 +380,7 @@ async fn readyz_is_503_with_the_pending_migrations_listed() {
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = mobius_server::http::router::router(state, &settings, None);
+    let app = mobius_server::http::router::router(state, &settings, None, None);
     let serving = tokio::spawn(async move { axum::serve(listener, app).await });
 
     let response = reqwest::get(format!("http://{addr}/readyz")).await.unwrap();

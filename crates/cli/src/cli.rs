@@ -155,6 +155,9 @@ pub enum Command {
     /// Show or set the tenant's single sign-on (OIDC) configuration
     #[command(subcommand)]
     Sso(SsoCommand),
+    /// Show the license: tier, device limit, expiry and premium features
+    #[command(subcommand)]
+    License(LicenseCommand),
 
     /// Run any GraphQL query or mutation and print its data as JSON
     #[command(
@@ -162,6 +165,24 @@ pub enum Command {
                       --variables '{\"n\": 5}'"
     )]
     Graphql(GraphqlArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LicenseCommand {
+    /// Show the license in force: state (valid, expiring, grace, expired,
+    /// free), tier, organization, devices used of the limit, expiry and days
+    /// left, and which premium features are available
+    #[command(
+        long_about = "Show the license in force: state (valid, expiring, grace, expired, free), \
+                      tier, organization, devices used of the limit, expiry and days left, and \
+                      which premium features are available.\n\n\
+                      A warning is printed on stderr from 30 days before expiry. Needs a role \
+                      that may manage the tenant (owner or admin). The license itself is set on \
+                      the server (setting `license_key` or the file license.key in its data \
+                      directory), not with this command.",
+        after_help = "Example:\n  mobius license status\n  mobius license status --output json | jq .daysLeft"
+    )]
+    Status,
 }
 
 #[derive(Debug, Args)]

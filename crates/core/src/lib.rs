@@ -14,7 +14,9 @@ pub mod db;
 pub mod devices;
 pub mod enrollment;
 pub mod identity;
+pub mod licensing;
 pub mod pki;
+pub mod platform;
 pub mod tenancy;
 
 pub use db::{Store, StoreError, StoreResult, TenantScope};

@@ -8,14 +8,17 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use mobius_core::Store;
-use mobius_core::authz::{Entitlements, FixedDeviceLimit};
+use mobius_core::authz::Entitlements;
 use mobius_core::crypto::sealing::{LocalSealer, SecretSealer};
+use mobius_core::licensing::{License, LicenseEntitlements};
 use secrecy::ExposeSecret;
 
 use crate::settings::Settings;
 
 /// The generated master key, when `master_key` is not set.
 pub const MASTER_KEY_FILE: &str = "master.key";
+/// The license file read when `license_key` is not set.
+pub const LICENSE_FILE: &str = "license.key";
 
 #[derive(Clone, Copy)]
 pub struct Edition {
@@ -55,11 +58,18 @@ impl Edition {
 pub struct EditionServices {
     /// Seals tenant CA keys and JWT signing keys at rest.
     pub sealer: Arc<dyn SecretSealer>,
-    /// The entitlement gate (device limit; later license tier and plan).
+    /// The entitlement gate: the license (OSS) or the tenant's plan (cloud).
     pub entitlements: Arc<dyn Entitlements>,
     /// Routes only this edition serves (SSO callbacks, billing webhooks),
     /// merged into the admin router.
     pub routes: axum::Router,
+    /// Whether this edition has the platform operator surface
+    /// (/api/v1/mobius/platform/, cloud only); it is served when the
+    /// operator token's hash is also configured.
+    pub platform_operator: bool,
+    /// Whether this edition offers self sign-up of tenants (cloud only);
+    /// it is on when `signup_enabled` is also set.
+    pub self_signup: bool,
 }
 
 /// Which implementation an edition uses for each service, for the
@@ -88,8 +98,9 @@ pub trait EditionProvider: Send + Sync {
     }
 }
 
-/// The OSS services: AES-256-GCM sealing under a local master key, and the
-/// `device_limit` setting as the one entitlement.
+/// The OSS services: AES-256-GCM sealing under a local master key, and
+/// entitlements from the license (`license_key` or `license.key`), capped
+/// by the `device_limit` setting.
 pub struct LocalServices;
 
 impl LocalServices {
@@ -102,6 +113,43 @@ impl LocalServices {
                 &settings.data_dir.join(MASTER_KEY_FILE),
             )
             .context("loading the master key (setting `master_key`)")?,
+        ))
+    }
+
+    /// The license in force: `license_key`, else `<data_dir>/license.key`,
+    /// else none (the free tier). A license that does not verify stops
+    /// start-up with a message naming the problem and where it came from:
+    /// running on as the free tier would silently drop what was bought.
+    pub fn license(settings: &Settings) -> anyhow::Result<Option<License>> {
+        let file = settings.data_dir.join(LICENSE_FILE);
+        let (token, origin) = match &settings.license_key {
+            Some(key) => (
+                key.expose_secret().to_owned(),
+                "setting `license_key`".to_owned(),
+            ),
+            None if file.is_file() => (
+                std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading the license file {}", file.display()))?,
+                format!("file {}", file.display()),
+            ),
+            None => {
+                if settings.license_trust_test_key && !mobius_core::licensing::test_key_available()
+                {
+                    anyhow::bail!(mobius_core::licensing::LicenseError::TestKeyUnavailable);
+                }
+                return Ok(None);
+            }
+        };
+        let license = License::verify(&token, settings.license_trust_test_key)
+            .with_context(|| format!("invalid license (from the {origin})"))?;
+        Ok(Some(license))
+    }
+
+    /// The OSS entitlement gate from the license (or the free tier).
+    pub fn entitlements(settings: &Settings) -> anyhow::Result<LicenseEntitlements> {
+        Ok(LicenseEntitlements::new(
+            LocalServices::license(settings)?,
+            settings.device_limit,
         ))
     }
 
@@ -121,15 +169,21 @@ impl EditionProvider for LocalServices {
     fn describe(&self, settings: &Settings) -> ServiceNames {
         ServiceNames {
             sealer: LocalServices::sealer_name(settings),
-            entitlements: FixedDeviceLimit(settings.device_limit).describe(),
+            entitlements: match LocalServices::entitlements(settings) {
+                Ok(entitlements) => entitlements.describe(),
+                Err(err) => format!("{err:#}"),
+            },
         }
     }
 
     fn build(&self, settings: &Settings) -> anyhow::Result<EditionServices> {
         Ok(EditionServices {
             sealer: LocalServices::sealer(settings)?,
-            entitlements: Arc::new(FixedDeviceLimit(settings.device_limit)),
+            entitlements: Arc::new(LocalServices::entitlements(settings)?),
             routes: axum::Router::new(),
+            // OSS is single-tenant: no operator above its one tenant.
+            platform_operator: false,
+            self_signup: false,
         })
     }
 }

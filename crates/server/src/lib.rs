@@ -8,6 +8,7 @@ pub mod device;
 pub mod edition;
 pub mod http;
 pub mod jobs;
+pub mod mail;
 pub mod serve;
 pub mod settings;
 pub mod telemetry;

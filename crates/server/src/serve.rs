@@ -54,6 +54,8 @@ pub struct Server {
     setup_code: Option<String>,
     devices: DeviceSide,
     client_read_timeout_secs: u64,
+    /// The gate and the default tenant, for the daily license log line.
+    license_watch: (Arc<dyn mobius_core::authz::Entitlements>, mobius_core::Uuid),
 }
 
 /// The device listener and what runs beside it.
@@ -127,6 +129,12 @@ impl Server {
             .issue_setup_code()
             .await
             .context("issuing the setup code")?;
+        // After the setup code, whose start-up step reads the default
+        // tenant: a suspended default tenant must not stop the server.
+        store
+            .refresh_tenant_blocks()
+            .await
+            .context("loading suspended tenants")?;
 
         let listener = TcpListener::bind(settings.listen)
             .await
@@ -193,6 +201,37 @@ impl Server {
             trust: trust.clone(),
             revocation_lookback: certificate_ttl,
         };
+        let signup = match (settings.signup_enabled, services.self_signup) {
+            (true, true) => {
+                tracing::info!(
+                    verify_email = settings.signup_verify_email,
+                    "self sign-up on: signUp in GraphQL"
+                );
+                Some(Arc::new(graphql::signup::SignUpService {
+                    pki: pki.clone(),
+                    policy: mobius_core::tenancy::SignUpPolicy {
+                        verify_email: settings.signup_verify_email,
+                        link_ttl: chrono::Duration::hours(settings.signup_link_ttl_hours as i64),
+                        max_tenants_per_email: settings.signup_max_tenants_per_email,
+                    },
+                    limiter: crate::http::limits::SignUpLimiter::new(
+                        settings.signup_attempts_per_hour_per_client,
+                    ),
+                    mailer: crate::mail::Mailer::from_settings(settings)
+                        .context("setting up SMTP (settings smtp_*)")?,
+                    public_url: settings.public_url.clone().unwrap_or_default(),
+                    trust: trust.clone(),
+                }))
+            }
+            (true, false) => {
+                tracing::warn!(
+                    "signup_enabled is set, but the {} edition is single-tenant: no sign-up",
+                    edition.name
+                );
+                None
+            }
+            (false, _) => None,
+        };
         let device_admin = DeviceAdmin {
             pki,
             trust,
@@ -215,10 +254,12 @@ impl Server {
                 devices: device_admin,
                 sealer: services.sealer.clone(),
                 entitlements: services.entitlements.clone(),
+                signup: signup.clone(),
             })),
             store: store.clone(),
             identity,
             api_token_usage: api_token_usage.clone(),
+            entitlements: services.entitlements.clone(),
         };
         let state = AppState {
             store: store.clone(),
@@ -230,8 +271,32 @@ impl Server {
             services.sealer.clone(),
             settings,
         )?);
-        let router =
-            router::router_with(state, settings, Some(graphql), rest).merge(services.routes);
+        let platform = match (
+            &settings.platform_operator_token_sha256,
+            services.platform_operator,
+        ) {
+            (Some(hash), true) => {
+                tracing::info!("platform operator surface on: /api/v1/mobius/platform/");
+                crate::admin::rest::platform::router(store.clone(), hash)
+            }
+            (Some(_), false) => {
+                tracing::warn!(
+                    "platform_operator_token_sha256 is set, but the {} edition has no platform operator (single-tenant): ignored",
+                    edition.name
+                );
+                None
+            }
+            (None, _) => None,
+        };
+        let signup_routes = signup
+            .as_ref()
+            .map(|_| crate::admin::rest::signup::router(store.clone()));
+        let tenant_routes = match (platform, signup_routes) {
+            (Some(platform), Some(signup)) => Some(platform.merge(signup)),
+            (platform, signup) => platform.or(signup),
+        };
+        let router = router::router_with(state, settings, Some(graphql), rest, tenant_routes)
+            .merge(services.routes);
         Ok(Server {
             store,
             _data_dir_lock: data_dir_lock,
@@ -242,6 +307,7 @@ impl Server {
             setup_code,
             devices,
             client_read_timeout_secs: settings.client_read_timeout_secs,
+            license_watch: (services.entitlements.clone(), tenant_id.id()),
         })
     }
 
@@ -317,6 +383,11 @@ impl Server {
             )),
             tokio::spawn(jobs::reload_trust_periodically(devices.trust.clone())),
             tokio::spawn(jobs::chain_audit_periodically(self.store.clone())),
+            tokio::spawn(jobs::refresh_tenant_blocks(self.store.clone())),
+            tokio::spawn(jobs::log_license_daily(
+                self.license_watch.0.clone(),
+                self.license_watch.1,
+            )),
         ];
         // After the setup code and the device listener, so whoever waits
         // for this line has all three.

@@ -95,7 +95,8 @@ pub struct Settings {
     /// send each request's head, on both listeners; slower ones are
     /// disconnected, so held-open half requests cannot pile up.
     pub client_read_timeout_secs: u64,
-    /// Most devices a tenant may enroll (unset: no limit).
+    /// Most devices a tenant may enroll (unset: no limit). With a
+    /// license (OSS), the lower of this and the license's limit applies.
     pub device_limit: Option<u64>,
     /// The URL browsers reach this server at (scheme, host, port), e.g.
     /// `https://mobius.example.com`: single sign-on builds its callback
@@ -108,6 +109,55 @@ pub struct Settings {
     /// AWS KMS envelope sealing (cloud edition, feature `kms`); see
     /// docs/operations/kms.md.
     pub kms: Option<mobius_core::crypto::kms::KmsSettings>,
+    /// The license (a signed JWT). Without it, `<data_dir>/license.key` is
+    /// read if present; without either, the free tier applies.
+    #[serde(serialize_with = "redact_secret")]
+    pub license_key: Option<SecretString>,
+    /// Also trust the public test key for licenses. Honoured only by debug
+    /// builds (a release binary refuses to start with it): tests sign
+    /// licenses with that key, and a production binary must never accept
+    /// them. See docs/operations/license.md.
+    pub license_trust_test_key: bool,
+    /// The SHA-256 (hex) of the platform operator's API token (cloud
+    /// edition). Unset: the operator surface under /api/v1/mobius/platform/
+    /// is off. Only the hash is configured, so no settings file, environment
+    /// or `config` output ever holds the token. See docs/operations/tenants.md.
+    pub platform_operator_token_sha256: Option<String>,
+    /// Self sign-up of new tenants (cloud edition only): `signUp` in
+    /// GraphQL. Needs `public_url` and `smtp_host` while
+    /// `signup_verify_email` is on.
+    pub signup_enabled: bool,
+    /// A new tenant stays closed until the emailed link is followed. Off:
+    /// usable at once (for trials behind another gate).
+    pub signup_verify_email: bool,
+    /// Most tenants one email address may sign up.
+    pub signup_max_tenants_per_email: u64,
+    /// Sign-ups allowed per client address per hour.
+    pub signup_attempts_per_hour_per_client: u32,
+    /// How long a verification link works.
+    pub signup_link_ttl_hours: u64,
+    /// The SMTP server that sends emails.
+    pub smtp_host: Option<String>,
+    pub smtp_port: u16,
+    pub smtp_tls: SmtpTls,
+    pub smtp_username: Option<String>,
+    #[serde(serialize_with = "redact_secret")]
+    pub smtp_password: Option<SecretString>,
+    /// The sender, e.g. `Mobius <no-reply@example.com>`.
+    pub smtp_from: String,
+}
+
+/// How the SMTP connection is protected.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// STARTTLS on the submission port (587), required.
+    #[default]
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Tls,
+    /// Plain text: only for a relay on the same host or a test server.
+    None,
 }
 
 impl Default for Settings {
@@ -144,6 +194,20 @@ impl Default for Settings {
             public_url: None,
             billing: None,
             kms: None,
+            license_key: None,
+            license_trust_test_key: false,
+            platform_operator_token_sha256: None,
+            signup_enabled: false,
+            signup_verify_email: true,
+            signup_max_tenants_per_email: 3,
+            signup_attempts_per_hour_per_client: 10,
+            signup_link_ttl_hours: 48,
+            smtp_host: None,
+            smtp_port: 587,
+            smtp_tls: SmtpTls::Starttls,
+            smtp_username: None,
+            smtp_password: None,
+            smtp_from: "Mobius <no-reply@localhost>".into(),
         }
     }
 }
@@ -181,6 +245,20 @@ const SETTING_NAMES: &[&str] = &[
     "client_read_timeout_secs",
     "device_limit",
     "public_url",
+    "license_key",
+    "license_trust_test_key",
+    "platform_operator_token_sha256",
+    "signup_enabled",
+    "signup_verify_email",
+    "signup_max_tenants_per_email",
+    "signup_attempts_per_hour_per_client",
+    "signup_link_ttl_hours",
+    "smtp_host",
+    "smtp_port",
+    "smtp_tls",
+    "smtp_username",
+    "smtp_password",
+    "smtp_from",
 ];
 
 /// Values given as command-line flags; `None` means "not given".
@@ -278,6 +356,35 @@ impl Settings {
         if self.device_certificate_ttl_secs < 60 {
             return Err(SettingsError(
                 "device_certificate_ttl_secs must be at least 60".into(),
+            ));
+        }
+        if let Some(hash) = &self.platform_operator_token_sha256
+            && (hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(SettingsError(
+                "platform_operator_token_sha256 must be the SHA-256 of the token as 64 hex digits \
+                 (e.g. `printf %s \"$TOKEN\" | sha256sum`)"
+                    .into(),
+            ));
+        }
+        if self.signup_enabled && self.signup_verify_email {
+            let url_ok = self.public_url.as_deref().is_some_and(|u| {
+                url::Url::parse(u).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+            });
+            if !url_ok {
+                return Err(SettingsError(
+                    "signup_enabled with signup_verify_email needs public_url (https://...) for the verification link".into(),
+                ));
+            }
+            if self.smtp_host.is_none() {
+                return Err(SettingsError(
+                    "signup_enabled with signup_verify_email needs smtp_host to send the verification email".into(),
+                ));
+            }
+        }
+        if self.smtp_from.parse::<lettre::message::Mailbox>().is_err() {
+            return Err(SettingsError(
+                "smtp_from must be an address such as `Mobius <no-reply@example.com>`".into(),
             ));
         }
         if self.client_read_timeout_secs == 0 {

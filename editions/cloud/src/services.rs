@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use mobius_core::Store;
+use mobius_core::authz::{Entitlements, FixedDeviceLimit};
 use mobius_server::Settings;
 use mobius_server::edition::{EditionProvider, EditionServices, LocalServices, ServiceNames};
 
@@ -23,27 +24,29 @@ impl EditionProvider for CloudServices {
                 #[cfg(feature = "billing")]
                 Some(billing) => match mobius_core::billing::PlanCatalog::new(billing) {
                     Ok(catalog) => {
-                        use mobius_core::authz::Entitlements;
                         crate::billing::PlanEntitlements::new(catalog.free().clone()).describe()
                     }
                     Err(err) => format!("invalid billing settings: {err}"),
                 },
                 _ => format!(
-                    "{} per tenant [cloud: no [billing] settings]",
-                    local.entitlements
+                    "{} [cloud: no [billing] settings]",
+                    FixedDeviceLimit(settings.device_limit).describe()
                 ),
             },
         }
     }
 
     /// The services without the store: the sealer (for `rotate-signing-key`
-    /// and `reseal`) and the fallback entitlements.
+    /// and `reseal`) and the fallback entitlements. No license file in the
+    /// cloud: a tenant's entitlements are its plan's, or the `device_limit`
+    /// setting without `[billing]`.
     fn build(&self, settings: &Settings) -> anyhow::Result<EditionServices> {
-        let local = LocalServices.build(settings)?;
         Ok(EditionServices {
             sealer: crate::sealer::build(settings)?,
-            entitlements: local.entitlements,
+            entitlements: Arc::new(FixedDeviceLimit(settings.device_limit)),
             routes: axum::Router::new(),
+            platform_operator: true,
+            self_signup: true,
         })
     }
 

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod devices;
 mod enrollment_tokens;
 pub mod graphql;
+pub mod license;
 pub mod session;
 pub mod sites_and_teams;
 pub mod sso;
@@ -136,6 +137,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Devices(command) => devices::run(&ctx, command).await,
         Command::EnrollTokens(command) => enrollment_tokens::run(&ctx, command).await,
         Command::Audit(command) => audit::run(&ctx, command).await,
+        Command::License(command) => license::run(&ctx, command).await,
         Command::Graphql(args) => graphql::run(&ctx, args).await,
     }
 }

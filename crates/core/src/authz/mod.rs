@@ -7,7 +7,10 @@ mod matrix;
 mod principal;
 mod roles;
 
-pub use entitlements::{Entitlements, Feature, FixedDeviceLimit, LicenseRequired};
+pub use entitlements::{
+    EntitlementSource, EntitlementStatus, Entitlements, Feature, FixedDeviceLimit, LicenseRequired,
+    LicenseState, Tier,
+};
 pub use matrix::{Operation, permits, team_permits};
 pub use principal::{Denied, Grants, Principal};
 pub use roles::{Role, TeamRole};

@@ -37,6 +37,12 @@ pub enum StoreError {
     )]
     MultiTenantRequiresPostgres,
 
+    /// The tenant is closed to everyone but system tasks: suspended by the
+    /// platform operator, or signed up and not verified yet. Its data is
+    /// kept.
+    #[error("{0}")]
+    TenantBlocked(crate::platform::TenantBlock),
+
     /// The request-path database role could read across tenants.
     #[error("refusing to serve requests as database role `{role}`: {problem}")]
     UnsafeRequestRole { role: String, problem: String },

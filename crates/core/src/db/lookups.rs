@@ -11,7 +11,7 @@ use sea_orm::{
 
 use super::entities::{certificate_authority, tenant};
 use super::proof::FoundTenant;
-use super::{Backend, Store, StoreResult};
+use super::{Backend, Store, StoreError, StoreResult};
 
 /// Secrets whose owning tenant can be looked up by hash before a tenant is set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -431,5 +431,113 @@ impl Store {
                 })
             })
             .collect()
+    }
+}
+
+/// One tenant as the platform operator sees it: names, state and usage
+/// counts, never its users' or devices' rows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlatformTenant {
+    pub id: Uuid,
+    pub name: String,
+    pub slug: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub suspended_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub awaiting_verification: bool,
+    pub devices: i64,
+    pub users: i64,
+}
+
+impl Store {
+    /// Tenants closed to users and devices, with whether each is suspended
+    /// (else: awaiting sign-up verification), through
+    /// `mobius_blocked_tenants()` on Postgres.
+    pub async fn blocked_tenants(&self) -> StoreResult<Vec<(Uuid, bool)>> {
+        let sql = match self.backend {
+            Backend::Postgres => "SELECT id, suspended FROM mobius_blocked_tenants()",
+            Backend::Sqlite => {
+                "SELECT id, suspended_at IS NOT NULL AS suspended FROM tenants \
+                 WHERE suspended_at IS NOT NULL OR verification_hash IS NOT NULL"
+            }
+        };
+        let rows = self
+            .db
+            .query_all_raw(Statement::from_string(self.db_backend(), sql))
+            .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("", "id")?, row.try_get("", "suspended")?)))
+            .collect()
+    }
+
+    /// Every tenant with its usage, for the platform operator, through
+    /// `mobius_platform_tenants()` (Postgres only: the operator surface is
+    /// the multi-tenant cloud edition's).
+    pub async fn platform_tenants(&self) -> StoreResult<Vec<PlatformTenant>> {
+        if self.backend != Backend::Postgres {
+            return Err(StoreError::MultiTenantRequiresPostgres);
+        }
+        let rows = self
+            .db
+            .query_all_raw(Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                "SELECT id, name, slug, created_at, suspended_at, awaiting_verification, devices, users \
+                 FROM mobius_platform_tenants()",
+            ))
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(PlatformTenant {
+                    id: row.try_get("", "id")?,
+                    name: row.try_get("", "name")?,
+                    slug: row.try_get("", "slug")?,
+                    created_at: row.try_get("", "created_at")?,
+                    suspended_at: row.try_get("", "suspended_at")?,
+                    awaiting_verification: row.try_get("", "awaiting_verification")?,
+                    devices: row.try_get("", "devices")?,
+                    users: row.try_get("", "users")?,
+                })
+            })
+            .collect()
+    }
+}
+
+impl Store {
+    /// How many tenants were signed up with `email` (lower-cased), through
+    /// `mobius_signups_for_email(text)`: the per-email sign-up limit.
+    pub async fn signups_for_email(&self, email: &str) -> StoreResult<u64> {
+        let sql = match self.backend {
+            Backend::Postgres => "SELECT mobius_signups_for_email($1) AS n",
+            Backend::Sqlite => "SELECT count(*) AS n FROM tenants WHERE signup_email = lower(?)",
+        };
+        let row = self
+            .db
+            .query_one_raw(Statement::from_sql_and_values(
+                self.db_backend(),
+                sql,
+                [email.into()],
+            ))
+            .await?;
+        let n: i64 = match row {
+            Some(row) => row.try_get("", "n")?,
+            None => 0,
+        };
+        Ok(n.max(0) as u64)
+    }
+
+    /// The tenant a sign-up verification secret (its SHA-256) belongs to,
+    /// while the link is valid, through
+    /// `mobius_signup_verification_tenant(bytea)`.
+    pub(crate) async fn signup_verification_tenant(
+        &self,
+        hash: &[u8; 32],
+    ) -> StoreResult<Option<Uuid>> {
+        let sql = match self.backend {
+            Backend::Postgres => "SELECT mobius_signup_verification_tenant($1) AS id",
+            Backend::Sqlite => {
+                "SELECT id FROM tenants WHERE verification_hash = ? \
+                 AND verification_expires_at > CURRENT_TIMESTAMP"
+            }
+        };
+        self.lookup_one(sql, vec![hash.to_vec().into()]).await
     }
 }

@@ -14,7 +14,7 @@ mod scope;
 
 pub use error::{StoreError, StoreResult, no_nul, no_nul_in_json};
 pub(crate) use error::{conflict_on, in_use_by, valid_name};
-pub use lookups::{LoginCandidate, SecretKind, TokenClaim, TrustedCa};
+pub use lookups::{LoginCandidate, PlatformTenant, SecretKind, TokenClaim, TrustedCa};
 pub use proof::{FoundTenant, SystemTask, TenantProof};
 pub use scope::TenantScope;
 
@@ -57,6 +57,9 @@ pub struct Store {
     /// check a page costs a constant number of queries.
     statements: Arc<AtomicU64>,
     audit_feed: broadcast::Sender<AuditEvent>,
+    /// Tenants closed to users and devices (suspended, unverified), kept
+    /// in memory and refreshed by a poll, so the check costs no query.
+    pub(crate) blocks: Arc<crate::platform::TenantBlocks>,
 }
 
 /// Creates `path` with mode 0600, or tightens an existing file to 0600,
@@ -136,6 +139,7 @@ impl Store {
             max_connections,
             statements,
             audit_feed,
+            blocks: Arc::default(),
         }
     }
 
@@ -205,6 +209,11 @@ impl Store {
     /// `set_config('app.tenant_id', $1, true)`, local to the transaction so
     /// a pooled connection never carries a tenant into the next request.
     pub async fn begin(&self, proof: &impl TenantProof) -> StoreResult<TenantScope> {
+        if !proof.enters_blocked_tenants()
+            && let Some(block) = self.blocks.get(proof.tenant_id())
+        {
+            return Err(StoreError::TenantBlocked(block));
+        }
         self.begin_tenant(proof.tenant_id(), proof.team_restriction())
             .await
     }

@@ -26,6 +26,13 @@ pub trait TenantProof: sealed::Sealed {
     fn team_restriction(&self) -> Option<Uuid> {
         None
     }
+
+    /// Whether the work may enter a suspended or unverified tenant. Only
+    /// named system tasks may (verifying a sign-up, the operator's resume
+    /// and offboarding, background flushes); users and devices may not.
+    fn enters_blocked_tenants(&self) -> bool {
+        false
+    }
 }
 
 /// The tenant a named cross-tenant lookup answered with (the owner of a
@@ -74,6 +81,10 @@ impl sealed::Sealed for SystemTask {}
 impl TenantProof for SystemTask {
     fn tenant_id(&self) -> Uuid {
         self.tenant_id
+    }
+
+    fn enters_blocked_tenants(&self) -> bool {
+        true
     }
 }
 

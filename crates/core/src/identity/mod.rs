@@ -498,7 +498,7 @@ async fn team_roles(scope: &TenantScope, user_id: Uuid) -> StoreResult<Vec<(Uuid
 
 /// argon2 is CPU-bound: keep it off the async workers, and at most one
 /// run per core at a time (see [`passwords::hashing_permit`]).
-async fn hash_password(password: &str) -> StoreResult<String> {
+pub(crate) async fn hash_password(password: &str) -> StoreResult<String> {
     passwords::check_policy(password)?;
     let password = password.to_owned();
     let permit = passwords::hashing_permit().await;

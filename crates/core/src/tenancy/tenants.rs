@@ -48,6 +48,10 @@ impl Store {
             api_token_max_days: Set(365),
             created_at: Set(now),
             updated_at: Set(now),
+            suspended_at: Set(None),
+            signup_email: Set(None),
+            verification_hash: Set(None),
+            verification_expires_at: Set(None),
         }
         .insert(scope.connection())
         .await
@@ -168,7 +172,7 @@ impl<'s> TenantSettings<'s> {
 
 /// Tenant slugs: 1 to 63 characters of `a-z`, `0-9` and `-`, starting with a
 /// letter or digit (they appear in URLs and certificate names).
-fn valid_slug(slug: &str) -> StoreResult<String> {
+pub(crate) fn valid_slug(slug: &str) -> StoreResult<String> {
     let ok = !slug.is_empty()
         && slug.len() <= 63
         && slug

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use axum::extract::FromRequestParts;
 use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::response::IntoResponse;
 use axum::response::Response;
 use mobius_core::devices::DeviceIdentity;
 
@@ -54,6 +55,14 @@ impl FromRequestParts<DeviceState> for DeviceScope {
         };
         if state.revocations.is_revoked(identity.device_id()) {
             return Err(revoked());
+        }
+        // A suspended tenant's devices are refused here, from memory, so
+        // even the store-free heartbeat says so (TENANT_SUSPENDED).
+        if let Some(block) = state.store.tenant_block(identity.tenant_id()) {
+            return Err(crate::http::errors::ApiError::from(
+                mobius_core::StoreError::TenantBlocked(block),
+            )
+            .into_response());
         }
         Ok(DeviceScope { identity, addr })
     }

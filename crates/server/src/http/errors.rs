@@ -7,6 +7,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use mobius_api::{ErrorBody, ErrorDetail};
 use mobius_core::StoreError;
+use mobius_core::platform::TenantBlock;
 
 use super::request_id;
 
@@ -25,6 +26,8 @@ pub enum ErrorCode {
     BadUserInput,
     Conflict,
     LicenseRequired,
+    /// The tenant is suspended by the platform operator (data kept).
+    TenantSuspended,
     RateLimited,
     Internal,
 }
@@ -38,6 +41,7 @@ impl ErrorCode {
             ErrorCode::BadUserInput => "BAD_USER_INPUT",
             ErrorCode::Conflict => "CONFLICT",
             ErrorCode::LicenseRequired => "LICENSE_REQUIRED",
+            ErrorCode::TenantSuspended => "TENANT_SUSPENDED",
             ErrorCode::RateLimited => "RATE_LIMITED",
             ErrorCode::Internal => "INTERNAL",
         }
@@ -51,6 +55,7 @@ impl ErrorCode {
             ErrorCode::BadUserInput => StatusCode::BAD_REQUEST,
             ErrorCode::Conflict => StatusCode::CONFLICT,
             ErrorCode::LicenseRequired => StatusCode::PAYMENT_REQUIRED,
+            ErrorCode::TenantSuspended => StatusCode::FORBIDDEN,
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -121,6 +126,14 @@ impl From<StoreError> for ApiError {
                 message: err.to_string(),
                 field: Some(field.to_owned()),
                 retryable: false,
+            },
+            StoreError::TenantBlocked(block) => match block {
+                TenantBlock::Suspended => {
+                    ApiError::new(ErrorCode::TenantSuspended, err.to_string())
+                }
+                TenantBlock::AwaitingVerification => {
+                    ApiError::new(ErrorCode::Forbidden, err.to_string())
+                }
             },
             StoreError::MultiTenantRequiresPostgres => {
                 ApiError::new(ErrorCode::BadUserInput, err.to_string())

@@ -60,3 +60,28 @@ impl LoginLimiter {
         self.per_account.retain_recent();
     }
 }
+
+/// Sign-ups allowed per client address per hour: each one makes a tenant,
+/// a CA and an argon2 hash, and sends an email.
+pub struct SignUpLimiter {
+    per_client: DefaultKeyedRateLimiter<String>,
+    clock: DefaultClock,
+}
+
+impl SignUpLimiter {
+    pub fn new(per_hour: u32) -> SignUpLimiter {
+        let n = NonZeroU32::new(per_hour.max(1)).unwrap_or(NonZeroU32::MIN);
+        SignUpLimiter {
+            per_client: RateLimiter::keyed(Quota::per_hour(n)),
+            clock: DefaultClock::default(),
+        }
+    }
+
+    pub fn check_client(&self, client: &str) -> Result<(), RateLimited> {
+        self.per_client
+            .check_key(&client.to_owned())
+            .map_err(|not_until| RateLimited {
+                retry_after_secs: not_until.wait_time_from(self.clock.now()).as_secs().max(1),
+            })
+    }
+}

@@ -36,8 +36,15 @@ pub struct AppState {
 
 /// The admin router. `graphql` is `None` only in tests of the bare
 /// health endpoints.
-pub fn router(state: AppState, settings: &Settings, graphql: Option<GraphqlState>) -> Router {
-    router_with(state, settings, graphql, Router::new())
+/// `platform` is the operator surface and sign-up verification, when this
+/// edition and the settings turn them on.
+pub fn router(
+    state: AppState,
+    settings: &Settings,
+    graphql: Option<GraphqlState>,
+    platform: Option<Router<AppState>>,
+) -> Router {
+    router_with(state, settings, graphql, Router::new(), platform)
 }
 
 /// The admin router with `rest` routes (SSO, ...) behind the same layers
@@ -47,6 +54,7 @@ pub fn router_with(
     settings: &Settings,
     graphql: Option<GraphqlState>,
     rest: Router,
+    platform: Option<Router<AppState>>,
 ) -> Router {
     let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
     let trace = TraceLayer::new_for_http()
@@ -60,6 +68,7 @@ pub fn router_with(
         .fallback(not_found)
         .with_state(state.clone());
     if let Some(graphql) = graphql {
+        routes = routes.merge(crate::admin::rest::router(graphql.clone()));
         routes = routes.merge(
             Router::new()
                 .route(
@@ -68,6 +77,9 @@ pub fn router_with(
                 )
                 .with_state(graphql),
         );
+    }
+    if let Some(platform) = platform {
+        routes = routes.merge(platform);
     }
     let mut routes = routes
         .merge(rest.with_state(()))

@@ -15,6 +15,52 @@ use crate::device::Trust;
 /// How often coalesced API-token use times are written.
 const USAGE_FLUSH_INTERVAL: Duration = Duration::from_secs(10);
 
+/// Says once at start-up and then once a day where the license stands, at
+/// warn level from 30 days before expiry (expiring, grace, expired), so an
+/// operator reading only the logs is told before anything stops.
+pub async fn log_license_daily(
+    entitlements: Arc<dyn mobius_core::authz::Entitlements>,
+    tenant_id: mobius_core::Uuid,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(24 * 3600));
+    loop {
+        tick.tick().await;
+        let now = chrono::Utc::now();
+        let status = entitlements.status(tenant_id);
+        let state = status.state.name();
+        let tier = status.tier.name();
+        let days_left = status.days_left(now);
+        match status.warning(now) {
+            Some(warning) => tracing::warn!(
+                state,
+                tier,
+                days_left,
+                expires_at = ?status.expires_at,
+                "license: {warning}"
+            ),
+            None => tracing::info!(
+                state,
+                tier,
+                days_left,
+                device_limit = status.device_limit,
+                "license"
+            ),
+        }
+    }
+}
+
+/// Suspensions and verifications made on any replica reach this one
+/// within about a second.
+pub async fn refresh_tenant_blocks(store: Store) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if let Err(err) = store.refresh_tenant_blocks().await {
+            tracing::warn!(error = %err, "could not reload suspended tenants");
+        }
+    }
+}
+
 /// Heartbeats are recorded in memory; this writes them at least once a second.
 pub async fn flush_presence_periodically(store: Store, presence: Arc<Presence>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));

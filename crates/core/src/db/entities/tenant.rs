@@ -11,6 +11,10 @@ pub struct Model {
     pub api_token_max_days: i32,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
+    pub suspended_at: Option<DateTimeUtc>,
+    pub signup_email: Option<String>,
+    pub verification_hash: Option<Vec<u8>>,
+    pub verification_expires_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

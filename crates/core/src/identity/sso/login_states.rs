@@ -59,7 +59,10 @@ impl Sso<'_> {
         let pkce_verifier = secrets::generate("");
         let state_hash = secrets::sha256(&state);
         let sealed = sealer
-            .seal(&verifier_context(self.scope.tenant_id(), &state_hash), pkce_verifier.as_bytes())
+            .seal(
+                &verifier_context(self.scope.tenant_id(), &state_hash),
+                pkce_verifier.as_bytes(),
+            )
             .await
             .map_err(StoreError::internal("sealing a PKCE verifier"))?;
         let now = Utc::now();
@@ -117,7 +120,10 @@ impl Sso<'_> {
             return Err(SsoError::InvalidState);
         }
         let verifier = sealer
-            .open(&verifier_context(self.scope.tenant_id(), &hash), &row.sealed_pkce_verifier)
+            .open(
+                &verifier_context(self.scope.tenant_id(), &hash),
+                &row.sealed_pkce_verifier,
+            )
             .await
             .map_err(StoreError::internal("opening a PKCE verifier"))?;
         let verifier = String::from_utf8(verifier)

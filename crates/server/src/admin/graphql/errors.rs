@@ -5,7 +5,7 @@ use async_graphql::{Error, ErrorExtensions, ParseRequestError, Response};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use mobius_core::StoreError;
-use mobius_core::authz::Denied;
+use mobius_core::authz::{Denied, LicenseRequired};
 use mobius_core::identity::IdentityError;
 
 use crate::http::errors::{ApiError, ErrorCode};
@@ -48,6 +48,17 @@ impl From<ApiError> for Error {
 
 pub fn store(err: StoreError) -> Error {
     ApiError::from(err).into()
+}
+
+/// `LICENSE_REQUIRED`, naming the feature and the tier that has it. A
+/// premium feature's resolver maps `Entitlements::require` through this:
+/// `?` alone would turn it into an uncoded error (async-graphql converts
+/// any `Display`), which `sanitize` answers as INTERNAL.
+// Called by the premium features' resolvers (SAML, webhooks, team
+// policies) as they land; the test below pins its answer meanwhile.
+#[allow(dead_code)]
+pub fn license_required(err: LicenseRequired) -> Error {
+    coded(ErrorCode::LicenseRequired, err.to_string(), None)
 }
 
 pub fn denied(_: Denied) -> Error {
@@ -153,4 +164,26 @@ pub fn unreadable_request(err: ParseRequestError) -> axum::response::Response {
 /// http-body-util's `LengthLimitError` wording identifies it.
 fn is_length_limit(err: &std::io::Error) -> bool {
     err.to_string().contains("length limit exceeded")
+}
+
+#[cfg(test)]
+mod license_tests {
+    use mobius_core::authz::{Feature, LicenseRequired};
+
+    #[test]
+    fn license_required_names_the_feature_and_tier() {
+        let err = super::license_required(LicenseRequired {
+            feature: Feature::Saml,
+        });
+        assert_eq!(
+            err.message,
+            "SAML single sign-on requires a premium license or plan"
+        );
+        let code = err
+            .extensions
+            .as_ref()
+            .and_then(|e| e.get("code"))
+            .map(|v| v.to_string());
+        assert_eq!(code.as_deref(), Some("\"LICENSE_REQUIRED\""));
+    }
 }

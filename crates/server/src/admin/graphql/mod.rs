@@ -11,9 +11,11 @@ mod expansion;
 pub mod gate;
 mod identity;
 pub mod ids;
+mod licensing;
 mod loaders;
 mod node;
 mod pagination;
+pub mod signup;
 mod sso;
 mod tenancy;
 
@@ -66,6 +68,7 @@ use axum::http::HeaderMap;
 use axum::http::header::{AUTHORIZATION, COOKIE, USER_AGENT};
 use axum::response::{Html, IntoResponse, Response};
 use mobius_core::Store;
+use mobius_core::authz::Entitlements;
 use mobius_core::identity::ApiTokenUsage;
 use mobius_core::identity::{Identity, IdentityError, RequestMeta};
 
@@ -88,6 +91,7 @@ pub struct QueryRoot(
     audit::AuditQuery,
     node::NodeQuery,
     sso::SsoQuery,
+    licensing::LicenseQuery,
 );
 
 /// Mutations are split by area and merged.
@@ -98,6 +102,7 @@ pub struct MutationRoot(
     devices::DeviceMutation,
     enrollment::EnrollmentMutation,
     sso::SsoMutation,
+    signup::SignUpMutation,
 );
 
 // Each area's subscriptions, merged.
@@ -117,6 +122,8 @@ pub struct GraphqlState {
     pub store: Store,
     pub identity: Identity,
     pub api_token_usage: Arc<ApiTokenUsage>,
+    /// The edition's entitlement gate (the REST license endpoints read it).
+    pub entitlements: Arc<dyn Entitlements>,
 }
 
 /// What resolvers use besides the request context.
@@ -128,7 +135,9 @@ pub struct Services {
     /// Seals SSO client secrets.
     pub sealer: Arc<dyn mobius_core::crypto::sealing::SecretSealer>,
     /// The entitlement gate (the tenant's device limit, premium features).
-    pub entitlements: Arc<dyn mobius_core::authz::Entitlements>,
+    pub entitlements: Arc<dyn Entitlements>,
+    /// Self sign-up, where the edition and settings turn it on.
+    pub signup: Option<Arc<signup::SignUpService>>,
 }
 
 /// The device side, as the admin API needs it.
@@ -165,6 +174,9 @@ pub fn schema(services: Option<Services>) -> MobiusSchema {
             .data(services.devices)
             .data(sso::SsoSealer(services.sealer))
             .data(services.entitlements);
+        if let Some(signup) = services.signup {
+            builder = builder.data(signup);
+        }
     }
     builder.finish()
 }
