@@ -25,7 +25,15 @@ pub const TENANT_TABLES: &[&str] = &[
 
 /// Tables without `tenant_id` that the request role may still use, with
 /// the privileges it gets on each.
-pub const SHARED_TABLES: &[(&str, &str)] = &[("signing_keys", "SELECT, INSERT, UPDATE")];
+pub const SHARED_TABLES: &[(&str, &str)] = &[
+    ("signing_keys", "SELECT, INSERT, UPDATE"),
+    // The cluster's shared state (migration m20261207_000001): ids and
+    // counters only, no tenant data.
+    ("cluster_messages", "SELECT, INSERT, DELETE"),
+    ("job_runs", "SELECT, INSERT, UPDATE"),
+    ("rate_limit_counters", "SELECT, INSERT, UPDATE, DELETE"),
+    ("device_listener_ca", "SELECT, INSERT"),
+];
 
 /// Every SECURITY DEFINER function the request role calls (the lookups,
 /// the audit chainer's and the enrollment claim), with argument types, for
@@ -42,6 +50,7 @@ pub const LOOKUP_FUNCTION_SIGNATURES: &[&str] = &[
     "mobius_audit_unchained_tenants()",
     "mobius_audit_chain(jsonb)",
     "mobius_claim_enrollment_token(bytea)",
+    "mobius_purge_expired(timestamptz)",
 ];
 
 /// The tenant of the current transaction, or NULL (never an error) when

@@ -54,6 +54,16 @@ pub struct Server {
     setup_code: Option<String>,
     devices: DeviceSide,
     client_read_timeout_secs: u64,
+    cluster: ClusterSide,
+}
+
+/// What coordinates this process with other replicas on the same store.
+struct ClusterSide {
+    bus: crate::cluster::Bus,
+    relayed: Arc<crate::cluster::relay::Relayed>,
+    metrics: Arc<Metrics>,
+    role: crate::settings::ServerRole,
+    job_periods_secs: std::collections::BTreeMap<String, u64>,
 }
 
 /// The device listener and what runs beside it.
@@ -152,9 +162,21 @@ impl Server {
             (Some(c), Some(k), Some(a)) => Some((c.as_path(), k.as_path(), a.as_path())),
             _ => None,
         };
-        let server_identity =
+        // Files when configured; on Postgres the CA every replica shares;
+        // on the embedded store the one generated in the data directory.
+        let server_identity = if configured.is_none() && settings.uses_postgres() {
+            crate::cluster::identity::shared_server_identity(
+                &store,
+                services.sealer.clone(),
+                &settings.data_dir,
+                &settings.device_hostnames,
+            )
+            .await
+            .context("loading the device listener's TLS identity from the shared store")?
+        } else {
             tls::server_identity(&settings.data_dir, configured, &settings.device_hostnames)
-                .context("loading the device listener's TLS identity")?;
+                .context("loading the device listener's TLS identity")?
+        };
         let verifier = Arc::new(TenantCaVerifier::new());
         let trust = Arc::new(Trust::new(store.clone(), verifier.clone(), pki.clone()));
         trust.reload().await.context("loading the tenant CAs")?;
@@ -205,6 +227,11 @@ impl Server {
         let limiter = LoginLimiter::new(
             settings.login_attempts_per_minute_per_client,
             settings.login_attempts_per_minute_per_account,
+        )
+        .shared_across_replicas(
+            crate::cluster::limits::SharedCounter::new(store.clone()),
+            settings.login_attempts_per_minute_per_client,
+            settings.login_attempts_per_minute_per_account,
         );
         let graphql = GraphqlState {
             schema: graphql::schema(Some(graphql::Services {
@@ -217,11 +244,13 @@ impl Server {
             identity,
             api_token_usage: api_token_usage.clone(),
         };
+        let metrics = Metrics::new();
         let state = AppState {
             store: store.clone(),
-            metrics: Metrics::new(),
+            metrics: metrics.clone(),
         };
         let router = router::router(state, settings, Some(graphql)).merge(services.routes);
+        let bus = crate::cluster::Bus::new(store.clone());
         Ok(Server {
             store,
             _data_dir_lock: data_dir_lock,
@@ -232,6 +261,13 @@ impl Server {
             setup_code,
             devices,
             client_read_timeout_secs: settings.client_read_timeout_secs,
+            cluster: ClusterSide {
+                bus,
+                relayed: Arc::default(),
+                metrics,
+                role: settings.role,
+                job_periods_secs: settings.job_periods_secs.clone(),
+            },
         })
     }
 
@@ -291,7 +327,7 @@ impl Server {
             Duration::from_secs(self.client_read_timeout_secs),
             stopped(stop_rx.clone()),
         ));
-        let background = [
+        let mut background = vec![
             tokio::spawn(jobs::flush_usage_periodically(
                 self.store.clone(),
                 self.api_token_usage.clone(),
@@ -308,6 +344,33 @@ impl Server {
             tokio::spawn(jobs::reload_trust_periodically(devices.trust.clone())),
             tokio::spawn(jobs::chain_audit_periodically(self.store.clone())),
         ];
+        let cluster = self.cluster;
+        if cluster.bus.is_shared() {
+            background.push(tokio::spawn(cluster.bus.clone().run()));
+            background.push(tokio::spawn(crate::cluster::relay::announce_commits(
+                self.store.clone(),
+                cluster.bus.clone(),
+                cluster.relayed.clone(),
+            )));
+            background.push(tokio::spawn(crate::cluster::relay::apply_remote(
+                self.store.clone(),
+                cluster.bus.clone(),
+                devices.revocations.clone(),
+                devices.trust.clone(),
+                cluster.relayed.clone(),
+            )));
+        }
+        if cluster.role.runs_jobs() {
+            let scheduler = jobs::scheduler::Scheduler::new(
+                self.store.clone(),
+                node_name(addr),
+                &cluster.job_periods_secs,
+                devices.revocation_lookback,
+                cluster.metrics.clone(),
+            );
+            background.push(tokio::spawn(scheduler.run()));
+        }
+        tracing::info!(role = ?cluster.role, shared_bus = cluster.bus.is_shared(), "cluster role");
         // After the setup code and the device listener, so whoever waits
         // for this line has all three.
         tracing::info!(address = %addr, url = %url, "admin API listening");
@@ -355,6 +418,55 @@ impl Server {
         self.store.close().await.context("closing the store")?;
         Ok(())
     }
+}
+
+/// This process's name in job records: host name (the pod or task name in
+/// containers), process id and admin address.
+fn node_name(addr: SocketAddr) -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "mobius".to_owned());
+    format!("{host}:{}:{}", std::process::id(), addr.port())
+}
+
+/// The scheduled jobs' records (`mobius-server jobs`).
+pub async fn job_records(
+    settings: &Settings,
+    edition: &Edition,
+) -> anyhow::Result<Vec<mobius_core::db::cluster::JobRecord>> {
+    let store = open_store(settings, edition, false).await?;
+    let records = store.job_records().await?;
+    store.close().await?;
+    Ok(records)
+}
+
+/// `mobius-server backup --to FILE`: an online copy of the embedded store.
+pub async fn backup(settings: &Settings, to: &std::path::Path) -> anyhow::Result<()> {
+    if settings.uses_postgres() {
+        bail!(
+            "`backup` copies the embedded SQLite store; back up Postgres with pg_dump or \
+             point-in-time recovery (docs/operations/backup.md)"
+        );
+    }
+    let path = settings.data_dir.join(SQLITE_FILE);
+    if !path.is_file() {
+        bail!(
+            "no embedded store at {} (setting `data_dir`)",
+            path.display()
+        );
+    }
+    // Opened beside the running server (WAL allows it), without migrating.
+    let store = Store::open_sqlite(&path)
+        .await
+        .with_context(|| format!("opening the embedded store at {}", path.display()))?;
+    store
+        .backup_embedded_to(to)
+        .await
+        .with_context(|| format!("writing {}", to.display()))?;
+    store.close().await?;
+    Ok(())
 }
 
 /// Every agent holds a connection, and each is a file descriptor: raise

@@ -21,6 +21,27 @@ pub enum LogFormat {
     Json,
 }
 
+/// What a `serve` process does (docs/operations/scaling.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerRole {
+    /// Serve requests and run the scheduled jobs (one server, or small installs).
+    #[default]
+    All,
+    /// Serve requests only: no scheduled jobs on this replica.
+    Api,
+    /// Run the scheduled jobs (listeners stay up for health and metrics;
+    /// route no traffic to it).
+    Worker,
+}
+
+impl ServerRole {
+    /// Whether this process runs the once-across-replicas job scheduler.
+    pub fn runs_jobs(self) -> bool {
+        matches!(self, ServerRole::All | ServerRole::Worker)
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
@@ -97,6 +118,12 @@ pub struct Settings {
     pub client_read_timeout_secs: u64,
     /// Most devices a tenant may enroll (unset: no limit).
     pub device_limit: Option<u64>,
+    /// `all` (default), `api` (no scheduled jobs) or `worker`.
+    pub role: ServerRole,
+    /// Scheduled job periods in seconds by job name, overriding the
+    /// defaults (`purge-expired` 3600, `prune-cluster` 300,
+    /// `audit-chain-sweep` 10), e.g. `{ purge-expired = 600 }`.
+    pub job_periods_secs: std::collections::BTreeMap<String, u64>,
 }
 
 impl Default for Settings {
@@ -130,6 +157,8 @@ impl Default for Settings {
             last_seen_write_after_secs: 60,
             client_read_timeout_secs: 10,
             device_limit: None,
+            role: ServerRole::All,
+            job_periods_secs: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -166,6 +195,8 @@ const SETTING_NAMES: &[&str] = &[
     "last_seen_write_after_secs",
     "client_read_timeout_secs",
     "device_limit",
+    "role",
+    "job_periods_secs",
 ];
 
 /// Values given as command-line flags; `None` means "not given".
@@ -183,6 +214,8 @@ pub struct FlagOverrides {
     pub log_format: Option<LogFormat>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device_listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<ServerRole>,
 }
 
 /// A setting that could not be loaded, with the setting's name in the text.

@@ -3,6 +3,7 @@
 //! lookups live in [`lookups`], the tenant proofs `begin` takes in
 //! [`proof`], advisory-lock keys in [`locks`].
 
+pub mod cluster;
 pub(crate) mod coalesce;
 pub(crate) mod entities;
 mod error;
@@ -142,6 +143,12 @@ impl Store {
     /// Statements sent so far through this store's pool.
     pub fn statement_count(&self) -> u64 {
         self.statements.load(Ordering::Relaxed)
+    }
+
+    /// Announces an audit event committed by another server (the cluster
+    /// bus relays it) to this process's subscribers, as if committed here.
+    pub fn announce_remote_audit(&self, event: AuditEvent) {
+        let _ = self.audit_feed.send(event);
     }
 
     /// Audit events as their transactions commit, from this process.
