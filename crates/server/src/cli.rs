@@ -78,6 +78,9 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         output: JobsOutput,
     },
+    /// Exit 0 when the server on `listen` answers /healthz (for container
+    /// HEALTHCHECKs in images without curl).
+    Healthcheck,
     /// Copy the embedded SQLite store to FILE while the server runs (a
     /// consistent snapshot); restore by stopping the server and putting
     /// FILE in place of `<data_dir>/mobius.db`. Postgres: use pg_dump or
@@ -90,6 +93,7 @@ enum Command {
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
+/// How `jobs` prints.
 enum JobsOutput {
     Table,
     Json,
@@ -177,10 +181,11 @@ pub fn main(edition: Edition) -> ExitCode {
                     JobsOutput::Table => {
                         print!("{}", crate::jobs::scheduler::render_table(&records))
                     }
-                    JobsOutput::Json => println!("{}", serde_json::to_string_pretty(&records)?),
+                    JobsOutput::Json => println!("{}", serde_json::to_string(&records)?),
                 }
                 Ok(())
             }
+            Command::Healthcheck => serve::healthcheck(&settings).await,
             Command::Backup { to } => {
                 serve::backup(&settings, &to).await?;
                 println!("backed up the embedded store to {}", to.display());

@@ -442,6 +442,34 @@ pub async fn job_records(
     Ok(records)
 }
 
+/// `mobius-server healthcheck`: GET /healthz on the admin listener (plain
+/// HTTP; with TLS on the admin listener, a TCP connect is the check).
+pub async fn healthcheck(settings: &Settings) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut addr = settings.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let check = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        if settings.serves_tls() {
+            return Ok::<bool, std::io::Error>(true);
+        }
+        stream
+            .write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await?;
+        Ok(head.starts_with(b"HTTP/1.") && &head[9..12] == b"200")
+    };
+    match tokio::time::timeout(Duration::from_secs(3), check).await {
+        Ok(Ok(true)) => Ok(()),
+        Ok(Ok(false)) => bail!("{addr}/healthz did not answer 200"),
+        Ok(Err(err)) => bail!("cannot reach {addr}: {err}"),
+        Err(_) => bail!("{addr}/healthz did not answer within 3 s"),
+    }
+}
+
 /// `mobius-server backup --to FILE`: an online copy of the embedded store.
 pub async fn backup(settings: &Settings, to: &std::path::Path) -> anyhow::Result<()> {
     if settings.uses_postgres() {
