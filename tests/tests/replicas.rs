@@ -451,3 +451,345 @@ async fn an_online_backup_of_the_embedded_store_starts_a_server() {
         .unwrap();
     assert!(login["data"]["login"]["accessToken"].is_string(), "{login}");
 }
+
+/// A free local port (bound, then released for a replica to take).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct RunningAgent(std::process::Child);
+
+impl Drop for RunningAgent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn agent(state_dir: &std::path::Path, args: &[&str], fingerprint: &str) -> std::process::Command {
+    let mut command = std::process::Command::new(mobius_tests::workspace_binary("mobius-agent"));
+    command
+        .args(args)
+        .arg("--state-dir")
+        .arg(state_dir)
+        .env("MOBIUS_AGENT_HOST_FINGERPRINT", fingerprint)
+        .env("MOBIUS_AGENT_MAX_INTERVAL_SECS", "1")
+        .stdin(std::process::Stdio::null());
+    command
+}
+
+/// A rolling restart (SIGTERM, start again on the same ports) of all
+/// three replicas while agents heartbeat and an admin writes through
+/// whichever replicas are up: every acknowledged write is there afterwards
+/// and every agent is heartbeating again within 60 s.
+#[tokio::test]
+async fn a_rolling_restart_loses_no_acknowledged_write_and_every_agent_comes_back() {
+    let mut cluster = Cluster::new().await;
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let env = [("MOBIUS_LAST_SEEN_WRITE_AFTER_SECS", "1")];
+    let start = |cluster: &mut Cluster, (admin, device): (u16, u16)| {
+        let dir = tempfile::tempdir().unwrap();
+        let url = cluster.db.owner_url().expose_secret().to_owned();
+        let listen = format!("127.0.0.1:{admin}");
+        let device_listen = format!("127.0.0.1:{device}");
+        let mut all_env = vec![
+            ("MOBIUS_MASTER_KEY", cluster.master_key.clone()),
+            (
+                "MOBIUS_DATABASE_APP_PASSWORD",
+                "replica-test-app-password".to_owned(),
+            ),
+            ("MOBIUS_HEARTBEAT_INTERVAL_SECS", "1".to_owned()),
+        ];
+        all_env.extend(env.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        let all_env: Vec<(&str, &str)> = all_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let server = ServerProcess::start(
+            dir.path(),
+            &[
+                "--database-url",
+                &url,
+                "--listen",
+                &listen,
+                "--device-listen",
+                &device_listen,
+            ],
+            &all_env,
+        );
+        cluster.dirs.push(dir);
+        server
+    };
+    let mut replicas: Vec<Option<ServerProcess>> = Vec::new();
+    for port in &ports {
+        replicas.push(Some(start(&mut cluster, *port)));
+    }
+    let token = cluster
+        .setup(replicas[0].as_ref().unwrap(), replicas[2].as_ref().unwrap())
+        .await;
+    let first = replicas[0].as_ref().unwrap();
+    let site = cluster
+        .gql(first, &token, "{ sites { nodes { id } } }", json!({}))
+        .await["data"]["sites"]["nodes"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let created = cluster
+        .gql(
+            first,
+            &token,
+            "mutation($i: CreateEnrollmentTokenInput!) { createEnrollmentToken(input: $i) { token } }",
+            json!({ "i": { "siteId": site, "maxUses": 3 } }),
+        )
+        .await;
+    let enrollment = created["data"]["createEnrollmentToken"]["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // One agent per replica's device port.
+    let states = tempfile::tempdir().unwrap();
+    let mut agents = Vec::new();
+    for (i, (_, device)) in ports.iter().enumerate() {
+        let state_dir = states.path().join(format!("agent-{i}"));
+        let name = format!("rolling-{i}");
+        let enrolled = agent(
+            &state_dir,
+            &[
+                "enroll",
+                "--server",
+                &format!("https://127.0.0.1:{device}"),
+                "--token",
+                &enrollment,
+            ],
+            &name,
+        )
+        .output()
+        .unwrap();
+        assert!(
+            enrolled.status.success(),
+            "{}",
+            String::from_utf8_lossy(&enrolled.stderr)
+        );
+        agents.push(RunningAgent(
+            agent(&state_dir, &["run"], &name)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        ));
+    }
+    let devices_query = "{ devices { nodes { hostname status lastSeenAt } } }";
+    let all_online = eventually(Duration::from_secs(20), async || {
+        let page = cluster.gql(first, &token, devices_query, json!({})).await;
+        page["data"]["devices"]["nodes"]
+            .as_array()
+            .is_some_and(|d| d.len() == 3 && d.iter().all(|d| d["status"] == "ONLINE"))
+    })
+    .await;
+    assert!(all_online, "the agents never came online");
+
+    // An admin writing through the replicas round-robin, keeping the names
+    // of the writes that were acknowledged.
+    let admin_ports: Vec<u16> = ports.iter().map(|(a, _)| *a).collect();
+    let writer_token = token.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_writer = stop.clone();
+    let writer = tokio::spawn(async move {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let mut acknowledged = Vec::new();
+        let mut attempts = 0u64;
+        let mut n = 0usize;
+        while !stop_writer.load(std::sync::atomic::Ordering::Relaxed) {
+            n += 1;
+            attempts += 1;
+            let port = admin_ports[n % admin_ports.len()];
+            let name = format!("rolling-write-{n}");
+            let response = http
+                .post(format!("http://127.0.0.1:{port}/api/graphql"))
+                .bearer_auth(&writer_token)
+                .json(&json!({ "query": "mutation($n: String!) { createSite(input: { name: $n }) { id } }", "variables": { "n": name } }))
+                .send()
+                .await;
+            if let Ok(response) = response
+                && let Ok(body) = response.json::<Value>().await
+                && body["data"]["createSite"]["id"].is_string()
+            {
+                acknowledged.push(name);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        (acknowledged, attempts)
+    });
+
+    let rolling_started = Instant::now();
+    let mut back_after: Vec<chrono::DateTime<chrono::Utc>> = Vec::new();
+    for i in 0..3 {
+        let old = replicas[i].take().unwrap();
+        assert_eq!(old.terminate(), Some(0), "replica {i} did not stop cleanly");
+        replicas[i] = Some(start(&mut cluster, ports[i]));
+        back_after.push(chrono::Utc::now());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let restarted_at = chrono::Utc::now();
+    // Every agent heartbeats again after its replica came back.
+    let any = replicas[0].as_ref().unwrap();
+    let mut agents_back = None;
+    let waited = Instant::now();
+    while waited.elapsed() < Duration::from_secs(60) {
+        let page = cluster.gql(any, &token, devices_query, json!({})).await;
+        let nodes = page["data"]["devices"]["nodes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let fresh = nodes.iter().all(|d| {
+            d["lastSeenAt"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .is_some_and(|t| t.with_timezone(&chrono::Utc) > restarted_at)
+        });
+        if nodes.len() == 3 && fresh {
+            agents_back = Some(waited.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (acknowledged, attempts) = writer.await.unwrap();
+    let agents_back =
+        agents_back.expect("every agent heartbeats within 60 s of the rolling restart");
+    eprintln!(
+        "rolling restart of 3 replicas took {:?}; all 3 agents heartbeating {:?} after the last restart; {} of {} writes acknowledged",
+        rolling_started.elapsed(),
+        agents_back,
+        acknowledged.len(),
+        attempts
+    );
+
+    let sites = cluster
+        .gql(
+            any,
+            &token,
+            "{ sites(first: 1000) { nodes { name } } }",
+            json!({}),
+        )
+        .await
+        .to_string();
+    for name in &acknowledged {
+        assert!(
+            sites.contains(&format!("\"{name}\"")),
+            "acknowledged write {name} is gone"
+        );
+    }
+    assert!(
+        acknowledged.len() > 10,
+        "too few writes went through: {}",
+        acknowledged.len()
+    );
+    drop(agents);
+}
+
+/// A notification that never arrives (lost while a listener reconnected)
+/// does not lose the message: the fallback poll reads it from the log.
+#[tokio::test]
+async fn a_message_whose_notification_was_lost_arrives_through_the_log() {
+    use sea_orm::sqlx::{self, Connection, Row};
+    let mut cluster = Cluster::new().await;
+    let a = cluster.start(&[]);
+    let b = cluster.start(&[]);
+    let token = cluster.setup(&a, &b).await;
+    let created = cluster
+        .gql(
+            &b,
+            &token,
+            r#"mutation { createSite(input: { name: "logged-only" }) { id } }"#,
+            json!({}),
+        )
+        .await;
+    assert!(created["errors"].is_null(), "{created}");
+    let mut socket = subscribe_audit(&a, &token).await;
+    // Log a message for that event without NOTIFY, as if the notification
+    // had been sent while A's listener was reconnecting.
+    let mut admin = sqlx::PgConnection::connect(&cluster.db.admin_url())
+        .await
+        .unwrap();
+    let row = sqlx::query(
+        "SELECT tenant_id, id FROM audit_events WHERE action = 'site.created' \
+         AND details->>'name' = 'logged-only'",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    let tenant: uuid::Uuid = row.get("tenant_id");
+    let event: uuid::Uuid = row.get("id");
+    let logged = Instant::now();
+    sqlx::query(
+        "INSERT INTO cluster_messages (id, topic, payload, created_at) VALUES ($1, 'audit', $2, now())",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .bind(format!("{tenant} {event}"))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let message = tokio::time::timeout(Duration::from_secs(8), async {
+        loop {
+            let m = next_message_within(&mut socket, Duration::from_secs(8)).await;
+            if m["payload"]["data"]["auditEvents"]["details"]["name"] == "logged-only" {
+                return m;
+            }
+        }
+    })
+    .await
+    .expect("the logged message reached A's subscriber through the poll");
+    eprintln!(
+        "un-notified message delivered by the poll after {:?}",
+        logged.elapsed()
+    );
+    assert_eq!(
+        message["payload"]["data"]["auditEvents"]["action"],
+        "site.created"
+    );
+}
+
+async fn subscribe_audit(
+    server: &ServerProcess,
+    token: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    let mut request = server
+        .url("/api/graphql")
+        .replace("http://", "ws://")
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        "graphql-transport-ws".parse().unwrap(),
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let send = |v: Value| Message::Text(v.to_string().into());
+    socket
+        .send(send(json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {token}") } })))
+        .await
+        .unwrap();
+    assert_eq!(next_message(&mut socket).await["type"], "connection_ack");
+    socket
+        .send(send(json!({ "id": "1", "type": "subscribe", "payload": { "query": "subscription { auditEvents { action details } }" } })))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    socket
+}
+
+async fn next_message_within<S>(socket: &mut S, within: Duration) -> Value
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    let message = tokio::time::timeout(within, socket.next())
+        .await
+        .expect("a message in time");
+    let text = message.unwrap().unwrap().into_text().unwrap();
+    serde_json::from_str(&text).unwrap()
+}

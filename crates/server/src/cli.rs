@@ -13,6 +13,9 @@ use crate::telemetry;
 #[derive(Debug, Parser)]
 #[command(
     version,
+    // A flag given twice means its last value (wrappers and scripts can
+    // append an override), as with the settings layers.
+    args_override_self = true,
     about = "Mobius device-management control plane server",
     long_about = "Mobius device-management control plane server.\n\n\
         With no configuration it serves the admin API on 127.0.0.1:8080 from an embedded SQLite \
