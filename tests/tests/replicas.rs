@@ -793,3 +793,64 @@ where
     let text = message.unwrap().unwrap().into_text().unwrap();
     serde_json::from_str(&text).unwrap()
 }
+
+/// Two replicas together admit the configured number of sign-in and
+/// enrollment attempts per client, not twice it.
+#[tokio::test]
+async fn rate_limits_hold_across_replicas() {
+    let mut cluster = Cluster::new().await;
+    let env = [
+        ("MOBIUS_LOGIN_ATTEMPTS_PER_MINUTE_PER_CLIENT", "3"),
+        ("MOBIUS_ENROLLMENT_ATTEMPTS_PER_MINUTE_PER_CLIENT", "3"),
+    ];
+    let a = cluster.start(&env);
+    let b = cluster.start(&env);
+    let _token = cluster.setup(&a, &b).await;
+    // A minute window could end mid-test; start just after one begins.
+    let second = chrono::Utc::now().timestamp() % 60;
+    if second > 45 {
+        tokio::time::sleep(Duration::from_secs((61 - second) as u64)).await;
+    }
+    let mut codes = Vec::new();
+    for i in 0..4 {
+        let server = if i % 2 == 0 { &a } else { &b };
+        let answer = cluster
+            .gql(
+                server,
+                "",
+                "mutation($i: LoginInput!) { login(input: $i) { accessToken } }",
+                json!({ "i": { "email": "owner@replicas.test", "password": "wrong password" } }),
+            )
+            .await;
+        codes.push(answer["errors"][0]["extensions"]["code"].clone());
+    }
+    assert_ne!(codes[2], "RATE_LIMITED", "{codes:?}");
+    assert_eq!(codes[3], "RATE_LIMITED", "{codes:?}");
+
+    let insecure = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        let server = if i % 2 == 0 { &a } else { &b };
+        let response = insecure
+            .post(format!(
+                "https://{}{}",
+                server.device_addr,
+                mobius_api::device::ENROLL_PATH
+            ))
+            .json(&json!({ "token": "not-a-token" }))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+        if i == 3 {
+            assert!(response.headers().get("retry-after").is_some());
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "RATE_LIMITED", "{body}");
+        }
+    }
+    assert_ne!(statuses[2], 429, "{statuses:?}");
+    assert_eq!(statuses[3], 429, "{statuses:?}");
+}

@@ -197,6 +197,12 @@ impl Server {
             trust: trust.clone(),
             server_ca_pem: Arc::new(server_identity.ca_pem.clone()),
             heartbeat_interval_secs: settings.heartbeat_interval_secs,
+            enrollment_limit: settings.enrollment_attempts_per_minute_per_client.map(|n| {
+                Arc::new(crate::cluster::limits::EnrollmentLimiter::new(
+                    n,
+                    store.clone(),
+                ))
+            }),
         };
         let device_listener = TcpListener::bind(settings.device_listen)
             .await

@@ -118,6 +118,10 @@ pub struct Settings {
     pub client_read_timeout_secs: u64,
     /// Most devices a tenant may enroll (unset: no limit).
     pub device_limit: Option<u64>,
+    /// Enrollment attempts allowed per minute from one client address,
+    /// counted across replicas. Unset: no limit (fleets often enroll
+    /// from behind one NAT address; set it to what a burst of yours needs).
+    pub enrollment_attempts_per_minute_per_client: Option<u32>,
     /// `all` (default), `api` (no scheduled jobs) or `worker`.
     pub role: ServerRole,
     /// Scheduled job periods in seconds by job name, overriding the
@@ -157,6 +161,7 @@ impl Default for Settings {
             last_seen_write_after_secs: 60,
             client_read_timeout_secs: 10,
             device_limit: None,
+            enrollment_attempts_per_minute_per_client: None,
             role: ServerRole::All,
             job_periods_secs: std::collections::BTreeMap::new(),
         }
@@ -195,6 +200,7 @@ const SETTING_NAMES: &[&str] = &[
     "last_seen_write_after_secs",
     "client_read_timeout_secs",
     "device_limit",
+    "enrollment_attempts_per_minute_per_client",
     "role",
     "job_periods_secs",
 ];
@@ -330,6 +336,11 @@ impl Settings {
         {
             return Err(SettingsError(
                 "login_attempts_per_minute_* must be at least 1".into(),
+            ));
+        }
+        if self.enrollment_attempts_per_minute_per_client == Some(0) {
+            return Err(SettingsError(
+                "enrollment_attempts_per_minute_per_client must be at least 1 (or unset)".into(),
             ));
         }
         if self

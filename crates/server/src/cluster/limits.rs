@@ -55,6 +55,43 @@ impl SharedCounter {
     }
 }
 
+/// Enrollment attempts per client address, across replicas: a local
+/// limiter first, then the shared counter.
+pub struct EnrollmentLimiter {
+    per_minute: u32,
+    local: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
+    shared: SharedCounter,
+}
+
+impl EnrollmentLimiter {
+    pub fn new(per_minute: u32, store: Store) -> EnrollmentLimiter {
+        let quota = governor::Quota::per_minute(
+            std::num::NonZeroU32::new(per_minute.max(1)).unwrap_or(std::num::NonZeroU32::MIN),
+        );
+        EnrollmentLimiter {
+            per_minute,
+            local: governor::RateLimiter::keyed(quota),
+            shared: SharedCounter::new(store),
+        }
+    }
+
+    /// Counts one enrollment attempt from `client`.
+    pub async fn admit(&self, client: std::net::IpAddr) -> Result<(), RateLimited> {
+        use governor::clock::{Clock, DefaultClock};
+        self.local
+            .check_key(&client)
+            .map_err(|not_until| RateLimited {
+                retry_after_secs: not_until
+                    .wait_time_from(DefaultClock::default().now())
+                    .as_secs()
+                    .max(1),
+            })?;
+        self.shared
+            .hit("enroll-client", &client.to_string(), self.per_minute)
+            .await
+    }
+}
+
 fn window_start(now: DateTime<Utc>) -> DateTime<Utc> {
     now.duration_trunc(chrono::Duration::minutes(1))
         .unwrap_or(now)
