@@ -6,9 +6,11 @@
 # so it runs with a read-only root file system.
 
 FROM rust:1.95-slim-bookworm AS build
+# Cloud features to build in (see editions/cloud/Cargo.toml).
+ARG FEATURES=kms
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p mobius-cloud --bin mobius-server-cloud --features kms \
+RUN cargo build --release --locked -p mobius-cloud --bin mobius-server-cloud --features "${FEATURES}" \
     && install -D -m 0755 target/release/mobius-server-cloud /out/mobius-server \
     && install -d -o 65532 -g 65532 -m 0700 /out/data
 
