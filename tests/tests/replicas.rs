@@ -854,3 +854,133 @@ async fn rate_limits_hold_across_replicas() {
     assert_ne!(statuses[2], 429, "{statuses:?}");
     assert_eq!(statuses[3], 429, "{statuses:?}");
 }
+
+/// The cleanup job deletes what has expired, and only that, on both
+/// backends: an expired enrollment token goes, a current one stays.
+#[tokio::test]
+async fn the_cleanup_job_purges_expired_rows_on_postgres() {
+    use sea_orm::sqlx::{self, Connection, Row};
+    let mut cluster = Cluster::new().await;
+    let a = cluster.start(&[("MOBIUS_JOB_PERIODS_SECS", "{purge-expired=1}")]);
+    let token = cluster.setup(&a, &a).await;
+    let (expired, current) = two_tokens(&cluster.http, &a, &token).await;
+    let mut admin = sqlx::PgConnection::connect(&cluster.db.admin_url())
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE enrollment_tokens SET expires_at = now() - interval '1 hour' WHERE id = $1",
+    )
+    .bind(expired)
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let purged = eventually(Duration::from_secs(10), async || {
+        let rows = sqlx::query("SELECT id FROM enrollment_tokens")
+            .fetch_all(&mut admin)
+            .await
+            .unwrap();
+        let ids: Vec<uuid::Uuid> = rows.iter().map(|r| r.get("id")).collect();
+        !ids.contains(&expired) && ids.contains(&current)
+    })
+    .await;
+    assert!(
+        purged,
+        "the expired token was not purged (or the current one was)"
+    );
+}
+
+#[tokio::test]
+async fn the_cleanup_job_purges_expired_rows_on_the_embedded_store() {
+    use sea_orm::sqlx::{self, Connection, Row};
+    let dir = tempfile::tempdir().unwrap();
+    let a = ServerProcess::start(
+        dir.path(),
+        &[],
+        &[("MOBIUS_JOB_PERIODS_SECS", "{purge-expired=1}")],
+    );
+    let http = reqwest::Client::new();
+    let code = a.setup_code.clone().unwrap();
+    let setup: Value = http
+        .post(a.url("/api/graphql"))
+        .json(&json!({ "query": "mutation($i: SetupInput!) { setup(input: $i) { accessToken } }",
+                       "variables": { "i": { "code": code, "email": "o@sqlite.test", "password": PASSWORD, "displayName": "O" } } }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = setup["data"]["setup"]["accessToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (expired, current) = two_tokens(&http, &a, &token).await;
+    let url = format!(
+        "sqlite://{}",
+        dir.path().join("mobius-data/mobius.db").display()
+    );
+    let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let updated = sqlx::query(
+        "UPDATE enrollment_tokens SET expires_at = '2000-01-01 00:00:00+00:00' WHERE id = ?",
+    )
+    .bind(expired)
+    .execute(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(updated.rows_affected(), 1);
+    let purged = eventually(Duration::from_secs(10), async || {
+        let rows = sqlx::query("SELECT id FROM enrollment_tokens")
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
+        let ids: Vec<uuid::Uuid> = rows.iter().map(|r| r.get("id")).collect();
+        !ids.contains(&expired) && ids.contains(&current)
+    })
+    .await;
+    assert!(
+        purged,
+        "the expired token was not purged (or the current one was): {:?}",
+        a.log_events()
+            .iter()
+            .filter(|e| e["level"] != "INFO" || e["message"] == "job ran")
+            .collect::<Vec<_>>()
+    );
+}
+
+/// Two enrollment tokens (row ids) made through the API.
+async fn two_tokens(
+    http: &reqwest::Client,
+    server: &ServerProcess,
+    token: &str,
+) -> (uuid::Uuid, uuid::Uuid) {
+    let gql = async |query: &str, variables: Value| -> Value {
+        http.post(server.url("/api/graphql"))
+            .bearer_auth(token)
+            .json(&json!({ "query": query, "variables": variables }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    };
+    let site =
+        gql("{ sites { nodes { id } } }", json!({})).await["data"]["sites"]["nodes"][0]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let created = gql(
+            "mutation($i: CreateEnrollmentTokenInput!) { createEnrollmentToken(input: $i) { enrollmentToken { id } } }",
+            json!({ "i": { "siteId": site, "maxUses": 1 } }),
+        )
+        .await;
+        ids.push(mobius_tests::uuid_of(
+            created["data"]["createEnrollmentToken"]["enrollmentToken"]["id"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{created}")),
+        ));
+    }
+    (ids[0], ids[1])
+}
