@@ -40,6 +40,9 @@ impl Cluster {
         let mut env = vec![
             ("MOBIUS_MASTER_KEY", self.master_key.as_str()),
             ("MOBIUS_DATABASE_APP_PASSWORD", "replica-test-app-password"),
+            // A role of their own: roles are cluster-wide, and other tests
+            // reset the default role's password as they start servers.
+            ("MOBIUS_DATABASE_APP_ROLE", "mobius_replicas_app"),
             ("MOBIUS_HEARTBEAT_INTERVAL_SECS", "1"),
         ];
         env.extend_from_slice(extra);
@@ -337,6 +340,7 @@ async fn each_job_runs_once_per_period_while_replicas_come_and_go() {
             cluster.db.owner_url().expose_secret(),
         ])
         .env("MOBIUS_DATABASE_APP_PASSWORD", "replica-test-app-password")
+        .env("MOBIUS_DATABASE_APP_ROLE", "mobius_replicas_app")
         .env("MOBIUS_MASTER_KEY", &cluster.master_key)
         .current_dir(cluster.dirs[0].path())
         .output()
@@ -490,7 +494,10 @@ fn agent(state_dir: &std::path::Path, args: &[&str], fingerprint: &str) -> std::
 async fn a_rolling_restart_loses_no_acknowledged_write_and_every_agent_comes_back() {
     let mut cluster = Cluster::new().await;
     let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
-    let env = [("MOBIUS_LAST_SEEN_WRITE_AFTER_SECS", "1")];
+    let env = [
+        ("MOBIUS_LAST_SEEN_WRITE_AFTER_SECS", "1"),
+        ("MOBIUS_DATABASE_APP_ROLE", "mobius_replicas_app"),
+    ];
     let start = |cluster: &mut Cluster, (admin, device): (u16, u16)| {
         let dir = tempfile::tempdir().unwrap();
         let url = cluster.db.owner_url().expose_secret().to_owned();

@@ -179,7 +179,7 @@ pub fn main(edition: Edition) -> ExitCode {
                 Ok(())
             }
             Command::Jobs { output } => {
-                let records = serve::job_records(&settings, &edition).await?;
+                let records = serve::job_records(&settings).await?;
                 match output {
                     JobsOutput::Table => {
                         print!("{}", crate::jobs::scheduler::render_table(&records))

@@ -440,9 +440,26 @@ fn node_name(addr: SocketAddr) -> String {
 /// The scheduled jobs' records (`mobius-server jobs`).
 pub async fn job_records(
     settings: &Settings,
-    edition: &Edition,
 ) -> anyhow::Result<Vec<mobius_core::db::cluster::JobRecord>> {
-    let store = open_store(settings, edition, false).await?;
+    // Read-only: connect as whichever role is configured, without the
+    // role set-up `serve` does (which could reset a development password).
+    let store = match (&settings.database_app_url, &settings.database_url) {
+        (Some(url), _) | (None, Some(url)) => Store::open_postgres(url, 1)
+            .await
+            .context("connecting to Postgres")?,
+        (None, None) => {
+            let path = settings.data_dir.join(SQLITE_FILE);
+            if !path.is_file() {
+                bail!(
+                    "no embedded store at {} (setting `data_dir`)",
+                    path.display()
+                );
+            }
+            Store::open_sqlite(&path)
+                .await
+                .with_context(|| format!("opening the embedded store at {}", path.display()))?
+        }
+    };
     let records = store.job_records().await?;
     store.close().await?;
     Ok(records)

@@ -206,18 +206,19 @@ fn describe(counts: &[(String, i64)]) -> String {
 /// The job records as the `jobs` command prints them.
 pub fn render_table(records: &[JobRecord]) -> String {
     let mut out = format!(
-        "{:<20} {:>6} {:<26} {:<26} {:>8}  {:<24} {}\n",
-        "JOB", "RUNS", "LAST STARTED", "NEXT DUE", "MS", "NODE", "OUTCOME"
+        "{:<20} {:>6} {:<20} {:<20} {:>8}  {:<24} {}\n",
+        "JOB", "RUNS", "LAST STARTED (UTC)", "NEXT DUE (UTC)", "MS", "NODE", "OUTCOME"
     );
+    let time = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%S").to_string();
     for r in records {
         out.push_str(&format!(
-            "{:<20} {:>6} {:<26} {:<26} {:>8}  {:<24} {}\n",
+            "{:<20} {:>6} {:<20} {:<20} {:>8}  {:<24} {}\n",
             r.name,
             r.runs,
             r.last_started_at
-                .map(|t| t.to_rfc3339())
+                .map(time)
                 .unwrap_or_else(|| "never".into()),
-            r.next_due_at.to_rfc3339(),
+            time(r.next_due_at),
             r.last_duration_ms
                 .map(|ms| ms.to_string())
                 .unwrap_or_default(),
