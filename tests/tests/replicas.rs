@@ -278,17 +278,14 @@ async fn a_device_revoked_on_one_replica_is_refused_by_another_within_a_second()
     assert!(refused, "C still served the revoked device after {took:?}");
 }
 
-/// Start times of `job` as the replicas logged them.
-fn job_starts(servers: &[&ServerProcess], job: &str) -> Vec<chrono::DateTime<chrono::Utc>> {
-    let mut starts: Vec<_> = servers
+/// Start times of `job` in these log events.
+fn job_starts(events: &[Value], job: &str) -> Vec<chrono::DateTime<chrono::Utc>> {
+    let mut starts: Vec<_> = events
         .iter()
-        .flat_map(|s| s.log_events())
-        .filter(|e| e["fields"]["message"] == "job ran" || e["message"] == "job ran")
-        .filter(|e| e["job"] == job || e["fields"]["job"] == job)
+        .filter(|e| e["message"] == "job ran" && e["job"] == job)
         .filter_map(|e| {
             e["started_at"]
                 .as_str()
-                .or(e["fields"]["started_at"].as_str())
                 .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
                 .map(|t| t.with_timezone(&chrono::Utc))
         })
@@ -309,16 +306,20 @@ async fn each_job_runs_once_per_period_while_replicas_come_and_go() {
     let c = cluster.start(&periods);
     tokio::time::sleep(Duration::from_secs(7)).await;
     // Kill one hard (no graceful stop) and start another.
+    let mut events = b.log_events();
     drop(b);
     let d = cluster.start(&periods);
     tokio::time::sleep(Duration::from_secs(7)).await;
-    let servers = [&a, &c, &d];
+    for server in [&a, &c, &d] {
+        events.extend(server.log_events());
+    }
+    let mut logged_runs = std::collections::HashMap::new();
     for job in ["purge-expired", "prune-cluster"] {
-        let starts = job_starts(&servers, job);
-        // A killed replica's log is gone with it; what the survivors ran
-        // must still be spaced a full period apart.
+        let starts = job_starts(&events, job);
+        logged_runs.insert(job, starts.len() as i64);
+        // Every run any replica made, spaced at least a period apart.
         assert!(
-            starts.len() >= 3,
+            starts.len() >= 2,
             "{job} ran {} times: {starts:?}",
             starts.len()
         );
@@ -364,10 +365,17 @@ async fn each_job_runs_once_per_period_while_replicas_come_and_go() {
         .find(|r| r["name"] == "purge-expired")
         .unwrap_or_else(|| panic!("{records}"));
     let runs = purge["runs"].as_i64().unwrap();
-    // 14 s at one run per 3 s (plus up to 3 s of tick and jitter): 4 or 5.
+    // 14 s at one run per 3 s, seen due up to a tick (2-3 s) late: 2 to 5.
     assert!(
-        (3..=5).contains(&runs),
+        (2..=5).contains(&runs),
         "purge-expired ran {runs} times: {records}"
+    );
+    // Each recorded run was logged once (the killed replica may have
+    // committed one run and died before logging it).
+    let logged = logged_runs["purge-expired"];
+    assert!(
+        runs == logged || runs == logged + 1,
+        "{runs} runs recorded, {logged} logged"
     );
     let metrics = cluster
         .http
