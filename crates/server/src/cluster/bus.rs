@@ -16,13 +16,14 @@
 //! process and nothing is written.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use mobius_core::db::Backend;
 use mobius_core::{Store, Uuid};
-use tokio::sync::broadcast;
+use tokio::sync::{Notify, broadcast};
 
 /// How often the log is read while the listener is connected (a safety
 /// net: notifications normally arrive first).
@@ -150,51 +151,65 @@ impl Bus {
     }
 
     /// Listens and polls until the process stops (Postgres only; returns
-    /// at once on the embedded store).
+    /// at once on the embedded store). The poll runs as its own task so
+    /// that receiving is never cancelled half-way by a timer.
     pub async fn run(self) {
         if !self.is_shared() {
             return;
         }
-        let mut polled_from = Utc::now();
+        let connected = Arc::new(AtomicBool::new(false));
+        let catch_up = Arc::new(Notify::new());
+        let poller = tokio::spawn(
+            self.clone()
+                .poll_periodically(connected.clone(), catch_up.clone()),
+        );
         loop {
-            let listener = match self.inner.store.bus_listener().await {
-                Ok(Some(listener)) => Some(listener),
-                Ok(None) => return,
-                Err(err) => {
-                    tracing::warn!(error = %err, "cluster bus: cannot listen; polling the message log");
-                    None
-                }
-            };
-            // Whatever was sent while nobody listened.
-            polled_from = self.poll(polled_from).await;
-            let Some(mut listener) = listener else {
-                tokio::time::sleep(POLL_DISCONNECTED).await;
-                continue;
-            };
-            tracing::info!("cluster bus listening");
-            let mut tick = tokio::time::interval(POLL_CONNECTED);
-            tick.reset();
-            loop {
-                tokio::select! {
-                    received = listener.try_recv() => match received {
-                        Ok(Some(notification)) => self.on_notification(notification.payload()),
-                        Ok(None) => {
-                            // Lost and re-established: read what was missed.
-                            tracing::warn!("cluster bus listener reconnected; reading the message log");
-                            polled_from = self.poll(polled_from).await;
+            match self.inner.store.bus_listener().await {
+                Ok(Some(mut listener)) => {
+                    connected.store(true, Ordering::Relaxed);
+                    // Whatever was sent while nobody listened.
+                    catch_up.notify_one();
+                    tracing::info!("cluster bus listening");
+                    loop {
+                        match listener.try_recv().await {
+                            Ok(Some(notification)) => self.on_notification(notification.payload()),
+                            Ok(None) => {
+                                // Lost and re-established: read what was missed.
+                                tracing::warn!(
+                                    "cluster bus listener reconnected; reading the message log"
+                                );
+                                catch_up.notify_one();
+                            }
+                            Err(err) => {
+                                tracing::warn!(error = %err, "cluster bus listener failed; reconnecting");
+                                break;
+                            }
                         }
-                        Err(err) => {
-                            tracing::warn!(error = %err, "cluster bus listener failed; reconnecting");
-                            break;
-                        }
-                    },
-                    _ = tick.tick() => {
-                        polled_from = self.poll(polled_from).await;
                     }
                 }
+                Ok(None) => break,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cluster bus: cannot listen; polling the message log");
+                }
             }
-            drop(listener);
+            connected.store(false, Ordering::Relaxed);
             tokio::time::sleep(POLL_DISCONNECTED).await;
+        }
+        poller.abort();
+    }
+
+    /// Reads the log every [`POLL_CONNECTED`] (or [`POLL_DISCONNECTED`]
+    /// while not listening), and at once when `catch_up` is notified.
+    async fn poll_periodically(self, connected: Arc<AtomicBool>, catch_up: Arc<Notify>) {
+        let mut from = Utc::now();
+        loop {
+            let wait = if connected.load(Ordering::Relaxed) {
+                POLL_CONNECTED
+            } else {
+                POLL_DISCONNECTED
+            };
+            let _ = tokio::time::timeout(wait, catch_up.notified()).await;
+            from = self.poll(from).await;
         }
     }
 

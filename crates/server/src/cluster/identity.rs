@@ -57,6 +57,13 @@ pub async fn shared_server_identity(
         .await
         .context("opening the device listener CA key (is this the installation's master key?)")?;
     let key_pem = String::from_utf8(key_pem).context("the device listener CA key is not PEM")?;
+    // The CA certificate (public) where single-server installs keep it,
+    // for operators and tools that give agents a CA to trust.
+    let ca_copy = data_dir.join(tls::SERVER_CA_FILE);
+    if std::fs::read_to_string(&ca_copy).ok().as_deref() != Some(ca_pem.as_str()) {
+        mobius_core::crypto::sealing::write_private_file(&ca_copy, &ca_pem)
+            .with_context(|| format!("writing {}", ca_copy.display()))?;
+    }
     let names = tls::listener_names(hostnames);
     let (cert_pem, leaf_key_pem) = tls::issue_listener_leaf(&ca_pem, &key_pem, &names)?;
     tls::identity_from_pems(&cert_pem, &leaf_key_pem, &ca_pem)

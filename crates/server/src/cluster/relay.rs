@@ -117,10 +117,10 @@ pub async fn apply_remote(
                 }
             }
             message = trust_changed.recv() => {
-                if remote(message).is_some() {
-                    if let Err(err) = trust.reload().await {
-                        tracing::warn!(error = %err, "could not reload trusted tenant CAs");
-                    }
+                if remote(message).is_some()
+                    && let Err(err) = trust.reload().await
+                {
+                    tracing::warn!(error = %err, "could not reload trusted tenant CAs");
                 }
             }
             message = audit.recv() => {

@@ -18,7 +18,8 @@ use rustls::{DigitallySignedStruct, DistinguishedName as TlsName, RootCertStore,
 
 use mobius_core::crypto::sealing::write_private_file;
 
-const SERVER_CA_FILE: &str = "device-ca.pem";
+/// The listener CA's certificate in the data directory.
+pub const SERVER_CA_FILE: &str = "device-ca.pem";
 const SERVER_CA_KEY_FILE: &str = "device-ca.key";
 const SERVER_CERT_FILE: &str = "device-server.pem";
 const SERVER_KEY_FILE: &str = "device-server.key";
