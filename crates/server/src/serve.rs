@@ -60,7 +60,6 @@ pub struct Server {
 /// What coordinates this process with other replicas on the same store.
 struct ClusterSide {
     bus: crate::cluster::Bus,
-    relayed: Arc<crate::cluster::relay::Relayed>,
     metrics: Arc<Metrics>,
     role: crate::settings::ServerRole,
     job_periods_secs: std::collections::BTreeMap<String, u64>,
@@ -269,7 +268,6 @@ impl Server {
             client_read_timeout_secs: settings.client_read_timeout_secs,
             cluster: ClusterSide {
                 bus,
-                relayed: Arc::default(),
                 metrics,
                 role: settings.role,
                 job_periods_secs: settings.job_periods_secs.clone(),
@@ -356,14 +354,12 @@ impl Server {
             background.push(tokio::spawn(crate::cluster::relay::announce_commits(
                 self.store.clone(),
                 cluster.bus.clone(),
-                cluster.relayed.clone(),
             )));
             background.push(tokio::spawn(crate::cluster::relay::apply_remote(
                 self.store.clone(),
                 cluster.bus.clone(),
                 devices.revocations.clone(),
                 devices.trust.clone(),
-                cluster.relayed.clone(),
             )));
         }
         if cluster.role.runs_jobs() {

@@ -58,6 +58,8 @@ pub struct Store {
     /// check a page costs a constant number of queries.
     statements: Arc<AtomicU64>,
     audit_feed: broadcast::Sender<AuditEvent>,
+    /// Audit events other replicas committed, relayed by the cluster bus.
+    remote_audit_feed: broadcast::Sender<AuditEvent>,
 }
 
 /// Creates `path` with mode 0600, or tightens an existing file to 0600,
@@ -131,12 +133,14 @@ impl Store {
             counter.fetch_add(1, Ordering::Relaxed);
         });
         let (audit_feed, _) = broadcast::channel(1024);
+        let (remote_audit_feed, _) = broadcast::channel(1024);
         Store {
             db,
             backend,
             max_connections,
             statements,
             audit_feed,
+            remote_audit_feed,
         }
     }
 
@@ -146,9 +150,16 @@ impl Store {
     }
 
     /// Announces an audit event committed by another server (the cluster
-    /// bus relays it) to this process's subscribers, as if committed here.
+    /// bus relays it) to [`Store::subscribe_remote_audit`] receivers. Kept
+    /// apart from this process's own commits so the audit chainer and the
+    /// bus announcer, which follow only those, never see it.
     pub fn announce_remote_audit(&self, event: AuditEvent) {
-        let _ = self.audit_feed.send(event);
+        let _ = self.remote_audit_feed.send(event);
+    }
+
+    /// Audit events other replicas committed, as the cluster bus relays them.
+    pub fn subscribe_remote_audit(&self) -> broadcast::Receiver<AuditEvent> {
+        self.remote_audit_feed.subscribe()
     }
 
     /// Audit events as their transactions commit, from this process.

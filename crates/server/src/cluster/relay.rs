@@ -13,8 +13,7 @@
 //! others to their slower safety nets: the revocation poll and the trust
 //! reload in `jobs`, which read the database itself.
 
-use std::collections::{HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use mobius_core::Store;
 use mobius_core::db::SystemTask;
@@ -25,38 +24,8 @@ use super::bus::{self, Bus, BusMessage};
 use super::topics;
 use crate::device::Trust;
 
-/// Audit events this replica received from others and announced to its
-/// own subscribers, so [`announce_commits`] does not send them back out.
-#[derive(Default)]
-pub struct Relayed {
-    ids: Mutex<(HashSet<mobius_core::Uuid>, VecDeque<mobius_core::Uuid>)>,
-}
-
-impl Relayed {
-    fn mark(&self, id: mobius_core::Uuid) {
-        if let Ok(mut guard) = self.ids.lock() {
-            let (set, order) = &mut *guard;
-            if set.insert(id) {
-                order.push_back(id);
-                while order.len() > 10_000 {
-                    if let Some(old) = order.pop_front() {
-                        set.remove(&old);
-                    }
-                }
-            }
-        }
-    }
-
-    fn take(&self, id: mobius_core::Uuid) -> bool {
-        self.ids
-            .lock()
-            .map(|mut guard| guard.0.remove(&id))
-            .unwrap_or(false)
-    }
-}
-
 /// Publishes what this replica commits.
-pub async fn announce_commits(store: Store, bus: Bus, relayed: Arc<Relayed>) {
+pub async fn announce_commits(store: Store, bus: Bus) {
     let mut committed = store.subscribe_audit();
     loop {
         let event = match committed.recv().await {
@@ -70,9 +39,6 @@ pub async fn announce_commits(store: Store, bus: Bus, relayed: Arc<Relayed>) {
             }
             Err(RecvError::Closed) => return,
         };
-        if relayed.take(event.id) {
-            continue;
-        }
         let tenant = event.tenant_id;
         let mut messages = vec![(topics::AUDIT, format!("{tenant} {}", event.id))];
         match (event.action.as_str(), event.target_id) {
@@ -100,7 +66,6 @@ pub async fn apply_remote(
     bus: Bus,
     revocations: Arc<Revocations>,
     trust: Arc<Trust>,
-    relayed: Arc<Relayed>,
 ) {
     let mut audit = bus.subscribe(topics::AUDIT);
     let mut revoked = bus.subscribe(topics::DEVICE_REVOKED);
@@ -125,7 +90,7 @@ pub async fn apply_remote(
             }
             message = audit.recv() => {
                 if let Some(message) = remote(message) {
-                    relay_audit(&store, &relayed, &message).await;
+                    relay_audit(&store, &message).await;
                 }
             }
         }
@@ -145,7 +110,7 @@ fn remote(received: Result<BusMessage, RecvError>) -> Option<BusMessage> {
     }
 }
 
-async fn relay_audit(store: &Store, relayed: &Relayed, message: &BusMessage) {
+async fn relay_audit(store: &Store, message: &BusMessage) {
     let ids = bus::ids(&message.payload);
     let (Some(tenant), Some(event_id)) = (ids.first(), ids.get(1)) else {
         return;
@@ -160,10 +125,7 @@ async fn relay_audit(store: &Store, relayed: &Relayed, message: &BusMessage) {
     }
     .await;
     match found {
-        Ok(Some(event)) => {
-            relayed.mark(event.id);
-            store.announce_remote_audit(event);
-        }
+        Ok(Some(event)) => store.announce_remote_audit(event),
         Ok(None) => {}
         Err(err) => tracing::warn!(error = %err, "could not read a relayed audit event"),
     }
