@@ -35,6 +35,12 @@ pub const TENANT_TABLES: &[&str] = &[
 pub const SHARED_TABLES: &[(&str, &str)] = &[
     ("signing_keys", "SELECT, INSERT, UPDATE"),
     ("platform_operator_log", "SELECT, INSERT"),
+    // The cluster's shared state (migration m20261207_000001): ids and
+    // counters only, no tenant data.
+    ("cluster_messages", "SELECT, INSERT, DELETE"),
+    ("job_runs", "SELECT, INSERT, UPDATE"),
+    ("rate_limit_counters", "SELECT, INSERT, UPDATE, DELETE"),
+    ("device_listener_ca", "SELECT, INSERT"),
 ];
 
 /// Every SECURITY DEFINER function the request role calls (the lookups,
@@ -62,6 +68,7 @@ pub const LOOKUP_FUNCTION_SIGNATURES: &[&str] = &[
     "mobius_signup_verification_tenant(bytea)",
     "mobius_signups_for_email(text)",
     "mobius_platform_tenants()",
+    "mobius_purge_expired(timestamptz)",
 ];
 
 /// The tenant of the current transaction, or NULL (never an error) when

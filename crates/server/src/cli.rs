@@ -7,12 +7,15 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::edition::Edition;
 use crate::serve::{self, Server};
-use crate::settings::{FlagOverrides, LogFormat, Settings};
+use crate::settings::{FlagOverrides, LogFormat, ServerRole, Settings};
 use crate::telemetry;
 
 #[derive(Debug, Parser)]
 #[command(
     version,
+    // A flag given twice means its last value (wrappers and scripts can
+    // append an override), as with the settings layers.
+    args_override_self = true,
     about = "Mobius device-management control plane server",
     long_about = "Mobius device-management control plane server.\n\n\
         With no configuration it serves the admin API on 127.0.0.1:8080 from an embedded SQLite \
@@ -56,7 +59,12 @@ struct SettingsArgs {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run migrations, create the default tenant on an empty store, and serve.
-    Serve,
+    Serve {
+        /// `api`: serve requests, no scheduled jobs; `worker`: run the
+        /// scheduled jobs; `all`: both [default: all].
+        #[arg(long, value_enum)]
+        role: Option<ServerRole>,
+    },
     /// Apply pending migrations (and the request role's grants), then exit.
     Migrate,
     /// Print the effective configuration, secrets redacted, then exit.
@@ -66,6 +74,32 @@ enum Command {
     /// Start signing access tokens with a new key; old tokens stay valid
     /// until they expire (15 minutes).
     RotateSigningKey,
+    /// Show the scheduled jobs: runs so far, last run (when, where, how
+    /// long, what it did) and when each is next due, across replicas.
+    Jobs {
+        /// `table` for people, `json` for scripts.
+        #[arg(long, value_enum, default_value = "table")]
+        output: JobsOutput,
+    },
+    /// Exit 0 when the server on `listen` answers /healthz (for container
+    /// HEALTHCHECKs in images without curl).
+    Healthcheck,
+    /// Copy the embedded SQLite store to FILE while the server runs (a
+    /// consistent snapshot); restore by stopping the server and putting
+    /// FILE in place of `<data_dir>/mobius.db`. Postgres: use pg_dump or
+    /// PITR (docs/operations/backup.md).
+    Backup {
+        /// The new file to write (must not exist).
+        #[arg(long, value_name = "FILE")]
+        to: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+/// How `jobs` prints.
+enum JobsOutput {
+    Table,
+    Json,
 }
 
 /// Entry point of the edition binaries. Exit codes: 0 success, 1 failure
@@ -79,6 +113,10 @@ pub fn main(edition: Edition) -> ExitCode {
         database_app_url: cli.settings.database_app_url.clone(),
         log_format: cli.settings.log_format,
         device_listen: cli.settings.device_listen,
+        role: match cli.command {
+            Command::Serve { role } => role,
+            _ => None,
+        },
     };
     let settings = match Settings::load(cli.settings.config.as_deref(), &flags) {
         Ok(settings) => settings,
@@ -122,7 +160,7 @@ pub fn main(edition: Edition) -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve => {
+            Command::Serve { .. } => {
                 let server = Server::prepare(&settings, &edition).await?;
                 server.run(serve::shutdown_signal()).await
             }
@@ -138,6 +176,22 @@ pub fn main(edition: Edition) -> ExitCode {
             Command::RotateSigningKey => {
                 let kid = serve::rotate_signing_key(&settings, &edition).await?;
                 println!("now signing access tokens with key {kid}");
+                Ok(())
+            }
+            Command::Jobs { output } => {
+                let records = serve::job_records(&settings).await?;
+                match output {
+                    JobsOutput::Table => {
+                        print!("{}", crate::jobs::scheduler::render_table(&records))
+                    }
+                    JobsOutput::Json => println!("{}", serde_json::to_string(&records)?),
+                }
+                Ok(())
+            }
+            Command::Healthcheck => serve::healthcheck(&settings).await,
+            Command::Backup { to } => {
+                serve::backup(&settings, &to).await?;
+                println!("backed up the embedded store to {}", to.display());
                 Ok(())
             }
             Command::Config | Command::PrintSchema => Ok(()),

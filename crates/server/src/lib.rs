@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod cluster;
 mod data_dir;
 pub mod device;
 pub mod edition;

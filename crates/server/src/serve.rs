@@ -56,6 +56,15 @@ pub struct Server {
     client_read_timeout_secs: u64,
     /// The gate and the default tenant, for the daily license log line.
     license_watch: (Arc<dyn mobius_core::authz::Entitlements>, mobius_core::Uuid),
+    cluster: ClusterSide,
+}
+
+/// What coordinates this process with other replicas on the same store.
+struct ClusterSide {
+    bus: crate::cluster::Bus,
+    metrics: Arc<Metrics>,
+    role: crate::settings::ServerRole,
+    job_periods_secs: std::collections::BTreeMap<String, u64>,
 }
 
 /// The device listener and what runs beside it.
@@ -160,9 +169,21 @@ impl Server {
             (Some(c), Some(k), Some(a)) => Some((c.as_path(), k.as_path(), a.as_path())),
             _ => None,
         };
-        let server_identity =
+        // Files when configured; on Postgres the CA every replica shares;
+        // on the embedded store the one generated in the data directory.
+        let server_identity = if configured.is_none() && settings.uses_postgres() {
+            crate::cluster::identity::shared_server_identity(
+                &store,
+                services.sealer.clone(),
+                &settings.data_dir,
+                &settings.device_hostnames,
+            )
+            .await
+            .context("loading the device listener's TLS identity from the shared store")?
+        } else {
             tls::server_identity(&settings.data_dir, configured, &settings.device_hostnames)
-                .context("loading the device listener's TLS identity")?;
+                .context("loading the device listener's TLS identity")?
+        };
         let verifier = Arc::new(TenantCaVerifier::new());
         let trust = Arc::new(Trust::new(store.clone(), verifier.clone(), pki.clone()));
         trust.reload().await.context("loading the tenant CAs")?;
@@ -183,6 +204,12 @@ impl Server {
             trust: trust.clone(),
             server_ca_pem: Arc::new(server_identity.ca_pem.clone()),
             heartbeat_interval_secs: settings.heartbeat_interval_secs,
+            enrollment_limit: settings.enrollment_attempts_per_minute_per_client.map(|n| {
+                Arc::new(crate::cluster::limits::EnrollmentLimiter::new(
+                    n,
+                    store.clone(),
+                ))
+            }),
         };
         let device_listener = TcpListener::bind(settings.device_listen)
             .await
@@ -244,6 +271,11 @@ impl Server {
         let limiter = LoginLimiter::new(
             settings.login_attempts_per_minute_per_client,
             settings.login_attempts_per_minute_per_account,
+        )
+        .shared_across_replicas(
+            crate::cluster::limits::SharedCounter::new(store.clone()),
+            settings.login_attempts_per_minute_per_client,
+            settings.login_attempts_per_minute_per_account,
         );
         let identity_for_sso = identity.clone();
         let graphql = GraphqlState {
@@ -261,9 +293,10 @@ impl Server {
             api_token_usage: api_token_usage.clone(),
             entitlements: services.entitlements.clone(),
         };
+        let metrics = Metrics::new();
         let state = AppState {
             store: store.clone(),
-            metrics: Metrics::new(),
+            metrics: metrics.clone(),
         };
         let rest = crate::admin::rest::sso::routes(crate::admin::rest::sso::SsoState::new(
             store.clone(),
@@ -297,6 +330,7 @@ impl Server {
         };
         let router = router::router_with(state, settings, Some(graphql), rest, tenant_routes)
             .merge(services.routes);
+        let bus = crate::cluster::Bus::new(store.clone());
         Ok(Server {
             store,
             _data_dir_lock: data_dir_lock,
@@ -308,6 +342,12 @@ impl Server {
             devices,
             client_read_timeout_secs: settings.client_read_timeout_secs,
             license_watch: (services.entitlements.clone(), tenant_id.id()),
+            cluster: ClusterSide {
+                bus,
+                metrics,
+                role: settings.role,
+                job_periods_secs: settings.job_periods_secs.clone(),
+            },
         })
     }
 
@@ -367,7 +407,7 @@ impl Server {
             Duration::from_secs(self.client_read_timeout_secs),
             stopped(stop_rx.clone()),
         ));
-        let background = [
+        let mut background = vec![
             tokio::spawn(jobs::flush_usage_periodically(
                 self.store.clone(),
                 self.api_token_usage.clone(),
@@ -389,6 +429,31 @@ impl Server {
                 self.license_watch.1,
             )),
         ];
+        let cluster = self.cluster;
+        if cluster.bus.is_shared() {
+            background.push(tokio::spawn(cluster.bus.clone().run()));
+            background.push(tokio::spawn(crate::cluster::relay::announce_commits(
+                self.store.clone(),
+                cluster.bus.clone(),
+            )));
+            background.push(tokio::spawn(crate::cluster::relay::apply_remote(
+                self.store.clone(),
+                cluster.bus.clone(),
+                devices.revocations.clone(),
+                devices.trust.clone(),
+            )));
+        }
+        if cluster.role.runs_jobs() {
+            let scheduler = jobs::scheduler::Scheduler::new(
+                self.store.clone(),
+                node_name(addr),
+                &cluster.job_periods_secs,
+                devices.revocation_lookback,
+                cluster.metrics.clone(),
+            );
+            background.push(tokio::spawn(scheduler.run()));
+        }
+        tracing::info!(role = ?cluster.role, shared_bus = cluster.bus.is_shared(), "cluster role");
         // After the setup code and the device listener, so whoever waits
         // for this line has all three.
         tracing::info!(address = %addr, url = %url, "admin API listening");
@@ -436,6 +501,100 @@ impl Server {
         self.store.close().await.context("closing the store")?;
         Ok(())
     }
+}
+
+/// This process's name in job records: host name (the pod or task name in
+/// containers), process id and admin address.
+fn node_name(addr: SocketAddr) -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "mobius".to_owned());
+    format!("{host}:{}:{}", std::process::id(), addr.port())
+}
+
+/// The scheduled jobs' records (`mobius-server jobs`).
+pub async fn job_records(
+    settings: &Settings,
+) -> anyhow::Result<Vec<mobius_core::db::cluster::JobRecord>> {
+    // Read-only: connect as whichever role is configured, without the
+    // role set-up `serve` does (which could reset a development password).
+    let store = match (&settings.database_app_url, &settings.database_url) {
+        (Some(url), _) | (None, Some(url)) => Store::open_postgres(url, 1)
+            .await
+            .context("connecting to Postgres")?,
+        (None, None) => {
+            let path = settings.data_dir.join(SQLITE_FILE);
+            if !path.is_file() {
+                bail!(
+                    "no embedded store at {} (setting `data_dir`)",
+                    path.display()
+                );
+            }
+            Store::open_sqlite(&path)
+                .await
+                .with_context(|| format!("opening the embedded store at {}", path.display()))?
+        }
+    };
+    let records = store.job_records().await?;
+    store.close().await?;
+    Ok(records)
+}
+
+/// `mobius-server healthcheck`: GET /healthz on the admin listener (plain
+/// HTTP; with TLS on the admin listener, a TCP connect is the check).
+pub async fn healthcheck(settings: &Settings) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut addr = settings.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let check = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        if settings.serves_tls() {
+            return Ok::<bool, std::io::Error>(true);
+        }
+        stream
+            .write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await?;
+        Ok(head.starts_with(b"HTTP/1.") && &head[9..12] == b"200")
+    };
+    match tokio::time::timeout(Duration::from_secs(3), check).await {
+        Ok(Ok(true)) => Ok(()),
+        Ok(Ok(false)) => bail!("{addr}/healthz did not answer 200"),
+        Ok(Err(err)) => bail!("cannot reach {addr}: {err}"),
+        Err(_) => bail!("{addr}/healthz did not answer within 3 s"),
+    }
+}
+
+/// `mobius-server backup --to FILE`: an online copy of the embedded store.
+pub async fn backup(settings: &Settings, to: &std::path::Path) -> anyhow::Result<()> {
+    if settings.uses_postgres() {
+        bail!(
+            "`backup` copies the embedded SQLite store; back up Postgres with pg_dump or \
+             point-in-time recovery (docs/operations/backup.md)"
+        );
+    }
+    let path = settings.data_dir.join(SQLITE_FILE);
+    if !path.is_file() {
+        bail!(
+            "no embedded store at {} (setting `data_dir`)",
+            path.display()
+        );
+    }
+    // Opened beside the running server (WAL allows it), without migrating.
+    let store = Store::open_sqlite(&path)
+        .await
+        .with_context(|| format!("opening the embedded store at {}", path.display()))?;
+    store
+        .backup_embedded_to(to)
+        .await
+        .with_context(|| format!("writing {}", to.display()))?;
+    store.close().await?;
+    Ok(())
 }
 
 /// Every agent holds a connection, and each is a file descriptor: raise

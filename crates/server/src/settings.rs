@@ -21,6 +21,27 @@ pub enum LogFormat {
     Json,
 }
 
+/// What a `serve` process does (docs/operations/scaling.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerRole {
+    /// Serve requests and run the scheduled jobs (one server, or small installs).
+    #[default]
+    All,
+    /// Serve requests only: no scheduled jobs on this replica.
+    Api,
+    /// Run the scheduled jobs (listeners stay up for health and metrics;
+    /// route no traffic to it).
+    Worker,
+}
+
+impl ServerRole {
+    /// Whether this process runs the once-across-replicas job scheduler.
+    pub fn runs_jobs(self) -> bool {
+        matches!(self, ServerRole::All | ServerRole::Worker)
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
@@ -145,6 +166,16 @@ pub struct Settings {
     pub smtp_password: Option<SecretString>,
     /// The sender, e.g. `Mobius <no-reply@example.com>`.
     pub smtp_from: String,
+    /// Enrollment attempts allowed per minute from one client address,
+    /// counted across replicas. Unset: no limit (fleets often enroll
+    /// from behind one NAT address; set it to what a burst of yours needs).
+    pub enrollment_attempts_per_minute_per_client: Option<u32>,
+    /// `all` (default), `api` (no scheduled jobs) or `worker`.
+    pub role: ServerRole,
+    /// Scheduled job periods in seconds by job name, overriding the
+    /// defaults (`purge-expired` 3600, `prune-cluster` 300,
+    /// `audit-chain-sweep` 10), e.g. `{ purge-expired = 600 }`.
+    pub job_periods_secs: std::collections::BTreeMap<String, u64>,
 }
 
 /// How the SMTP connection is protected.
@@ -208,6 +239,9 @@ impl Default for Settings {
             smtp_username: None,
             smtp_password: None,
             smtp_from: "Mobius <no-reply@localhost>".into(),
+            enrollment_attempts_per_minute_per_client: None,
+            role: ServerRole::All,
+            job_periods_secs: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -259,6 +293,9 @@ const SETTING_NAMES: &[&str] = &[
     "smtp_username",
     "smtp_password",
     "smtp_from",
+    "enrollment_attempts_per_minute_per_client",
+    "role",
+    "job_periods_secs",
 ];
 
 /// Values given as command-line flags; `None` means "not given".
@@ -276,6 +313,8 @@ pub struct FlagOverrides {
     pub log_format: Option<LogFormat>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device_listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<ServerRole>,
 }
 
 /// A setting that could not be loaded, with the setting's name in the text.
@@ -427,6 +466,11 @@ impl Settings {
         {
             return Err(SettingsError(
                 "login_attempts_per_minute_* must be at least 1".into(),
+            ));
+        }
+        if self.enrollment_attempts_per_minute_per_client == Some(0) {
+            return Err(SettingsError(
+                "enrollment_attempts_per_minute_per_client must be at least 1 (or unset)".into(),
             ));
         }
         if self

@@ -261,6 +261,14 @@ impl<'s> AuditLog<'s> {
         })
     }
 
+    /// One event by id (the cluster bus relays ids; receivers read the event).
+    pub async fn get(&self, id: Uuid) -> StoreResult<Option<AuditEvent>> {
+        Ok(audit_event::Entity::find_by_id(id)
+            .filter(audit_event::Column::TenantId.eq(self.scope.tenant_id()))
+            .one(self.scope.connection())
+            .await?)
+    }
+
     /// The newest `limit` events (chained or not), newest first.
     pub async fn recent(&self, limit: u64) -> StoreResult<Vec<AuditEvent>> {
         Ok(audit_event::Entity::find()

@@ -3,6 +3,7 @@
 //! lookups live in [`lookups`], the tenant proofs `begin` takes in
 //! [`proof`], advisory-lock keys in [`locks`].
 
+pub mod cluster;
 pub(crate) mod coalesce;
 pub(crate) mod entities;
 mod error;
@@ -60,6 +61,8 @@ pub struct Store {
     /// Tenants closed to users and devices (suspended, unverified), kept
     /// in memory and refreshed by a poll, so the check costs no query.
     pub(crate) blocks: Arc<crate::platform::TenantBlocks>,
+    /// Audit events other replicas committed, relayed by the cluster bus.
+    remote_audit_feed: broadcast::Sender<AuditEvent>,
 }
 
 /// Creates `path` with mode 0600, or tightens an existing file to 0600,
@@ -133,6 +136,7 @@ impl Store {
             counter.fetch_add(1, Ordering::Relaxed);
         });
         let (audit_feed, _) = broadcast::channel(1024);
+        let (remote_audit_feed, _) = broadcast::channel(1024);
         Store {
             db,
             backend,
@@ -140,12 +144,26 @@ impl Store {
             statements,
             audit_feed,
             blocks: Arc::default(),
+            remote_audit_feed,
         }
     }
 
     /// Statements sent so far through this store's pool.
     pub fn statement_count(&self) -> u64 {
         self.statements.load(Ordering::Relaxed)
+    }
+
+    /// Announces an audit event committed by another server (the cluster
+    /// bus relays it) to [`Store::subscribe_remote_audit`] receivers. Kept
+    /// apart from this process's own commits so the audit chainer and the
+    /// bus announcer, which follow only those, never see it.
+    pub fn announce_remote_audit(&self, event: AuditEvent) {
+        let _ = self.remote_audit_feed.send(event);
+    }
+
+    /// Audit events other replicas committed, as the cluster bus relays them.
+    pub fn subscribe_remote_audit(&self) -> broadcast::Receiver<AuditEvent> {
+        self.remote_audit_feed.subscribe()
     }
 
     /// Audit events as their transactions commit, from this process.

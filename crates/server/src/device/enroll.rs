@@ -21,6 +21,25 @@ pub(super) async fn enroll(
     peer: Peer,
     body: Result<Json<EnrollRequest>, JsonRejection>,
 ) -> Response {
+    if let Some(limit) = &state.enrollment_limit
+        && let Err(limited) = limit.admit(peer.addr.ip()).await
+    {
+        let mut response = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            &format!(
+                "too many enrollment attempts from this address; retry in {} s",
+                limited.retry_after_secs
+            ),
+            None,
+        );
+        if let Ok(value) = limited.retry_after_secs.to_string().parse() {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, value);
+        }
+        return response;
+    }
     let Json(request) = match body {
         Ok(body) => body,
         Err(rejection) => return body_error(rejection),

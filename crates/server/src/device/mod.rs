@@ -49,6 +49,9 @@ pub struct DeviceState {
     pub trust: Arc<Trust>,
     pub server_ca_pem: Arc<String>,
     pub heartbeat_interval_secs: u64,
+    /// Enrollment attempts per client address, counted across replicas
+    /// (`enrollment_attempts_per_minute_per_client`; unset: no limit).
+    pub enrollment_limit: Option<Arc<crate::cluster::limits::EnrollmentLimiter>>,
 }
 
 pub fn router(state: DeviceState) -> Router {

@@ -18,7 +18,8 @@ use rustls::{DigitallySignedStruct, DistinguishedName as TlsName, RootCertStore,
 
 use mobius_core::crypto::sealing::write_private_file;
 
-const SERVER_CA_FILE: &str = "device-ca.pem";
+/// The listener CA's certificate in the data directory.
+pub const SERVER_CA_FILE: &str = "device-ca.pem";
 const SERVER_CA_KEY_FILE: &str = "device-ca.key";
 const SERVER_CERT_FILE: &str = "device-server.pem";
 const SERVER_KEY_FILE: &str = "device-server.key";
@@ -84,39 +85,77 @@ fn generate_if_needed(
     let cert_path = data_dir.join(SERVER_CERT_FILE);
     let key_path = data_dir.join(SERVER_KEY_FILE);
     if !ca_path.exists() || !ca_key_path.exists() {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, "Mobius device listener CA");
-        dn.push(DnType::OrganizationName, "Mobius");
-        params.distinguished_name = dn;
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        params.not_before = rcgen::date_time_ymd(2025, 1, 1);
-        params.not_after = rcgen::date_time_ymd(2045, 1, 1);
-        let cert = params.self_signed(&key)?;
-        write_private_file(&ca_key_path, &key.serialize_pem())?;
-        write_private_file(&ca_path, &cert.pem())?;
+        let (cert_pem, key_pem) = new_listener_ca()?;
+        write_private_file(&ca_key_path, &key_pem)?;
+        write_private_file(&ca_path, &cert_pem)?;
         // A new CA invalidates any leaf made by an old one.
         let _ = std::fs::remove_file(&cert_path);
         tracing::info!(path = %ca_path.display(), "created the device listener's CA");
     }
-    let wanted: Vec<String> = [
+    let wanted = listener_names(hostnames);
+    if leaf_is_current(&cert_path, &wanted) && key_path.exists() {
+        return Ok((cert_path, key_path, ca_path));
+    }
+    let (cert_pem, key_pem) = issue_listener_leaf(
+        &std::fs::read_to_string(&ca_path)?,
+        &std::fs::read_to_string(&ca_key_path)?,
+        &wanted,
+    )?;
+    write_private_file(&key_path, &key_pem)?;
+    write_private_file(&cert_path, &cert_pem)?;
+    tracing::info!(names = ?wanted, "issued the device listener's certificate");
+    Ok((cert_path, key_path, ca_path))
+}
+
+/// The generated CA and key files in `data_dir`, if a previous run made
+/// them (imported into the shared store so enrolled agents keep their pin).
+pub fn data_dir_ca(data_dir: &Path) -> Option<(String, String)> {
+    let cert = std::fs::read_to_string(data_dir.join(SERVER_CA_FILE)).ok()?;
+    let key = std::fs::read_to_string(data_dir.join(SERVER_CA_KEY_FILE)).ok()?;
+    Some((cert, key))
+}
+
+/// The names the listener's certificate covers: the loopback names plus
+/// `hostnames`.
+pub fn listener_names(hostnames: &[String]) -> Vec<String> {
+    [
         "localhost".to_owned(),
         "127.0.0.1".to_owned(),
         "::1".to_owned(),
     ]
     .into_iter()
     .chain(hostnames.iter().cloned())
-    .collect();
-    if leaf_is_current(&cert_path, &wanted) && key_path.exists() {
-        return Ok((cert_path, key_path, ca_path));
-    }
-    let ca_key = KeyPair::from_pem(&std::fs::read_to_string(&ca_key_path)?)?;
-    let issuer = Issuer::from_ca_cert_pem(&std::fs::read_to_string(&ca_path)?, ca_key)?;
+    .collect()
+}
+
+/// A new device listener CA (ECDSA P-256, 20 years): certificate and key PEM.
+pub fn new_listener_ca() -> anyhow::Result<(String, String)> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "Mobius device listener CA");
+    dn.push(DnType::OrganizationName, "Mobius");
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.not_before = rcgen::date_time_ymd(2025, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2045, 1, 1);
+    let cert = params.self_signed(&key)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// A one-year server leaf for `names`, signed by the listener CA:
+/// certificate and key PEM.
+pub fn issue_listener_leaf(
+    ca_pem: &str,
+    ca_key_pem: &str,
+    names: &[String],
+) -> anyhow::Result<(String, String)> {
+    let ca_key = KeyPair::from_pem(ca_key_pem)?;
+    let issuer = Issuer::from_ca_cert_pem(ca_pem, ca_key)?;
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.subject_alt_names = wanted
+    params.subject_alt_names = names
         .iter()
         .map(|name| match name.parse::<std::net::IpAddr>() {
             Ok(ip) => Ok(SanType::IpAddress(ip)),
@@ -133,10 +172,33 @@ fn generate_if_needed(
     params.not_before = now - time::Duration::minutes(5);
     params.not_after = now + time::Duration::days(365);
     let cert = params.signed_by(&key, &issuer)?;
-    write_private_file(&key_path, &key.serialize_pem())?;
-    write_private_file(&cert_path, &cert.pem())?;
-    tracing::info!(names = ?wanted, "issued the device listener's certificate");
-    Ok((cert_path, key_path, ca_path))
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// An identity from PEM text (the shared store's CA and a leaf issued in
+/// memory).
+pub fn identity_from_pems(
+    cert_pem: &str,
+    key_pem: &str,
+    ca_pem: &str,
+) -> anyhow::Result<ServerIdentity> {
+    let mut chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .context("parsing the listener certificate")?;
+    let ca_der =
+        CertificateDer::from_pem_slice(ca_pem.as_bytes()).context("parsing the listener CA")?;
+    if !chain.iter().any(|c| c.as_ref() == ca_der.as_ref()) {
+        chain.push(ca_der.clone());
+    }
+    let key =
+        PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).context("parsing the listener key")?;
+    Ok(ServerIdentity {
+        chain,
+        key,
+        ca_pin: spki_sha256(&ca_der)?,
+        ca_pem: ca_pem.to_owned(),
+    })
 }
 
 /// The leaf exists, covers `names`, and has more than 30 days left.

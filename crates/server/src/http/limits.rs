@@ -17,6 +17,8 @@ pub struct LoginLimiter {
     per_client: DefaultKeyedRateLimiter<String>,
     per_account: DefaultKeyedRateLimiter<String>,
     clock: DefaultClock,
+    /// With several replicas: the same limits counted in the shared store.
+    shared: Option<(crate::cluster::limits::SharedCounter, u32, u32)>,
 }
 
 impl LoginLimiter {
@@ -29,7 +31,34 @@ impl LoginLimiter {
             per_client: RateLimiter::keyed(quota(per_client)),
             per_account: RateLimiter::keyed(quota(per_account)),
             clock: DefaultClock::default(),
+            shared: None,
         }
+    }
+
+    /// Also counts attempts in the shared store (Postgres), so the limits
+    /// hold across replicas rather than per replica.
+    pub fn shared_across_replicas(
+        mut self,
+        counter: crate::cluster::limits::SharedCounter,
+        per_client: u32,
+        per_account: u32,
+    ) -> LoginLimiter {
+        self.shared = Some((counter, per_client, per_account));
+        self
+    }
+
+    /// Checks a sign-in attempt from `client` for `email`: this replica's
+    /// limits, then the shared ones.
+    pub async fn admit(&self, client: &str, email: &str) -> Result<(), RateLimited> {
+        self.check_client(client)?;
+        self.check_account(email)?;
+        if let Some((counter, per_client, per_account)) = &self.shared {
+            counter.hit("login-client", client, *per_client).await?;
+            counter
+                .hit("login-account", &email.trim().to_lowercase(), *per_account)
+                .await?;
+        }
+        Ok(())
     }
 
     pub fn check_client(&self, client: &str) -> Result<(), RateLimited> {

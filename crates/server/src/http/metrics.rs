@@ -24,8 +24,16 @@ struct RequestLabels {
     status: u16,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabels {
+    job: String,
+}
+
 pub struct Metrics {
     registry: Registry,
+    job_last_run: Family<JobLabels, Gauge>,
+    job_runs: Family<JobLabels, Gauge>,
+    job_last_duration_ms: Family<JobLabels, Gauge>,
     requests: Family<RequestLabels, Counter>,
     latency: Family<RequestLabels, Histogram>,
     pool_size: Gauge,
@@ -73,8 +81,29 @@ impl Metrics {
             "SQL statements sent to the database",
             statements.clone(),
         );
+        let job_last_run = Family::<JobLabels, Gauge>::default();
+        let job_runs = Family::<JobLabels, Gauge>::default();
+        let job_last_duration_ms = Family::<JobLabels, Gauge>::default();
+        registry.register(
+            "job_last_run_timestamp_seconds",
+            "When each scheduled job last started, on any replica (Unix time)",
+            job_last_run.clone(),
+        );
+        registry.register(
+            "job_runs",
+            "Runs of each scheduled job so far, across replicas",
+            job_runs.clone(),
+        );
+        registry.register(
+            "job_last_duration_milliseconds",
+            "How long each scheduled job's last run took",
+            job_last_duration_ms.clone(),
+        );
         Arc::new(Metrics {
             registry,
+            job_last_run,
+            job_runs,
+            job_last_duration_ms,
             requests,
             latency,
             pool_size,
@@ -85,6 +114,23 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition, with pool figures as of now.
+    /// Shows a job's record (read from the shared store by the scheduler,
+    /// so every replica reports the cluster's last runs).
+    pub fn record_job(&self, record: &mobius_core::db::cluster::JobRecord) {
+        let labels = JobLabels {
+            job: record.name.clone(),
+        };
+        if let Some(started) = record.last_started_at {
+            self.job_last_run
+                .get_or_create(&labels)
+                .set(started.timestamp());
+        }
+        self.job_runs.get_or_create(&labels).set(record.runs);
+        if let Some(ms) = record.last_duration_ms {
+            self.job_last_duration_ms.get_or_create(&labels).set(ms);
+        }
+    }
+
     pub fn render(&self, pool: PoolStats, statements: u64) -> String {
         // The store counts; the counter catches up to it at scrape time.
         let seen = self.statements.get();

@@ -1,7 +1,13 @@
-//! Background work beside the listeners, one loop per job: writing
-//! coalesced heartbeat and API-token times, following revocations and CA
-//! changes. Each runs in every server process; none needs to run once
-//! across replicas yet (their writes are idempotent).
+//! Background work beside the listeners.
+//!
+//! - Here, one loop per task that runs in every server process, because
+//!   it writes or reads what that process holds in memory: coalesced
+//!   heartbeat and API-token times, the revocation poll and trust reload
+//!   (safety nets behind the cluster bus), the audit chainer woken by this
+//!   process's commits.
+//! - [`scheduler`]: jobs that run once per period across all replicas.
+
+pub mod scheduler;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,13 +78,20 @@ pub async fn flush_presence_periodically(store: Store, presence: Arc<Presence>) 
     }
 }
 
-/// Revocations made anywhere reach this listener within about a second.
+/// How often revocations are read from the database. Other replicas'
+/// revocations arrive over the cluster bus within a second; this catches
+/// any whose announcement was lost (a replica killed between its commit
+/// and its publish).
+const REVOCATION_POLL_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Revocations made anywhere reach this listener within
+/// [`REVOCATION_POLL_INTERVAL`] even without the cluster bus.
 pub async fn poll_revocations(
     store: Store,
     revocations: Arc<Revocations>,
     lookback: chrono::Duration,
 ) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(REVOCATION_POLL_INTERVAL);
     loop {
         tick.tick().await;
         if let Err(err) = revocations.poll(&store, lookback).await {
@@ -104,8 +117,10 @@ pub async fn reload_trust_periodically(trust: Arc<Trust>) {
 /// should be chained.
 const AUDIT_CHAIN_GATHER: Duration = Duration::from_millis(200);
 /// How often the chainer looks for events no server woke it for (written
-/// by a server that stopped before chaining them).
-const AUDIT_CHAIN_SWEEP: Duration = Duration::from_secs(10);
+/// by a server that stopped before chaining them) when it runs without the
+/// scheduler (the `api` role); with it, the `audit-chain-sweep` job sweeps
+/// once across replicas.
+const AUDIT_CHAIN_SWEEP: Duration = Duration::from_secs(60);
 
 /// Links audit events into their tenants' hash chains after they commit
 /// (events are written unchained so audited writes do not queue on one

@@ -13,18 +13,19 @@ pub struct AuditSubscription;
 
 #[SubscriptionDerive]
 impl AuditSubscription {
-    /// Audit events of the caller's tenant as they are committed on the
-    /// server this subscription is connected to (replicas do not share
-    /// them yet).
+    /// Audit events of the caller's tenant as they are committed, on this
+    /// server or (relayed by the cluster bus) on any other replica.
     async fn audit_events(&self, ctx: &Context<'_>) -> Result<impl Stream<Item = AuditEventNode>> {
         let principal = gate::principal(ctx)?;
         principal
             .authorize(Operation::ViewAuditLog, None)
             .map_err(crate::admin::graphql::errors::denied)?;
         let tenant = principal.tenant_id;
-        let feed = ctx.data::<WriteStore>()?.0.subscribe_audit();
+        let store = &ctx.data::<WriteStore>()?.0;
+        let here = BroadcastStream::new(store.subscribe_audit());
+        let elsewhere = BroadcastStream::new(store.subscribe_remote_audit());
         Ok(
-            BroadcastStream::new(feed).filter_map(move |event| async move {
+            futures_util::stream::select(here, elsewhere).filter_map(move |event| async move {
                 match event {
                     Ok(event) if event.tenant_id == tenant => Some(AuditEventNode::from(event)),
                     // Other tenants' events, or a lagging subscriber's gap.

@@ -38,8 +38,7 @@ impl IdentityMutation {
     async fn login(&self, ctx: &Context<'_>, input: LoginInput) -> Result<AuthPayload> {
         let request = gate::request(ctx)?;
         let limiter = ctx.data::<LoginLimiter>()?;
-        limited(ctx, limiter.check_client(&request.client_key))?;
-        limited(ctx, limiter.check_account(&input.email))?;
+        limited(ctx, limiter.admit(&request.client_key, &input.email).await)?;
         let session = ctx
             .data::<Identity>()?
             .login(
