@@ -21,6 +21,11 @@ pub const TENANT_TABLES: &[&str] = &[
     "api_tokens",
     "certificate_authorities",
     "revoked_devices",
+    "plan_signing_keys",
+    "plans",
+    "plan_executions",
+    "plan_operation_results",
+    "plan_execution_logs",
 ];
 
 /// Tables without `tenant_id` that the request role may still use, with
@@ -42,6 +47,7 @@ pub const LOOKUP_FUNCTION_SIGNATURES: &[&str] = &[
     "mobius_audit_unchained_tenants()",
     "mobius_audit_chain(jsonb)",
     "mobius_claim_enrollment_token(bytea)",
+    "mobius_plan_log_tenants(timestamptz)",
 ];
 
 /// The tenant of the current transaction, or NULL (never an error) when

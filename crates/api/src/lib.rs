@@ -39,3 +39,4 @@ pub struct HealthCheck {
 }
 
 pub mod device;
+pub mod plans;

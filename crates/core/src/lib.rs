@@ -14,6 +14,7 @@ pub mod devices;
 pub mod enrollment;
 pub mod identity;
 pub mod pki;
+pub mod plans;
 pub mod tenancy;
 
 pub use db::{Store, StoreError, StoreResult, TenantScope};

@@ -65,6 +65,8 @@ struct DeviceSide {
     revocations: Arc<Revocations>,
     trust: Arc<Trust>,
     revocation_lookback: chrono::Duration,
+    plans: crate::device::PlanServices,
+    plan_log_retention_days: u32,
 }
 
 impl Server {
@@ -135,6 +137,12 @@ impl Server {
         // The device side: server identity, tenant CAs, the mTLS listener.
         let certificate_ttl =
             chrono::Duration::seconds(settings.device_certificate_ttl_secs as i64);
+        let plans = crate::device::PlanServices {
+            signer: Arc::new(mobius_core::plans::PlanSigner::new(sealer.clone())),
+            notifier: Arc::new(crate::device::WorkNotifier::default()),
+            events: crate::device::PlanEvents::default(),
+            log_cap_bytes: settings.plan_log_cap_bytes,
+        };
         let pki = Arc::new(Pki::new(sealer, certificate_ttl));
         {
             let scope = store
@@ -175,6 +183,7 @@ impl Server {
             trust: trust.clone(),
             server_ca_pem: Arc::new(server_identity.ca_pem.clone()),
             heartbeat_interval_secs: settings.heartbeat_interval_secs,
+            plans: plans.clone(),
         };
         let device_listener = TcpListener::bind(settings.device_listen)
             .await
@@ -192,6 +201,8 @@ impl Server {
             revocations: revocations.clone(),
             trust: trust.clone(),
             revocation_lookback: certificate_ttl,
+            plans: plans.clone(),
+            plan_log_retention_days: settings.plan_log_retention_days,
         };
         let device_admin = DeviceAdmin {
             pki,
@@ -212,6 +223,7 @@ impl Server {
                 identity: identity.clone(),
                 limiter,
                 devices: device_admin,
+                plans,
             })),
             store: store.clone(),
             identity,
@@ -307,6 +319,20 @@ impl Server {
             )),
             tokio::spawn(jobs::reload_trust_periodically(devices.trust.clone())),
             tokio::spawn(jobs::chain_audit_periodically(self.store.clone())),
+            tokio::spawn(jobs::plan_logs::purge_periodically(
+                self.store.clone(),
+                devices.plan_log_retention_days,
+            )),
+            tokio::spawn({
+                // Work streams never finish on their own: end them at the
+                // stop signal so the device listener drains at once.
+                let notifier = devices.plans.notifier.clone();
+                let stop = stopped(stop_rx.clone());
+                async move {
+                    stop.await;
+                    notifier.close_all();
+                }
+            }),
         ];
         // After the setup code and the device listener, so whoever waits
         // for this line has all three.

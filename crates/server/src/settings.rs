@@ -97,6 +97,11 @@ pub struct Settings {
     pub client_read_timeout_secs: u64,
     /// Most devices a tenant may enroll (unset: no limit).
     pub device_limit: Option<u64>,
+    /// Output kept per plan execution, in bytes; beyond it the oldest
+    /// lines are dropped (the tail is kept) and the drop is marked.
+    pub plan_log_cap_bytes: u64,
+    /// Plan output lines are deleted after this many days.
+    pub plan_log_retention_days: u32,
 }
 
 impl Default for Settings {
@@ -130,6 +135,8 @@ impl Default for Settings {
             last_seen_write_after_secs: 60,
             client_read_timeout_secs: 10,
             device_limit: None,
+            plan_log_cap_bytes: mobius_core::plans::DEFAULT_LOG_CAP_BYTES,
+            plan_log_retention_days: 30,
         }
     }
 }
@@ -166,6 +173,8 @@ const SETTING_NAMES: &[&str] = &[
     "last_seen_write_after_secs",
     "client_read_timeout_secs",
     "device_limit",
+    "plan_log_cap_bytes",
+    "plan_log_retention_days",
 ];
 
 /// Values given as command-line flags; `None` means "not given".
@@ -268,6 +277,12 @@ impl Settings {
         if self.client_read_timeout_secs == 0 {
             return Err(SettingsError(
                 "client_read_timeout_secs must be at least 1".into(),
+            ));
+        }
+        if self.plan_log_cap_bytes < 1024 || self.plan_log_retention_days == 0 {
+            return Err(SettingsError(
+                "plan_log_cap_bytes must be at least 1024 and plan_log_retention_days at least 1"
+                    .into(),
             ));
         }
         if self.heartbeat_interval_secs == 0 {

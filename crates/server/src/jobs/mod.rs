@@ -3,6 +3,8 @@
 //! changes. Each runs in every server process; none needs to run once
 //! across replicas yet (their writes are idempotent).
 
+pub mod plan_logs;
+
 use std::sync::Arc;
 use std::time::Duration;
 

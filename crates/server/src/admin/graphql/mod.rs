@@ -13,6 +13,7 @@ pub mod ids;
 mod loaders;
 mod node;
 mod pagination;
+mod plans;
 mod tenancy;
 
 /// What every area's resolvers and types use: async-graphql, the gate,
@@ -85,6 +86,7 @@ pub struct QueryRoot(
     enrollment::EnrollmentQuery,
     audit::AuditQuery,
     node::NodeQuery,
+    plans::PlanQuery,
 );
 
 /// Mutations are split by area and merged.
@@ -94,12 +96,13 @@ pub struct MutationRoot(
     tenancy::TenancyMutation,
     devices::DeviceMutation,
     enrollment::EnrollmentMutation,
+    plans::PlanMutation,
 );
 
 // Each area's subscriptions, merged.
 #[derive(async_graphql::MergedSubscription, Default)]
 #[graphql(name = "Subscription")]
-pub struct SubscriptionRoot(audit::AuditSubscription);
+pub struct SubscriptionRoot(audit::AuditSubscription, plans::PlanSubscription);
 
 /// Depth 15 admits GraphiQL's introspection query; complexity 1000 admits a
 /// full 500-device page with its sites and teams but not nested abuse.
@@ -121,6 +124,7 @@ pub struct Services {
     pub identity: Identity,
     pub limiter: LoginLimiter,
     pub devices: DeviceAdmin,
+    pub plans: crate::device::PlanServices,
 }
 
 /// The device side, as the admin API needs it.
@@ -154,7 +158,8 @@ pub fn schema(services: Option<Services>) -> MobiusSchema {
             .data(WriteStore(services.store))
             .data(services.identity)
             .data(services.limiter)
-            .data(services.devices);
+            .data(services.devices)
+            .data(services.plans);
     }
     builder.finish()
 }
