@@ -152,6 +152,13 @@ pub enum Command {
     #[command(subcommand)]
     Audit(AuditCommand),
 
+    /// Apply, list, follow and cancel plans (work run by agents)
+    #[command(subcommand)]
+    Plans(crate::commands::plans::PlansCommand),
+
+    /// Run a command on devices and stream its output; exits with the remote exit status
+    Run(crate::commands::plans::RunArgs),
+
     /// Run any GraphQL query or mutation and print its data as JSON
     #[command(
         after_help = "Example:\n  mobius graphql 'query($n: Int) { sites(first: $n) { nodes { id name } } }' \
