@@ -520,6 +520,21 @@ async fn failures_do_not_block_timeouts_kill_the_group_cancel_stops_and_output_i
         .sum();
     assert!(kept <= 4096, "{kept} bytes kept");
 
+    // Retention removes old output lines (here: everything, by a cutoff
+    // in the future).
+    let store = fleet.db.app_store().await;
+    let removed = store
+        .purge_plan_logs(chrono::Utc::now() + chrono::Duration::days(1))
+        .await
+        .unwrap();
+    assert!(removed > 10, "{removed}");
+    let noisy_after = fleet.execution(noisy["id"].as_str().unwrap()).await;
+    assert_eq!(
+        noisy_after["logs"].as_array().unwrap().len(),
+        1,
+        "only the marker is left"
+    );
+
     // The queue of a device can be purged.
     agent.kill();
     let queued = first_execution(
