@@ -344,6 +344,9 @@ pub(super) async fn verification_key(
     tenant_id: Uuid,
     device_id: Uuid,
 ) -> Option<String> {
+    if let Some(key) = state.plans.signer.cached_verification_key(tenant_id) {
+        return Some(key);
+    }
     let result = async {
         let scope = state
             .store
