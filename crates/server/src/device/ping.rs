@@ -53,11 +53,8 @@ pub(super) async fn ping(
         .record(device.identity.tenant_id(), device.identity.device_id());
     // The same frames the push stream carries, so an agent whose stream
     // broke loses nothing.
-    let work = match super::work::take_work(&state, &device.identity).await {
-        Ok(frames) => frames
-            .iter()
-            .filter_map(|frame| serde_json::to_value(frame).ok())
-            .collect(),
+    let work = match super::work::heartbeat_work(&state, &device.identity).await {
+        Ok(frames) => frames,
         Err(mobius_core::StoreError::NotFound { .. }) => return revoked(),
         Err(e) => return ApiError::from(e).into_response(),
     };

@@ -59,6 +59,14 @@ pub struct WorkNotifier {
     streams: Mutex<HashMap<Uuid, Vec<(u64, Arc<Notify>)>>>,
     /// Set at shutdown: streams end so the listener can drain.
     closing: tokio::sync::watch::Sender<bool>,
+    /// Devices known to have no outstanding work since this process
+    /// started, so their heartbeats skip the database (a heartbeat is the
+    /// hot path; almost always there is nothing to send). `notify` takes a
+    /// device out; a heartbeat that found nothing puts it back.
+    idle: Mutex<HashSet<Uuid>>,
+    /// Bumped by every `notify`: a heartbeat marks a device idle only if
+    /// no notification came while it looked.
+    generation: AtomicU64,
 }
 
 /// A stream's registration; dropping it unregisters.
@@ -86,6 +94,10 @@ impl WorkNotifier {
     /// Wakes every stream this process holds for `device` (whose tenant is
     /// `tenant`; the argument is kept so a cross-replica router can shard on it).
     pub fn notify(&self, _tenant: Uuid, device: Uuid) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.remove(&device);
+        }
         if let Ok(streams) = self.streams.lock()
             && let Some(list) = streams.get(&device)
         {
@@ -106,6 +118,27 @@ impl WorkNotifier {
             device,
             id,
             wake,
+        }
+    }
+
+    /// Whether a heartbeat of `device` must look for work.
+    pub(super) fn may_have_work(&self, device: Uuid) -> bool {
+        self.idle
+            .lock()
+            .map_or(true, |idle| !idle.contains(&device))
+    }
+
+    pub(super) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Records that `device` had nothing outstanding when looked at in
+    /// `generation` (ignored when a notification came since).
+    pub(super) fn mark_idle(&self, device: Uuid, generation: u64) {
+        if let Ok(mut idle) = self.idle.lock()
+            && self.generation.load(Ordering::SeqCst) == generation
+        {
+            idle.insert(device);
         }
     }
 
@@ -185,6 +218,28 @@ pub(super) async fn take_work(
         state.plans.events.publish(PlanEvent::Status(execution));
     }
     Ok(frames)
+}
+
+/// The work a heartbeat answer carries: nothing, without touching the
+/// database, for a device known to be idle since this process started.
+pub(super) async fn heartbeat_work(
+    state: &DeviceState,
+    identity: &DeviceIdentity,
+) -> Result<Vec<serde_json::Value>, StoreError> {
+    let notifier = &state.plans.notifier;
+    let device = identity.device_id();
+    if !notifier.may_have_work(device) {
+        return Ok(Vec::new());
+    }
+    let generation = notifier.generation();
+    let frames = take_work(state, identity).await?;
+    if frames.is_empty() {
+        notifier.mark_idle(device, generation);
+    }
+    Ok(frames
+        .iter()
+        .filter_map(|frame| serde_json::to_value(frame).ok())
+        .collect())
 }
 
 fn frame_line(frame: &WorkFrame) -> Bytes {
