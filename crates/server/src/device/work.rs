@@ -56,7 +56,7 @@ pub struct PlanServices {
 #[derive(Debug, Default)]
 pub struct WorkNotifier {
     next: AtomicU64,
-    streams: Mutex<HashMap<Uuid, Vec<(u64, Arc<Notify>)>>>,
+    streams: Mutex<HashMap<Uuid, Vec<StreamWake>>>,
     /// Set at shutdown: streams end so the listener can drain.
     closing: tokio::sync::watch::Sender<bool>,
     /// Devices known to have no outstanding work since this process
@@ -68,6 +68,9 @@ pub struct WorkNotifier {
     /// no notification came while it looked.
     generation: AtomicU64,
 }
+
+/// One held stream's id and its wake-up.
+type StreamWake = (u64, Arc<Notify>);
 
 /// A stream's registration; dropping it unregisters.
 pub struct Registration {
@@ -165,7 +168,7 @@ impl WorkNotifier {
 /// GraphQL subscriptions.
 #[derive(Clone, Debug)]
 pub enum PlanEvent {
-    Status(Execution),
+    Status(Box<Execution>),
     Logs {
         tenant_id: Uuid,
         execution_id: Uuid,
@@ -215,7 +218,10 @@ pub(super) async fn take_work(
         .await?;
     scope.commit().await?;
     for execution in delivered {
-        state.plans.events.publish(PlanEvent::Status(execution));
+        state
+            .plans
+            .events
+            .publish(PlanEvent::Status(Box::new(execution)));
     }
     Ok(frames)
 }
@@ -366,7 +372,7 @@ pub(super) async fn report(
                 state
                     .plans
                     .events
-                    .publish(PlanEvent::Status(reported.execution));
+                    .publish(PlanEvent::Status(Box::new(reported.execution)));
             }
             Json(ReportResponse {
                 cancel: reported.cancel,

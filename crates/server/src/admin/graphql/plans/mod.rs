@@ -158,7 +158,9 @@ impl PlanMutation {
         plans
             .notifier
             .notify(execution.tenant_id, execution.device_id);
-        plans.events.publish(PlanEvent::Status(execution.clone()));
+        plans
+            .events
+            .publish(PlanEvent::Status(Box::new(execution.clone())));
         Ok(ExecutionNode(execution))
     }
 
@@ -178,7 +180,7 @@ impl PlanMutation {
             plans
                 .notifier
                 .notify(execution.tenant_id, execution.device_id);
-            plans.events.publish(PlanEvent::Status(execution));
+            plans.events.publish(PlanEvent::Status(Box::new(execution)));
         }
         Ok(PlanNode(plan))
     }
@@ -200,7 +202,7 @@ impl PlanMutation {
             plans
                 .notifier
                 .notify(execution.tenant_id, execution.device_id);
-            plans.events.publish(PlanEvent::Status(execution));
+            plans.events.publish(PlanEvent::Status(Box::new(execution)));
         }
         Ok(count)
     }
@@ -232,7 +234,7 @@ impl PlanSubscription {
                         if execution.tenant_id == tenant
                             && plan.is_none_or(|p| p == execution.plan_id) =>
                     {
-                        Some(ExecutionNode(execution))
+                        Some(ExecutionNode(*execution))
                     }
                     _ => None,
                 }
