@@ -210,7 +210,7 @@ pub async fn run(
 /// Reports SUCCEEDED for the execution (a no-op workload).
 async fn answer(
     target: &Target,
-    connection: &mut Option<Connection>,
+    agent: &mut Agent,
     payload: &str,
     execution_id: uuid::Uuid,
 ) -> Result<(), Failure> {
@@ -233,7 +233,13 @@ async fn answer(
         logs: Vec::new(),
         error: None,
     };
-    let Some(connection) = connection.as_mut() else {
+    // The server closes a kept-alive connection left idle past its
+    // read timeout; the agent's HTTP client then opens a new one, and so
+    // does this (its handshake counts in the latency).
+    if !agent.connection.as_ref().is_some_and(Connection::is_open) {
+        agent.connection = Some(target.connect(agent.tls.clone()).await?);
+    }
+    let Some(connection) = agent.connection.as_mut() else {
         return Err(Failure("report: not connected".into()));
     };
     let _: ReportResponse = connection.post(target, WORK_REPORT_PATH, &report).await?;
