@@ -171,13 +171,7 @@ pub async fn run(
                         if let Ok(WorkFrame::Work(work)) =
                             serde_json::from_slice::<WorkFrame>(&line[..line.len() - 1])
                         {
-                            answer(
-                                &target,
-                                &mut agent.connection,
-                                &work.payload,
-                                work.execution_id,
-                            )
-                            .await?;
+                            answer(&target, &mut agent, &work.payload, work.execution_id).await?;
                             return Ok(());
                         }
                     }
