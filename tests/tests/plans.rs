@@ -385,6 +385,46 @@ async fn a_plan_is_pushed_within_a_second_runs_streams_its_output_and_is_idempot
             "{action} missing from {actions:?}"
         );
     }
+
+    // `mobius run` streams the remote output and exits with its status.
+    let config = tempfile::tempdir().unwrap();
+    let run = tokio::task::spawn_blocking({
+        let server = fleet.server.url("");
+        let token = fleet.token.clone();
+        let device = device.clone();
+        let config = config.path().to_owned();
+        move || {
+            Command::new(workspace_binary("mobius"))
+                .args([
+                    "--config-dir",
+                    config.to_str().unwrap(),
+                    "run",
+                    "--device",
+                    &device,
+                    "--",
+                ])
+                .args([
+                    "sh",
+                    "-c",
+                    "echo from-the-device; echo to-stderr >&2; exit 7",
+                ])
+                .env("MOBIUS_SERVER", server.trim_end_matches('/'))
+                .env("MOBIUS_TOKEN", token)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        run.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&run.stdout), "from-the-device\n");
+    assert!(String::from_utf8_lossy(&run.stderr).contains("to-stderr"));
     agent.kill();
 }
 
