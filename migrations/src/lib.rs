@@ -13,6 +13,7 @@ mod m20261122_000003_identity;
 mod m20261122_000004_device_pki;
 mod m20261201_000005_async_audit_chain;
 mod m20261201_000006_audit_inserts_unchained;
+mod m20261202_000001_plans;
 mod m20261203_000001_tenant_lifecycle;
 mod m20261204_000001_sso;
 mod m20261206_000001_billing;
@@ -38,6 +39,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000004_device_pki::Migration),
             Box::new(m20261201_000005_async_audit_chain::Migration),
             Box::new(m20261201_000006_audit_inserts_unchained::Migration),
+            Box::new(m20261202_000001_plans::Migration),
             Box::new(m20261203_000001_tenant_lifecycle::Migration),
             Box::new(m20261204_000001_sso::Migration),
             Box::new(m20261206_000001_billing::Migration),

@@ -28,6 +28,11 @@ pub const TENANT_TABLES: &[&str] = &[
     "billing_plans",
     "billing_stripe_events",
     "billing_usage_days",
+    "plan_signing_keys",
+    "plans",
+    "plan_executions",
+    "plan_operation_results",
+    "plan_execution_logs",
 ];
 
 /// Tables without `tenant_id` that the request role may still use, with
@@ -69,6 +74,7 @@ pub const LOOKUP_FUNCTION_SIGNATURES: &[&str] = &[
     "mobius_signups_for_email(text)",
     "mobius_platform_tenants()",
     "mobius_purge_expired(timestamptz)",
+    "mobius_plan_log_tenants(timestamptz)",
 ];
 
 /// The tenant of the current transaction, or NULL (never an error) when

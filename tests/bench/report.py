@@ -106,6 +106,10 @@ heartbeat = phase(heartbeat_r, "heartbeat")
 baseline = phase(baseline_r, "baseline")
 cap_hb, cap_base = phase(cap_hb_r, "heartbeat"), phase(cap_base_r, "baseline")
 reconnect = phase(reconnect_r, "reconnect")
+# One plan to every connected agent (optional: older work directories lack it).
+fanout_r = load("plan-fanout") if os.path.exists(os.path.join(RESULTS, "plan-fanout.json")) else None
+fanout = phase(fanout_r, "plan-fanout") if fanout_r else None
+fanout_streams = phase(fanout_r, "stream-connect") if fanout_r else None
 
 # Postgres CPU is known per scenario (all its phases); apportion nothing,
 # report it against the scenario's measured phase only when that phase is
@@ -128,6 +132,19 @@ figures = {
     "reconnect_served": reconnect["ok"],
     "measured_at": measured_at,
 }
+if fanout:
+    # Seconds from applyPlan until 99% / 100% of executions were SUCCEEDED
+    # (acknowledged by the server).
+    figures["plan_fanout_p99_s"] = round(fanout["latency_ms"]["p99"] / 1000, 3)
+    figures["plan_fanout_all_s"] = round(fanout["latency_ms"]["max"] / 1000, 3)
+    figures["plan_fanout_agents"] = fanout["agents"]
+    figures["plan_fanout_succeeded"] = fanout["ok"]
+    figures["plan_fanout_server_cpu_s"] = (fanout.get("server") or {}).get("cpu_seconds")
+    figures["plan_fanout_postgres_cpu_s"] = fanout_r["postgres_cpu_seconds"]
+    held = max(fanout_streams["ok"], 1)
+    figures["push_stream_server_bytes_per_agent"] = round(
+        (fanout_streams["server"]["rss_bytes"] - fanout_streams["server"]["rss_start_bytes"]) / held)
+
 ratio = heartbeat["throughput_per_s"] / baseline["throughput_per_s"] if baseline["throughput_per_s"] else 0
 cap_ratio = cap_hb["throughput_per_s"] / cap_base["throughput_per_s"] if cap_base["throughput_per_s"] else 0
 rss_per_agent = (idle["server"]["rss_bytes"] - idle_connect["server"]["rss_start_bytes"]) / max(idle["connections_held"], 1)
@@ -205,6 +222,18 @@ rows = [
      reconnect_text(reconnect),
      verdict(reconnect_met, reconnect_full, f"{reconnect['agents']:,} agents")),
 ]
+
+if fanout:
+    fanout_full = fanout["agents"] >= min(10000, max_connections // 2)
+    rows.append((
+        "plan fan-out", "99% SUCCEEDED ≤ 2 s, all ≤ 5 s (one plan, 10,000 connected agents)",
+        f"99% in {figures['plan_fanout_p99_s']:.2f} s, all {fanout['ok']:,} of {fanout['agents']:,} in "
+        f"{figures['plan_fanout_all_s']:.2f} s, {errors_text(fanout)}; server "
+        f"{figures['plan_fanout_server_cpu_s'] or 0:.1f} CPU s, Postgres "
+        f"{figures['plan_fanout_postgres_cpu_s']:.1f} CPU s (whole scenario); held streams cost "
+        f"{figures['push_stream_server_bytes_per_agent'] / 1000:.1f} KB of server RSS each",
+        verdict(figures["plan_fanout_p99_s"] <= 2 and figures["plan_fanout_all_s"] <= 5
+                and fanout["errors"] == 0, fanout_full, f"{fanout['agents']:,} agents")))
 
 # --- what bounds each figure -------------------------------------------------
 

@@ -30,6 +30,9 @@ Scenarios, in order:
   heartbeat  heartbeats at 7,500 per second (open loop) for 5 minutes
   baseline   HEAD ping at the same rate over the same connections
   capacity   heartbeat and baseline closed loop (as fast as answered)
+  fanout     10,000 agents hold the push stream; one plan (a no-op
+             operation) targets them all: time until 99% and 100% are
+             SUCCEEDED, server and Postgres CPU, server memory per stream
   reconnect  the server restarts, then 100,000 enrolled agents reconnect at
              the same moment, each with facts on its first ping: how long
              until all are served, and the errors
@@ -57,7 +60,7 @@ Environment:
   BENCH_AGENTS (heartbeat connections), BENCH_LATENCY_RATE,
   BENCH_LATENCY_SECS, BENCH_HEARTBEAT_RATE, BENCH_HEARTBEAT_SECS,
   BENCH_BASELINE_SECS, BENCH_CAPACITY_SECS,
-  BENCH_RECONNECT_AGENTS
+  BENCH_RECONNECT_AGENTS, BENCH_FANOUT_AGENTS
                                override one scenario's size
 
 Example:
@@ -99,11 +102,13 @@ full)
     : "${BENCH_ENROLL_SECS:=60}" "${BENCH_IDLE_AGENTS:=100000}" "${BENCH_IDLE_HOLD_SECS:=60}"
     : "${BENCH_AGENTS:=100000}" "${BENCH_LATENCY_SECS:=120}" "${BENCH_HEARTBEAT_SECS:=300}"
     : "${BENCH_BASELINE_SECS:=60}" "${BENCH_CAPACITY_SECS:=60}" "${BENCH_RECONNECT_AGENTS:=100000}"
+    : "${BENCH_FANOUT_AGENTS:=10000}"
     ;;
 quick)
     : "${BENCH_ENROLL_SECS:=30}" "${BENCH_IDLE_AGENTS:=5000}" "${BENCH_IDLE_HOLD_SECS:=15}"
     : "${BENCH_AGENTS:=5000}" "${BENCH_LATENCY_SECS:=30}" "${BENCH_HEARTBEAT_SECS:=60}"
     : "${BENCH_BASELINE_SECS:=30}" "${BENCH_CAPACITY_SECS:=20}" "${BENCH_RECONNECT_AGENTS:=5000}"
+    : "${BENCH_FANOUT_AGENTS:=2000}"
     ;;
 *) die "BENCH_SCALE must be full or quick, not $SCALE" ;;
 esac
@@ -232,7 +237,11 @@ start_server "$WORK/server.log" 127.0.0.1:0 127.0.0.1:0
 SETUP_CODE="$(jq -rR 'fromjson? | select(.setup_code != null) | .setup_code' "$SERVER_LOG" | head -1)"
 [[ -n "$SETUP_CODE" ]] || die "the fresh server printed no setup code"
 
-TOKEN="$("$LOADGEN" token --admin "http://$ADMIN_ADDR" --setup-code "$SETUP_CODE")"
+CREATED="$("$LOADGEN" --json token --admin "http://$ADMIN_ADDR" --setup-code "$SETUP_CODE")"
+TOKEN="$(jq -r .token <<<"$CREATED")"
+# The owner's access token, for the plan fan-out's applyPlan (it runs first,
+# while the token is fresh).
+ACCESS_TOKEN="$(jq -r .access_token <<<"$CREATED")"
 export MOBIUS_LOADGEN_TOKEN="$TOKEN"
 
 # ---------------------------------------------------------------------------
@@ -245,6 +254,9 @@ capped() { # capped N: N, or the largest connection count this machine allows
 IDLE_AGENTS="$(capped "$BENCH_IDLE_AGENTS")"
 AGENTS="$(capped "$BENCH_AGENTS")"
 RECONNECT_AGENTS="$(capped "$BENCH_RECONNECT_AGENTS")"
+# Two connections per agent (the push stream and one for reports).
+FANOUT_AGENTS="$(capped "$((BENCH_FANOUT_AGENTS * 2))")"
+FANOUT_AGENTS=$((FANOUT_AGENTS / 2))
 
 postgres_cpu() { python3 "$ROOT/tests/bench/cpu.py" "$DB_NAME"; }
 
@@ -273,6 +285,8 @@ date -u +%Y-%m-%dT%H:%M:%SZ >"$WORK/measured_at"
 git -C "$ROOT" rev-parse --short HEAD >"$WORK/commit" 2>/dev/null || echo unknown >"$WORK/commit"
 git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null | wc -l >"$WORK/dirty"
 cut -d' ' -f1-3 /proc/loadavg >"$WORK/loadavg_before"
+scenario plan-fanout plan-fanout --agents "$FANOUT_AGENTS" --admin "http://$ADMIN_ADDR" \
+    --admin-token "$ACCESS_TOKEN"
 scenario enroll enroll --duration "$BENCH_ENROLL_SECS" --concurrency "$BENCH_ENROLL_CONCURRENCY"
 scenario idle connect --agents "$IDLE_AGENTS" --hold "$BENCH_IDLE_HOLD_SECS"
 scenario latency heartbeat --agents "$AGENTS" --rate "$BENCH_LATENCY_RATE" --duration "$BENCH_LATENCY_SECS"
@@ -311,7 +325,7 @@ export BENCH_SCALE="$SCALE" BENCH_REPRODUCE="$REPRODUCE" BENCH_FD_LIMIT="$FD_LIM
     BENCH_ADMIN_URL="$ADMIN_URL" BENCH_ROOT="$ROOT" BENCH_ENROLL_SECS BENCH_ENROLL_CONCURRENCY \
     BENCH_IDLE_AGENTS BENCH_IDLE_HOLD_SECS BENCH_AGENTS BENCH_LATENCY_RATE BENCH_LATENCY_SECS \
     BENCH_HEARTBEAT_RATE BENCH_HEARTBEAT_SECS BENCH_BASELINE_SECS BENCH_CAPACITY_SECS \
-    BENCH_RECONNECT_AGENTS
+    BENCH_RECONNECT_AGENTS BENCH_FANOUT_AGENTS
 
 # Kept with the results, so the report can be written again from them
 # (`set -a; . WORK/params.env; python3 tests/bench/report.py WORK DIR`).

@@ -73,6 +73,41 @@ async fn two_populated_tenants(store: &Store) -> (Uuid, Uuid) {
             .register(&actor, site.id, "host", "fp")
             .await
             .unwrap();
+        // A plan with an execution, a result and an output line.
+        let signer = mobius_core::plans::PlanSigner::new(Arc::new(LocalSealer::new(&[3u8; 32])));
+        let applied = scope
+            .plans()
+            .apply(
+                &actor,
+                &signer,
+                mobius_core::plans::PlanSpec {
+                    idempotency_key: "k".into(),
+                    targets: mobius_core::plans::PlanTargets {
+                        device_ids: vec![device.id],
+                        ..Default::default()
+                    },
+                    operations: vec![mobius_core::plans::OperationSpec {
+                        operation_id: Some("op".into()),
+                        kind: "noop".into(),
+                        params: serde_json::json!({}),
+                    }],
+                },
+            )
+            .await
+            .unwrap();
+        let report: mobius_api::plans::ExecutionReport =
+            serde_json::from_value(serde_json::json!({
+                "execution_id": applied.executions[0].id,
+                "status": "SUCCEEDED",
+                "operations": [{ "operation_id": "op", "status": "SUCCEEDED" }],
+                "logs": [{ "stream": "stdout", "time": "2026-12-01T00:00:00Z", "line": "hi" }],
+            }))
+            .unwrap();
+        scope
+            .plans()
+            .report(&actor, device.id, &report, 1 << 20)
+            .await
+            .unwrap();
         scope.devices().revoke(&actor, device.id).await.unwrap();
         let pki = Pki::new(
             Arc::new(LocalSealer::new(&[3u8; 32])),

@@ -122,6 +122,7 @@ fn store(
     dir.write_atomic(CERT_FILE, response.certificate_pem.as_bytes())?;
     dir.write_atomic(CA_FILE, response.ca_bundle_pem.as_bytes())?;
     dir.write_atomic(SERVER_CA_FILE, response.server_ca_pem.as_bytes())?;
+    crate::work::save_plan_key(dir, response.plan_verification_key.as_deref())?;
     let state = AgentState {
         server_url: server_base.to_owned(),
         device_id: response.device_id,

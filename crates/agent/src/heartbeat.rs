@@ -82,6 +82,8 @@ struct Agent {
     /// Facts as last accepted by the server, and when.
     facts_sent: Option<(HostFacts, Instant)>,
     failures: u32,
+    /// Runs plans; fed by the push stream and by ping answers.
+    work: Option<crate::work::WorkHandle>,
 }
 
 /// What one heartbeat attempt leads to.
@@ -142,6 +144,7 @@ impl Agent {
             pacing,
             facts_sent: None,
             failures: 0,
+            work: None,
         })
     }
 
@@ -153,6 +156,11 @@ impl Agent {
             certificate_expires_at = %self.certificate.not_after.to_rfc3339(),
             "agent started"
         );
+        self.work = Some(crate::work::start(
+            self.dir.clone(),
+            self.state.tenant_id,
+            self.state.device_id,
+        )?);
         loop {
             // Both the request and the wait give way to a stop signal, so
             // `systemctl stop` never waits out a timeout.
@@ -252,11 +260,8 @@ impl Agent {
                 None
             }
         };
-        if !response.work.is_empty() {
-            tracing::info!(
-                items = response.work.len(),
-                "the server sent work this agent cannot run yet"
-            );
+        if let Some(work) = &self.work {
+            work.deliver(&response.work);
         }
         self.pacing.interval(self.state.heartbeat_interval_secs)
     }
@@ -320,7 +325,7 @@ impl Agent {
 }
 
 /// The mutual-TLS client from the files on disk.
-fn connect(dir: &StateDir, server: &Url, key: &DeviceKey) -> Result<DeviceClient> {
+pub(crate) fn connect(dir: &StateDir, server: &Url, key: &DeviceKey) -> Result<DeviceClient> {
     let server_ca = certificates_from_pem(&dir.read_string(SERVER_CA_FILE)?)
         .with_context(|| format!("{SERVER_CA_FILE} is unreadable"))?;
     let chain = certificates_from_pem(&dir.read_string(CERT_FILE)?)

@@ -18,6 +18,7 @@ mod status;
 mod testing;
 mod tls;
 mod transport;
+mod work;
 
 use std::io;
 use std::process::ExitCode;

@@ -60,6 +60,7 @@ pub async fn renew(
     // being retired in it).
     dir.write_atomic(CA_FILE, response.ca_bundle_pem.as_bytes())?;
     dir.write_atomic(CERT_FILE, response.certificate_pem.as_bytes())?;
+    crate::work::save_plan_key(dir, response.plan_verification_key.as_deref())?;
     let expires_at = crate::enrollment::reported_expiry(&response.expires_at, &certificate);
     Ok(Renewed {
         certificate,

@@ -296,6 +296,7 @@ impl FakeMobius {
                         server_ca_pem: server_ca_pem.clone(),
                         expires_at,
                         heartbeat_interval_secs: 60,
+                        plan_verification_key: None,
                     };
                     (200, serde_json::to_string(&response).unwrap())
                 }
@@ -308,6 +309,7 @@ impl FakeMobius {
                         certificate_pem: issue(&renew.csr_pem).pem(),
                         ca_bundle_pem: tenant_ca_pem.clone(),
                         expires_at,
+                        plan_verification_key: None,
                     };
                     (200, serde_json::to_string(&response).unwrap())
                 }

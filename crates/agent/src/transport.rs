@@ -20,6 +20,9 @@ use serde::de::DeserializeOwned;
 /// give up and retry than sit silent.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The work stream ends with the certificate (at most days); this only
+/// replaces the client's per-request timeout.
+const STREAM_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
@@ -94,6 +97,35 @@ impl DeviceClient {
 
     pub async fn renew(&self, request: &RenewRequest) -> Result<RenewResponse, CallError> {
         self.post(RENEW_PATH, request).await
+    }
+
+    pub async fn report(
+        &self,
+        request: &mobius_api::plans::ExecutionReport,
+    ) -> Result<mobius_api::plans::ReportResponse, CallError> {
+        self.post(mobius_api::plans::WORK_REPORT_PATH, request)
+            .await
+    }
+
+    /// Opens a long-lived response (the work stream): no overall timeout,
+    /// the caller watches for silence instead.
+    pub async fn open_stream(&self, path: &str) -> Result<reqwest::Response, CallError> {
+        let url = format!("{}{path}", self.base);
+        let response = self
+            .http
+            .get(&url)
+            .timeout(STREAM_TIMEOUT)
+            .send()
+            .await
+            .map_err(|err| classify_transport_error(&err))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        Err(CallError::Unreachable(format!(
+            "the work stream answered HTTP {}",
+            status.as_u16()
+        )))
     }
 
     async fn post<Req: Serialize, Resp: DeserializeOwned>(

@@ -47,6 +47,10 @@ pub struct EnrollResponse {
     /// RFC 3339.
     pub expires_at: String,
     pub heartbeat_interval_secs: u64,
+    /// The tenant's plan-verification key (Ed25519, standard base64):
+    /// the agent runs only work signed by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_verification_key: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -63,7 +67,8 @@ pub struct PingResponse {
     /// Renew the certificate at or after this time (RFC 3339): its
     /// half-life, or now when its CA is being retired.
     pub renew_after: String,
-    /// Pending work for the agent (plans come later; empty for now).
+    /// Pending work for the agent: [`crate::plans::WorkFrame`]s, the same
+    /// the push stream carries, so an agent whose stream broke loses nothing.
     #[serde(default)]
     pub work: Vec<serde_json::Value>,
 }
@@ -80,6 +85,9 @@ pub struct RenewResponse {
     pub ca_bundle_pem: String,
     /// RFC 3339.
     pub expires_at: String,
+    /// As in [`EnrollResponse::plan_verification_key`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_verification_key: Option<String>,
 }
 
 /// What the agent reports about its host.

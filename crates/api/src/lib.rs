@@ -40,3 +40,4 @@ pub struct HealthCheck {
 
 pub mod device;
 pub mod license;
+pub mod plans;

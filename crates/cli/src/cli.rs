@@ -158,6 +158,12 @@ pub enum Command {
     /// Show the license: tier, device limit, expiry and premium features
     #[command(subcommand)]
     License(LicenseCommand),
+    /// Apply, list, follow and cancel plans (work run by agents)
+    #[command(subcommand)]
+    Plans(crate::commands::plans::PlansCommand),
+
+    /// Run a command on devices and stream its output; exits with the remote exit status
+    Run(crate::commands::plans::RunArgs),
 
     /// Run any GraphQL query or mutation and print its data as JSON
     #[command(

@@ -146,6 +146,29 @@ pub enum Command {
     /// by kind; each agent tries once. To measure a restart, enroll the
     /// agents into --identities first, restart the server, then run this.
     Reconnect(ReconnectArgs),
+    /// Every agent holds the push stream (plus a connection for its
+    /// reports); one plan with a no-op operation targets them all and each
+    /// answers SUCCEEDED when its execution arrives. Reports the time until
+    /// 99% and 100% were SUCCEEDED (the fan-out phase's p99 and max) and
+    /// the server memory the held streams cost. Needs --admin and
+    /// --admin-token (to apply the plan).
+    PlanFanout(PlanFanoutArgs),
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct PlanFanoutArgs {
+    /// Agents (each holds two connections: the stream and one for reports).
+    #[arg(long)]
+    pub agents: usize,
+    /// Connections being set up at once.
+    #[arg(long, default_value_t = 64)]
+    pub connect_concurrency: usize,
+    /// Enrollments in flight at once, for agents --identities lacks.
+    #[arg(long, default_value_t = 32)]
+    pub enroll_concurrency: usize,
+    /// Give up on an agent's execution after this many seconds.
+    #[arg(long, default_value_t = 60.0, value_name = "SECS")]
+    pub wait: f64,
 }
 
 #[derive(Clone, Debug, Args)]

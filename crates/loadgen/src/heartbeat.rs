@@ -44,9 +44,9 @@ pub enum Pace {
 /// One simulated agent and its connection, if it has one.
 pub struct Agent {
     pub index: u64,
-    identity: Identity,
-    tls: Arc<ClientConfig>,
-    connection: Option<Connection>,
+    pub(crate) identity: Identity,
+    pub(crate) tls: Arc<ClientConfig>,
+    pub(crate) connection: Option<Connection>,
 }
 
 impl Agent {
@@ -103,7 +103,7 @@ fn held(agents: &[Agent]) -> usize {
     agents.iter().filter(|a| a.is_connected()).count()
 }
 
-fn phase(
+pub(crate) fn phase(
     name: &'static str,
     agents: &[Agent],
     elapsed: Duration,
@@ -125,7 +125,11 @@ fn phase(
 
 /// Runs `task` on every agent, at most `limit` at once, and gives the
 /// agents back in their order.
-async fn for_each_agent<F, Fut>(agents: Vec<Agent>, limit: Option<usize>, task: F) -> Vec<Agent>
+pub(crate) async fn for_each_agent<F, Fut>(
+    agents: Vec<Agent>,
+    limit: Option<usize>,
+    task: F,
+) -> Vec<Agent>
 where
     F: Fn(Agent) -> Fut,
     Fut: Future<Output = Agent> + Send + 'static,
@@ -155,7 +159,7 @@ where
 
 /// The agents of `identities`, each with its mutual-TLS configuration made
 /// (before any clock starts: it is the simulator's work, not the server's).
-fn unconnected(trust: &ServerTrust, identities: &[Identity]) -> Result<Vec<Agent>> {
+pub(crate) fn unconnected(trust: &ServerTrust, identities: &[Identity]) -> Result<Vec<Agent>> {
     identities
         .iter()
         .enumerate()

@@ -3,6 +3,7 @@
 mod admin;
 mod cli;
 mod enroll;
+mod fanout;
 mod heartbeat;
 mod identity;
 mod report;
@@ -18,7 +19,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use mobius_api::device::EnrollmentToken;
 
-use crate::cli::{Cli, Command, Common, ConnectArgs, HeartbeatArgs, ReconnectArgs};
+use crate::cli::{Cli, Command, Common, ConnectArgs, HeartbeatArgs, PlanFanoutArgs, ReconnectArgs};
 use crate::enroll::Stop;
 use crate::heartbeat::{Beat, Pace};
 use crate::identity::Fleet;
@@ -98,6 +99,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Baseline(args) => run.heartbeat(&args, Beat::Head, descriptors).await?,
         Command::Connect(args) => run.connect(&args, descriptors).await?,
         Command::Reconnect(args) => run.reconnect(&args, descriptors).await?,
+        Command::PlanFanout(args) => run.plan_fanout(&args, descriptors).await?,
     }
 
     if run.common.json {
@@ -313,6 +315,45 @@ impl Run {
         )
         .await?;
         self.report.phases.push(idle);
+        Ok(())
+    }
+
+    async fn plan_fanout(&mut self, args: &PlanFanoutArgs, descriptors: u64) -> Result<()> {
+        let admin = self
+            .common
+            .admin
+            .admin
+            .clone()
+            .context("plan-fanout applies a plan: give --admin URL")?;
+        let access_token = self
+            .common
+            .admin
+            .admin_token
+            .clone()
+            .context("plan-fanout applies a plan: give --admin-token")?;
+        // Two connections per agent: the stream and the reports.
+        check_descriptors(args.agents * 2, descriptors)?;
+        let trust = self
+            .prepare(args.agents, args.enroll_concurrency, descriptors)
+            .await?;
+        eprintln!(
+            "mobius-loadgen: {} agents open their work streams ({} at once)",
+            args.agents, args.connect_concurrency
+        );
+        let phases = fanout::run(
+            self.target.clone(),
+            &trust,
+            &self.fleet.agents[..args.agents],
+            fanout::FanoutArgs {
+                admin: &admin,
+                access_token: &access_token,
+                connect_concurrency: args.connect_concurrency,
+                wait: Duration::from_secs_f64(args.wait.max(1.0)),
+                server_pid: self.common.server_pid,
+            },
+        )
+        .await?;
+        self.report.phases.extend(phases);
         Ok(())
     }
 

@@ -34,7 +34,7 @@ const FIRST_SOURCE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 pub struct Failure(pub String);
 
 impl Failure {
-    fn new(stage: &str, detail: impl std::fmt::Display) -> Failure {
+    pub(crate) fn new(stage: &str, detail: impl std::fmt::Display) -> Failure {
         Failure(format!("{stage}: {detail}"))
     }
 
@@ -184,6 +184,29 @@ impl Connection {
             return Err(refusal(status, &bytes));
         }
         serde_json::from_slice(&bytes).map_err(|_| Failure::new("answer", "unreadable JSON"))
+    }
+
+    /// GETs a long-lived response (the work stream) and hands back its
+    /// body to read frame by frame; the connection is busy until it ends.
+    pub async fn open_stream(
+        &mut self,
+        target: &Target,
+        path: &str,
+    ) -> Result<hyper::body::Incoming, Failure> {
+        let request = target.request(Method::GET, path, Bytes::new())?;
+        self.sender
+            .ready()
+            .await
+            .map_err(|e| Failure::new("connection", e))?;
+        let response = self
+            .sender
+            .send_request(request)
+            .await
+            .map_err(|e| Failure::new("connection", e))?;
+        if !response.status().is_success() {
+            return Err(Failure(format!("http {}", response.status().as_u16())));
+        }
+        Ok(response.into_body())
     }
 
     /// HEADs `path`, expecting 204.

@@ -76,6 +76,8 @@ struct DeviceSide {
     revocations: Arc<Revocations>,
     trust: Arc<Trust>,
     revocation_lookback: chrono::Duration,
+    plans: crate::device::PlanServices,
+    plan_log_retention_days: u32,
 }
 
 impl Server {
@@ -152,6 +154,12 @@ impl Server {
         // The device side: server identity, tenant CAs, the mTLS listener.
         let certificate_ttl =
             chrono::Duration::seconds(settings.device_certificate_ttl_secs as i64);
+        let plans = crate::device::PlanServices {
+            signer: Arc::new(mobius_core::plans::PlanSigner::new(sealer.clone())),
+            notifier: Arc::new(crate::device::WorkNotifier::default()),
+            events: crate::device::PlanEvents::default(),
+            log_cap_bytes: settings.plan_log_cap_bytes,
+        };
         let pki = Arc::new(Pki::new(sealer, certificate_ttl));
         {
             let scope = store
@@ -210,6 +218,7 @@ impl Server {
                     store.clone(),
                 ))
             }),
+            plans: plans.clone(),
         };
         let device_listener = TcpListener::bind(settings.device_listen)
             .await
@@ -227,6 +236,8 @@ impl Server {
             revocations: revocations.clone(),
             trust: trust.clone(),
             revocation_lookback: certificate_ttl,
+            plans: plans.clone(),
+            plan_log_retention_days: settings.plan_log_retention_days,
         };
         let signup = match (settings.signup_enabled, services.self_signup) {
             (true, true) => {
@@ -287,6 +298,7 @@ impl Server {
                 sealer: services.sealer.clone(),
                 entitlements: services.entitlements.clone(),
                 signup: signup.clone(),
+                plans,
             })),
             store: store.clone(),
             identity,
@@ -428,6 +440,20 @@ impl Server {
                 self.license_watch.0.clone(),
                 self.license_watch.1,
             )),
+            tokio::spawn(jobs::plan_logs::purge_periodically(
+                self.store.clone(),
+                devices.plan_log_retention_days,
+            )),
+            tokio::spawn({
+                // Work streams never finish on their own: end them at the
+                // stop signal so the device listener drains at once.
+                let notifier = devices.plans.notifier.clone();
+                let stop = stopped(stop_rx.clone());
+                async move {
+                    stop.await;
+                    notifier.close_all();
+                }
+            }),
         ];
         let cluster = self.cluster;
         if cluster.bus.is_shared() {

@@ -176,6 +176,11 @@ pub struct Settings {
     /// defaults (`purge-expired` 3600, `prune-cluster` 300,
     /// `audit-chain-sweep` 10), e.g. `{ purge-expired = 600 }`.
     pub job_periods_secs: std::collections::BTreeMap<String, u64>,
+    /// Output kept per plan execution, in bytes; beyond it the oldest
+    /// lines are dropped (the tail is kept) and the drop is marked.
+    pub plan_log_cap_bytes: u64,
+    /// Plan output lines are deleted after this many days.
+    pub plan_log_retention_days: u32,
 }
 
 /// How the SMTP connection is protected.
@@ -242,6 +247,8 @@ impl Default for Settings {
             enrollment_attempts_per_minute_per_client: None,
             role: ServerRole::All,
             job_periods_secs: std::collections::BTreeMap::new(),
+            plan_log_cap_bytes: mobius_core::plans::DEFAULT_LOG_CAP_BYTES,
+            plan_log_retention_days: 30,
         }
     }
 }
@@ -296,6 +303,8 @@ const SETTING_NAMES: &[&str] = &[
     "enrollment_attempts_per_minute_per_client",
     "role",
     "job_periods_secs",
+    "plan_log_cap_bytes",
+    "plan_log_retention_days",
 ];
 
 /// Values given as command-line flags; `None` means "not given".
@@ -429,6 +438,12 @@ impl Settings {
         if self.client_read_timeout_secs == 0 {
             return Err(SettingsError(
                 "client_read_timeout_secs must be at least 1".into(),
+            ));
+        }
+        if self.plan_log_cap_bytes < 1024 || self.plan_log_retention_days == 0 {
+            return Err(SettingsError(
+                "plan_log_cap_bytes must be at least 1024 and plan_log_retention_days at least 1"
+                    .into(),
             ));
         }
         if self.heartbeat_interval_secs == 0 {

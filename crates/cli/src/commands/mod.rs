@@ -7,6 +7,7 @@ pub mod devices;
 mod enrollment_tokens;
 pub mod graphql;
 pub mod license;
+pub mod plans;
 pub mod session;
 pub mod sites_and_teams;
 pub mod sso;
@@ -139,5 +140,12 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Audit(command) => audit::run(&ctx, command).await,
         Command::License(command) => license::run(&ctx, command).await,
         Command::Graphql(args) => graphql::run(&ctx, args).await,
+        Command::Plans(command) => plans::run(&ctx, command).await,
+        Command::Run(args) => {
+            let code = plans::run_command(&ctx, args).await?;
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            std::process::exit(code)
+        }
     }
 }

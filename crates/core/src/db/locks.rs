@@ -16,6 +16,10 @@ pub enum TenantLock {
     DeviceLimit,
     /// Serializes appends to the tenant's audit hash chain.
     AuditChain,
+    /// Serializes plan applies, so each device's next `plan_version` is
+    /// read and used by one apply at a time (and a reused idempotency key
+    /// is settled before either insert).
+    PlanApply,
 }
 
 impl TenantLock {
@@ -23,6 +27,7 @@ impl TenantLock {
         match self {
             TenantLock::DeviceLimit => "devices",
             TenantLock::AuditChain => "audit",
+            TenantLock::PlanApply => "plans",
         }
     }
 }

@@ -302,6 +302,31 @@ impl Store {
             claimed: row.try_get("", "claimed")?,
         }))
     }
+
+    /// Tenants with plan output lines created before `cutoff`, for the
+    /// log retention job (ids only).
+    pub async fn plan_log_tenants(
+        &self,
+        cutoff: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<Vec<FoundTenant>> {
+        let sql = match self.backend {
+            Backend::Postgres => "SELECT tenant_id FROM mobius_plan_log_tenants($1)",
+            Backend::Sqlite => {
+                "SELECT DISTINCT tenant_id FROM plan_execution_logs WHERE created_at < ?"
+            }
+        };
+        let rows = self
+            .db
+            .query_all_raw(Statement::from_sql_and_values(
+                self.db_backend(),
+                sql,
+                [cutoff.into()],
+            ))
+            .await?;
+        rows.iter()
+            .map(|row| Ok(FoundTenant::new(row.try_get("", "tenant_id")?)))
+            .collect()
+    }
 }
 
 /// Billing's cross-tenant lookups (cloud): the tenant of a Stripe

@@ -95,6 +95,8 @@ pub(super) async fn enroll(
         tracing::error!(error = %e, "reloading trusted CAs after enrollment");
     }
     tracing::info!(device_id = %enrolled.device_id, tenant_id = %enrolled.tenant_id, created = enrolled.created, "device enrolled");
+    let plan_verification_key =
+        super::work::verification_key(&state, enrolled.tenant_id, enrolled.device_id).await;
     Json(EnrollResponse {
         device_id: enrolled.device_id,
         tenant_id: enrolled.tenant_id,
@@ -104,6 +106,7 @@ pub(super) async fn enroll(
         server_ca_pem: state.server_ca_pem.as_ref().clone(),
         expires_at: enrolled.certificate.not_after.to_rfc3339(),
         heartbeat_interval_secs: state.heartbeat_interval_secs,
+        plan_verification_key,
     })
     .into_response()
 }

@@ -11,6 +11,7 @@ mod ping;
 mod renew;
 pub mod tls;
 pub mod trust;
+mod work;
 
 use std::sync::Arc;
 
@@ -18,8 +19,9 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, StatusCode};
 use axum::middleware;
-use axum::routing::{head, post};
+use axum::routing::{get, head, post};
 use mobius_api::device::{ENROLL_PATH, PING_PATH, RENEW_PATH};
+use mobius_api::plans::{WORK_REPORT_PATH, WORK_STREAM_PATH};
 use mobius_core::Store;
 use mobius_core::authz::Entitlements;
 use mobius_core::devices::presence::{Presence, Revocations};
@@ -27,6 +29,7 @@ use mobius_core::pki::Pki;
 
 pub use peer::{DeviceScope, Peer};
 pub use trust::Trust;
+pub use work::{PlanEvent, PlanEvents, PlanServices, WorkNotifier};
 
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -52,6 +55,7 @@ pub struct DeviceState {
     /// Enrollment attempts per client address, counted across replicas
     /// (`enrollment_attempts_per_minute_per_client`; unset: no limit).
     pub enrollment_limit: Option<Arc<crate::cluster::limits::EnrollmentLimiter>>,
+    pub plans: PlanServices,
 }
 
 pub fn router(state: DeviceState) -> Router {
@@ -60,6 +64,8 @@ pub fn router(state: DeviceState) -> Router {
         .route(ENROLL_PATH, post(enroll::enroll))
         .route(PING_PATH, head(ping::ping_head).post(ping::ping))
         .route(RENEW_PATH, post(renew::renew))
+        .route(WORK_STREAM_PATH, get(work::stream))
+        .route(WORK_REPORT_PATH, post(work::report))
         .fallback(|| async {
             errors::error(
                 StatusCode::NOT_FOUND,

@@ -51,10 +51,17 @@ pub(super) async fn ping(
     state
         .presence
         .record(device.identity.tenant_id(), device.identity.device_id());
+    // The same frames the push stream carries, so an agent whose stream
+    // broke loses nothing.
+    let work = match super::work::heartbeat_work(&state, &device.identity).await {
+        Ok(frames) => frames,
+        Err(mobius_core::StoreError::NotFound { .. }) => return revoked(),
+        Err(e) => return ApiError::from(e).into_response(),
+    };
     Json(PingResponse {
         interval_secs: state.heartbeat_interval_secs,
         renew_after: renew_after(&state, &device.identity).to_rfc3339(),
-        work: Vec::new(),
+        work,
     })
     .into_response()
 }

@@ -48,6 +48,12 @@ pub(super) async fn renew(
             certificate_pem: renewed.certificate.pem,
             ca_bundle_pem: renewed.ca_bundle_pem,
             expires_at: renewed.certificate.not_after.to_rfc3339(),
+            plan_verification_key: super::work::verification_key(
+                &state,
+                device.identity.tenant_id(),
+                device.identity.device_id(),
+            )
+            .await,
         })
         .into_response(),
         Err(RenewError::DeviceRevoked) => revoked(),

@@ -9,6 +9,8 @@
 
 pub mod scheduler;
 
+pub mod plan_logs;
+
 use std::sync::Arc;
 use std::time::Duration;
 

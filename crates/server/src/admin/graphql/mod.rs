@@ -15,6 +15,7 @@ mod licensing;
 mod loaders;
 mod node;
 mod pagination;
+mod plans;
 pub mod signup;
 mod sso;
 mod tenancy;
@@ -92,6 +93,7 @@ pub struct QueryRoot(
     node::NodeQuery,
     sso::SsoQuery,
     licensing::LicenseQuery,
+    plans::PlanQuery,
 );
 
 /// Mutations are split by area and merged.
@@ -103,12 +105,13 @@ pub struct MutationRoot(
     enrollment::EnrollmentMutation,
     sso::SsoMutation,
     signup::SignUpMutation,
+    plans::PlanMutation,
 );
 
 // Each area's subscriptions, merged.
 #[derive(async_graphql::MergedSubscription, Default)]
 #[graphql(name = "Subscription")]
-pub struct SubscriptionRoot(audit::AuditSubscription);
+pub struct SubscriptionRoot(audit::AuditSubscription, plans::PlanSubscription);
 
 /// Depth 15 admits GraphiQL's introspection query; complexity 1000 admits a
 /// full 500-device page with its sites and teams but not nested abuse.
@@ -138,6 +141,7 @@ pub struct Services {
     pub entitlements: Arc<dyn Entitlements>,
     /// Self sign-up, where the edition and settings turn it on.
     pub signup: Option<Arc<signup::SignUpService>>,
+    pub plans: crate::device::PlanServices,
 }
 
 /// The device side, as the admin API needs it.
@@ -173,7 +177,8 @@ pub fn schema(services: Option<Services>) -> MobiusSchema {
             .data(services.limiter)
             .data(services.devices)
             .data(sso::SsoSealer(services.sealer))
-            .data(services.entitlements);
+            .data(services.entitlements)
+            .data(services.plans);
         if let Some(signup) = services.signup {
             builder = builder.data(signup);
         }
