@@ -21,6 +21,11 @@ pub const TENANT_TABLES: &[&str] = &[
     "api_tokens",
     "certificate_authorities",
     "revoked_devices",
+    "backbone_tenants",
+    "backbone_services",
+    "backbone_service_tokens",
+    "backbone_principals",
+    "backbone_grants",
 ];
 
 /// Tables without `tenant_id` that the request role may still use, with
@@ -42,6 +47,11 @@ pub const LOOKUP_FUNCTION_SIGNATURES: &[&str] = &[
     "mobius_audit_unchained_tenants()",
     "mobius_audit_chain(jsonb)",
     "mobius_claim_enrollment_token(bytea)",
+    "mobius_backbone_service_token_tenant(bytea)",
+    "mobius_backbone_principal_tenant(bytea)",
+    "mobius_backbone_service_tenant(text)",
+    "mobius_backbone_registration_tenant(text)",
+    "mobius_backbone_revoked_tokens_since(timestamptz)",
 ];
 
 /// The tenant of the current transaction, or NULL (never an error) when

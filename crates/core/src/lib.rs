@@ -8,6 +8,7 @@
 
 pub mod audit;
 pub mod authz;
+pub mod backbone;
 pub mod crypto;
 pub mod db;
 pub mod devices;

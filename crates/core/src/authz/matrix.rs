@@ -26,10 +26,12 @@ pub enum Operation {
     ViewAuditLog,
     /// Tenant-wide settings and the tenant CA.
     ManageTenant,
+    /// Backbone service tokens, principals and grants.
+    ManageBackbone,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 14] = [
+    pub const ALL: [Operation; 15] = [
         Operation::ViewTenant,
         Operation::ViewSites,
         Operation::ManageSites,
@@ -44,6 +46,7 @@ impl Operation {
         Operation::ManageEnrollmentTokens,
         Operation::ViewAuditLog,
         Operation::ManageTenant,
+        Operation::ManageBackbone,
     ];
 }
 
@@ -67,7 +70,8 @@ pub fn permits(role: Role, op: Operation) -> bool {
             | ManageDevices
             | ManageEnrollmentTokens
             | ViewAuditLog
-            | ManageTenant => true,
+            | ManageTenant
+            | ManageBackbone => true,
         },
         Role::Maintainer => match op {
             ViewTenant
@@ -79,7 +83,7 @@ pub fn permits(role: Role, op: Operation) -> bool {
             | ManageDevices
             | ManageEnrollmentTokens => true,
             ManageSites | ManageTeams | ManageUsers | ManageAllApiTokens | ViewAuditLog
-            | ManageTenant => false,
+            | ManageTenant | ManageBackbone => false,
         },
         Role::Observer => match op {
             ViewTenant | ViewSites | ViewTeams | ManageOwnApiTokens | ViewDevices => true,
@@ -91,7 +95,8 @@ pub fn permits(role: Role, op: Operation) -> bool {
             | ManageDevices
             | ManageEnrollmentTokens
             | ViewAuditLog
-            | ManageTenant => false,
+            | ManageTenant
+            | ManageBackbone => false,
         },
         Role::Gitops => match op {
             ViewTenant
@@ -102,7 +107,7 @@ pub fn permits(role: Role, op: Operation) -> bool {
             | ManageOwnApiTokens
             | ManageEnrollmentTokens => true,
             ViewUsers | ManageUsers | ManageAllApiTokens | ViewDevices | ManageDevices
-            | ViewAuditLog | ManageTenant => false,
+            | ViewAuditLog | ManageTenant | ManageBackbone => false,
         },
     }
 }
