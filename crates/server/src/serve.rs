@@ -53,6 +53,7 @@ pub struct Server {
     api_token_usage: Arc<ApiTokenUsage>,
     setup_code: Option<String>,
     devices: DeviceSide,
+    backbone: Option<crate::backbone::BackboneSide>,
     client_read_timeout_secs: u64,
 }
 
@@ -123,6 +124,9 @@ impl Server {
             .await
             .context("loading the JWT signing keys")?;
         let identity = Identity::new(store.clone(), Arc::new(access));
+        let backbone =
+            crate::backbone::BackboneSide::prepare(settings, &store, &identity, sealer.clone())
+                .await?;
         let setup_code = identity
             .issue_setup_code()
             .await
@@ -231,6 +235,7 @@ impl Server {
             api_token_usage,
             setup_code,
             devices,
+            backbone,
             client_read_timeout_secs: settings.client_read_timeout_secs,
         })
     }
@@ -291,6 +296,12 @@ impl Server {
             Duration::from_secs(self.client_read_timeout_secs),
             stopped(stop_rx.clone()),
         ));
+        let backbone = self.backbone.map(|backbone| {
+            if let Some(addr) = backbone.local_addr() {
+                tracing::info!(address = %addr, "backbone listening");
+            }
+            tokio::spawn(backbone.run(stopped(stop_rx.clone())))
+        });
         let background = [
             tokio::spawn(jobs::flush_usage_periodically(
                 self.store.clone(),
@@ -338,6 +349,9 @@ impl Server {
                     .await
                     .context("serving the admin API over TLS")?;
             }
+        }
+        if let Some(backbone) = backbone {
+            backbone.abort();
         }
         if let Err(err) = device_listener.await {
             tracing::warn!(error = %err, "device listener task failed");

@@ -97,6 +97,19 @@ pub struct Settings {
     pub client_read_timeout_secs: u64,
     /// Most devices a tenant may enroll (unset: no limit).
     pub device_limit: Option<u64>,
+    /// Address of the backbone listener (the reverse tunnel: services at
+    /// `<service>.<backbone_domain>`). Unset: no backbone.
+    pub backbone_listen: Option<SocketAddr>,
+    /// The domain services are reached under: `<service>.<domain>`.
+    pub backbone_domain: String,
+    /// Serve the backbone over TLS with this certificate chain (PEM; a
+    /// wildcard `*.<domain>` plus `<domain>`)...
+    pub backbone_tls_cert_file: Option<PathBuf>,
+    /// ...and this key (PEM). Without both, plain HTTP (behind a TLS proxy).
+    pub backbone_tls_key_file: Option<PathBuf>,
+    /// Unauthenticated principal registrations allowed per minute from one
+    /// client address.
+    pub backbone_registrations_per_minute_per_client: u32,
 }
 
 impl Default for Settings {
@@ -130,6 +143,11 @@ impl Default for Settings {
             last_seen_write_after_secs: 60,
             client_read_timeout_secs: 10,
             device_limit: None,
+            backbone_listen: None,
+            backbone_domain: "backbone.localhost".into(),
+            backbone_tls_cert_file: None,
+            backbone_tls_key_file: None,
+            backbone_registrations_per_minute_per_client: 10,
         }
     }
 }
@@ -166,6 +184,11 @@ const SETTING_NAMES: &[&str] = &[
     "last_seen_write_after_secs",
     "client_read_timeout_secs",
     "device_limit",
+    "backbone_listen",
+    "backbone_domain",
+    "backbone_tls_cert_file",
+    "backbone_tls_key_file",
+    "backbone_registrations_per_minute_per_client",
 ];
 
 /// Values given as command-line flags; `None` means "not given".
@@ -274,6 +297,24 @@ impl Settings {
             return Err(SettingsError(
                 "heartbeat_interval_secs must be at least 1".into(),
             ));
+        }
+        if self.backbone_tls_cert_file.is_some() != self.backbone_tls_key_file.is_some() {
+            return Err(SettingsError(
+                "backbone_tls_cert_file and backbone_tls_key_file must be set together".into(),
+            ));
+        }
+        let domain_ok = !self.backbone_domain.is_empty()
+            && self.backbone_domain.split('.').all(|label| {
+                !label.is_empty()
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            });
+        if !domain_ok {
+            return Err(SettingsError(format!(
+                "backbone_domain `{}` is not a lower-case domain name like backbone.example.com",
+                self.backbone_domain
+            )));
         }
         for origin in &self.cors_allowed_origins {
             // An origin is scheme://host[:port], nothing more: anything else
