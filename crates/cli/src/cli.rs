@@ -152,6 +152,10 @@ pub enum Command {
     #[command(subcommand)]
     Audit(AuditCommand),
 
+    /// Backbone service tokens (reverse tunnels to services on devices)
+    #[command(subcommand)]
+    Backbone(crate::commands::backbone::BackboneCommand),
+
     /// Run any GraphQL query or mutation and print its data as JSON
     #[command(
         after_help = "Example:\n  mobius graphql 'query($n: Int) { sites(first: $n) { nodes { id name } } }' \

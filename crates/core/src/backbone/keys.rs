@@ -229,4 +229,40 @@ mod tests {
         assert_eq!(token_service("mosb_myapp_abc_def"), Some("myapp"));
         assert_eq!(token_service(&cred), None);
     }
+
+    /// The worked example of `docs/operations/backbone.md`: if this test
+    /// changes, the document (and every client built from it) is wrong.
+    #[test]
+    fn the_documented_worked_example_holds() {
+        let master: Vec<u8> = (0u8..32).collect();
+        let id = Uuid::parse_str("0192f7a0-0000-7000-8000-000000000001").unwrap();
+        let key = derived_key(&master, id, 1);
+        assert_eq!(
+            hex::encode(key),
+            "f744efdf8f051105f14ef8138ec1fd2c6a9d833cdf91c2d08380a0ae58201e3b"
+        );
+        assert_eq!(
+            credential(id, &key),
+            "mosb_pr_0192f7a0000070008000000000000001_90Tv348FEQXxTvgTjsH9LGqdgzzfkcLQg4CgrlggHjs"
+        );
+        let assertion = Assertion {
+            sub_id: "alice-session-7".into(),
+            name: Some("Alice".into()),
+            email: None,
+            exp: 2_000_000_000,
+        };
+        assert_eq!(
+            sign_assertion(&key, &assertion),
+            "eyJzdWJfaWQiOiJhbGljZS1zZXNzaW9uLTciLCJuYW1lIjoiQWxpY2UiLCJleHAiOjIwMDAwMDAwMDB9.mfhcMkoDCkSdnnogr_T5_iDyVnG7bV9DsA8goZMip9A"
+        );
+        let url = UrlToken {
+            sub: id,
+            svc: "myapp".into(),
+            exp: 2_000_000_000,
+        };
+        assert_eq!(
+            sign_url_token(&key, &url),
+            "eyJzdWIiOiIwMTkyZjdhMC0wMDAwLTcwMDAtODAwMC0wMDAwMDAwMDAwMDEiLCJzdmMiOiJteWFwcCIsImV4cCI6MjAwMDAwMDAwMH0.JyA-1sLxswtENmyF4I90uDnas3EMb0dHSMpTQsbffyQ"
+        );
+    }
 }

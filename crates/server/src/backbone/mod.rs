@@ -253,11 +253,11 @@ fn service_of(domain: &str, request: &Request) -> Option<String> {
     (!label.is_empty() && !label.contains('.')).then(|| label.to_owned())
 }
 
-/// Every 500 ms: service tokens revoked anywhere (on any node) close the
+/// Every 250 ms: service tokens revoked anywhere (on any node) close the
 /// tunnels they parked here, so revocation takes effect within a second.
 async fn poll_revocations(state: Shared) {
     let mut since = chrono::Utc::now() - chrono::Duration::seconds(5);
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tick.tick().await;
         if state.registry.count() == 0 {

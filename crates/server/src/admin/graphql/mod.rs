@@ -3,6 +3,7 @@
 //! path.
 
 mod audit;
+mod backbone;
 mod devices;
 mod enrollment;
 pub(crate) mod errors;
@@ -85,6 +86,7 @@ pub struct QueryRoot(
     enrollment::EnrollmentQuery,
     audit::AuditQuery,
     node::NodeQuery,
+    backbone::BackboneQuery,
 );
 
 /// Mutations are split by area and merged.
@@ -94,6 +96,7 @@ pub struct MutationRoot(
     tenancy::TenancyMutation,
     devices::DeviceMutation,
     enrollment::EnrollmentMutation,
+    backbone::BackboneMutation,
 );
 
 // Each area's subscriptions, merged.
