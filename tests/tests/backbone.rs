@@ -127,14 +127,10 @@ async fn stream_bytes(UrlPath(n): UrlPath<u64>) -> Body {
 async fn ws_echo(ws: WebSocketUpgrade) -> impl IntoResponse {
     ws.on_upgrade(|mut socket| async move {
         while let Some(Ok(message)) = socket.recv().await {
-            match message {
-                Message::Text(_) | Message::Binary(_) => {
-                    if socket.send(message).await.is_err() {
-                        break;
-                    }
-                }
-                Message::Close(_) => break,
-                _ => {}
+            let echo = matches!(message, Message::Text(_) | Message::Binary(_));
+            if matches!(message, Message::Close(_)) || (echo && socket.send(message).await.is_err())
+            {
+                break;
             }
         }
     })

@@ -59,10 +59,10 @@ impl Local {
             return text(StatusCode::BAD_REQUEST, "the request path is not valid");
         };
         // The original host (the backbone's `<service>.<domain>`).
-        if let Some(host) = parts.uri.authority().map(|a| a.as_str().to_owned()) {
-            if let Ok(value) = hyper::header::HeaderValue::from_str(&host) {
-                parts.headers.insert(hyper::header::HOST, value);
-            }
+        if let Some(host) = parts.uri.authority().map(|a| a.as_str().to_owned())
+            && let Ok(value) = hyper::header::HeaderValue::from_str(&host)
+        {
+            parts.headers.insert(hyper::header::HOST, value);
         }
         parts.uri = uri;
         parts.version = hyper::Version::HTTP_11;

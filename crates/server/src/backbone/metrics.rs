@@ -28,6 +28,12 @@ pub struct BackboneMetrics {
     pub parked: Gauge,
 }
 
+impl Default for BackboneMetrics {
+    fn default() -> Self {
+        BackboneMetrics::new()
+    }
+}
+
 impl BackboneMetrics {
     pub fn new() -> BackboneMetrics {
         let mut registry = Registry::with_prefix("mobius_backbone");

@@ -74,12 +74,15 @@ pub struct BackboneState {
 
 pub type Shared = Arc<BackboneState>;
 
+/// A sealed value and its context: what [`CachedSealer`] remembers by.
+type SealedKey = (String, Vec<u8>);
+
 /// Opens a tenant's master secret once per process: principal checks
 /// run on every request, and a KMS round trip each time would dominate.
 #[derive(Debug)]
 pub struct CachedSealer {
     inner: Arc<dyn SecretSealer>,
-    opened: Mutex<HashMap<(String, Vec<u8>), Vec<u8>>>,
+    opened: Mutex<HashMap<SealedKey, Vec<u8>>>,
 }
 
 #[async_trait::async_trait]

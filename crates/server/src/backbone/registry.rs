@@ -58,12 +58,12 @@ impl Registry {
     }
 
     pub fn unpark(&self, service: &str, id: Uuid) {
-        if let Ok(mut services) = self.services.lock() {
-            if let Some(list) = services.get_mut(service) {
-                list.retain(|p| p.id != id);
-                if list.is_empty() {
-                    services.remove(service);
-                }
+        if let Ok(mut services) = self.services.lock()
+            && let Some(list) = services.get_mut(service)
+        {
+            list.retain(|p| p.id != id);
+            if list.is_empty() {
+                services.remove(service);
             }
         }
     }

@@ -87,17 +87,16 @@ pub async fn park(State(state): State<Shared>, mut request: Request) -> Response
         .headers()
         .get("x-backbone-service")
         .and_then(|v| v.to_str().ok())
+        && wanted != service.name
     {
-        if wanted != service.name {
-            return ApiError::new(
-                ErrorCode::Forbidden,
-                format!(
-                    "this token is for service `{}`, not `{wanted}`",
-                    service.name
-                ),
-            )
-            .into_response();
-        }
+        return ApiError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "this token is for service `{}`, not `{wanted}`",
+                service.name
+            ),
+        )
+        .into_response();
     }
     let remote = request
         .extensions()
