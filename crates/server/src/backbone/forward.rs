@@ -108,6 +108,20 @@ pub async fn forward(state: Shared, service: String, request: Request) -> Respon
         parts.headers.insert("x-forwarded-host", value);
     }
     parts.headers.remove(header::HOST);
+    if let Some(client) = parts.extensions.get::<super::listener::ClientAddr>() {
+        let ip = client.0.ip().to_string();
+        let forwarded = match parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(earlier) => format!("{earlier}, {ip}"),
+            None => ip,
+        };
+        if let Ok(value) = HeaderValue::from_str(&forwarded) {
+            parts.headers.insert("x-forwarded-for", value);
+        }
+    }
     parts
         .headers
         .insert("x-forwarded-proto", HeaderValue::from_static(state.scheme));
