@@ -48,9 +48,11 @@ Environment:
   BENCH_TUNNEL_MAX_SECS          seconds of the closed loop (default 15)
   BENCH_TUNNEL_TRANSFER_BYTES    default 2147483648 (2 GiB)
   BENCH_TUNNEL_WS_SECS           default 600
-  RATHOLE_BIN                    a rathole binary; else $RATHOLE_ROOT/bin/rathole, else
+  RATHOLE_BIN                    a rathole binary (`none`: leave rathole out); else $RATHOLE_ROOT/bin/rathole, else
                                  `cargo install rathole --root $RATHOLE_ROOT`
                                  (RATHOLE_ROOT default /var/cache/mobius/rathole)
+  BENCH_TUNNEL_PROFILE           release (default) or dev: unoptimized builds, for a
+                                 dry run only (the table says which)
   CARGO_TARGET_DIR               respected as usual
 EOF
 }
@@ -89,13 +91,22 @@ for tool in jq curl psql python3; do
     command -v "$tool" >/dev/null || die "$tool is needed"
 done
 
-log "building release binaries (mobius-server, mobius-agent, tunnel_bench)"
-(cd "$ROOT" && cargo build --release -q -p mobius-oss -p mobius-agent -p mobius-tests --example tunnel_bench)
-BIN="$TARGET_DIR/release"
+PROFILE="${BENCH_TUNNEL_PROFILE:-release}"
+log "building $PROFILE binaries (mobius-server, mobius-agent, tunnel_bench)"
+if [[ "$PROFILE" == release ]]; then
+    (cd "$ROOT" && cargo build --release -q -p mobius-oss -p mobius-agent -p mobius-tests --example tunnel_bench)
+    BIN="$TARGET_DIR/release"
+else
+    (cd "$ROOT" && cargo build -q -p mobius-oss -p mobius-agent -p mobius-tests --example tunnel_bench)
+    BIN="$TARGET_DIR/debug"
+fi
 BENCH="$BIN/examples/tunnel_bench"
 
 RATHOLE="${RATHOLE_BIN:-}"
-if [[ -z "$RATHOLE" ]]; then
+if [[ "$RATHOLE" == none ]]; then
+    RATHOLE=""
+    log "RATHOLE_BIN=none: rathole is left out"
+elif [[ -z "$RATHOLE" ]]; then
     if [[ -x "$RATHOLE_ROOT/bin/rathole" ]]; then
         RATHOLE="$RATHOLE_ROOT/bin/rathole"
     elif command -v rathole >/dev/null; then
@@ -243,9 +254,9 @@ wait "$PROBE" || true
 record backbone failover "$(cat "$WORK/probe.json")"
 
 log "writing $OUT/performance.json and $OUT/performance.md"
-python3 - "$RESULTS" "$OUT" "$SCALE" "$SECS" "$MAX_SECS" "$TRANSFER" "$WS_SECS" "${RATHOLE:-}" <<'PY'
+python3 - "$RESULTS" "$OUT" "$SCALE" "$SECS" "$MAX_SECS" "$TRANSFER" "$WS_SECS" "${RATHOLE:-}" "$PROFILE" <<'PY'
 import json, os, sys, datetime, subprocess
-results, out, scale, secs, max_secs, transfer, ws_secs, rathole = sys.argv[1:9]
+results, out, scale, secs, max_secs, transfer, ws_secs, rathole, profile = sys.argv[1:10]
 rows = [json.loads(l) for l in open(results)]
 def get(path, scenario):
     return next((r for r in rows if r["path"] == path and r["scenario"] == scenario), None)
@@ -277,6 +288,7 @@ figures["tunnel_websocket_secs"] = round(w["secs"], 1)
 figures["tunnel_websocket_errors"] = w["errors"]
 fo = get("backbone", "failover")
 figures["tunnel_failover_s"] = None if fo["failover_s"] is None else round(fo["failover_s"], 4)
+figures["tunnel_build_profile"] = profile
 figures["tunnel_measured_at"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 path = os.path.join(out, "performance.json")
@@ -288,7 +300,7 @@ with open(path, "w") as fh:
 
 lines = []
 lines.append(f"Measured {figures['tunnel_measured_at']} by `tests/bench/tunnel.sh` ({scale}), "
-             f"release builds, everything on this machine over 127.0.0.1 in plain HTTP "
+             f"{profile} builds of mobius-server and mobius-agent, everything on this machine over 127.0.0.1 in plain HTTP "
              f"(the load client, server, agent, rathole and the target share {os.cpu_count()} cores), "
              f"one parked connection.")
 lines.append("")
