@@ -13,6 +13,7 @@ mod m20261122_000003_identity;
 mod m20261122_000004_device_pki;
 mod m20261201_000005_async_audit_chain;
 mod m20261201_000006_audit_inserts_unchained;
+mod m20261204_000001_sso;
 mod m20261205_000001_backbone;
 mod tables;
 
@@ -35,6 +36,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000004_device_pki::Migration),
             Box::new(m20261201_000005_async_audit_chain::Migration),
             Box::new(m20261201_000006_audit_inserts_unchained::Migration),
+            Box::new(m20261204_000001_sso::Migration),
             Box::new(m20261205_000001_backbone::Migration),
         ]
     }

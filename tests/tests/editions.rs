@@ -87,6 +87,19 @@ fn oss_binary_has_no_cloud_only_crates() {
     }
 }
 
+/// OIDC single sign-on is in both editions: `openidconnect` is in each
+/// binary's tree (SAML, cloud-only, is in `CLOUD_ONLY` above).
+#[test]
+fn both_editions_have_oidc() {
+    for package in ["mobius-oss", "mobius-cloud"] {
+        let tree = dependency_names(package, &[]);
+        assert!(
+            tree.iter().any(|name| name == "openidconnect"),
+            "{package} lacks openidconnect"
+        );
+    }
+}
+
 /// The check above means something only if the cloud edition really pulls
 /// those crates in when its features are on.
 #[test]

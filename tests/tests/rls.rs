@@ -118,6 +118,44 @@ async fn two_populated_tenants(store: &Store) -> (Uuid, Uuid) {
             )
             .await
             .unwrap();
+        let sealer = LocalSealer::new(&[3u8; 32]);
+        scope
+            .sso()
+            .put_config(
+                &actor,
+                mobius_core::identity::sso::SsoConfigInput {
+                    issuer_url: "https://idp.example.com".into(),
+                    client_id: "mobius".into(),
+                    client_secret: Some("secret".into()),
+                    scopes: Vec::new(),
+                    allowed_email_domains: Vec::new(),
+                    groups_claim: None,
+                    group_roles: Vec::new(),
+                    jit_enabled: false,
+                    default_role: Role::Observer,
+                    sso_required: false,
+                    break_glass_user_ids: Vec::new(),
+                    allowed_redirect_origins: Vec::new(),
+                    enabled: true,
+                },
+                &sealer,
+            )
+            .await
+            .unwrap();
+        scope.sso().start_login(&sealer, "/", None).await.unwrap();
+        scope
+            .sso()
+            .link(user.id, "https://idp.example.com", "subject")
+            .await
+            .unwrap();
+        scope
+            .sso()
+            .remember_once(
+                [i as u8; 32],
+                chrono::Utc::now() + chrono::Duration::hours(1),
+            )
+            .await
+            .unwrap();
         // The backbone: a service (with its token), a principal (which
         // creates the tenant's sealed master secret) and a grant.
         let sealer = LocalSealer::new(&[3u8; 32]);

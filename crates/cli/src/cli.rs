@@ -152,6 +152,9 @@ pub enum Command {
     #[command(subcommand)]
     Audit(AuditCommand),
 
+    /// Show or set the tenant's single sign-on (OIDC) configuration
+    #[command(subcommand)]
+    Sso(SsoCommand),
     /// Backbone service tokens (reverse tunnels to services on devices)
     #[command(subcommand)]
     Backbone(crate::commands::backbone::BackboneCommand),
@@ -186,16 +189,87 @@ pub struct SetupArgs {
 #[derive(Debug, Args)]
 pub struct LoginArgs {
     /// The email address to sign in with
-    #[arg(long)]
-    pub email: String,
+    #[arg(long, required_unless_present = "sso", conflicts_with = "sso")]
+    pub email: Option<String>,
 
-    /// The tenant's slug, on servers that host more than one
+    /// The tenant's slug, on servers that host more than one (with --sso:
+    /// the tenant whose identity provider to use; default `default`)
     #[arg(long, value_name = "SLUG")]
     pub tenant: Option<String>,
 
     /// Read the password from the first line of standard input
-    #[arg(long)]
+    #[arg(long, conflicts_with = "sso")]
     pub password_stdin: bool,
+
+    /// Sign in through the tenant's identity provider (OIDC) in a browser.
+    /// The CLI listens on 127.0.0.1 for the browser to come back, then
+    /// exchanges a one-time code for a session.
+    #[arg(long)]
+    pub sso: bool,
+
+    /// With --sso: print the sign-in URL instead of opening a browser
+    #[arg(long, requires = "sso")]
+    pub no_browser: bool,
+}
+
+/// `mobius sso`: the tenant's single sign-on configuration (owners only).
+#[derive(Debug, Subcommand)]
+pub enum SsoCommand {
+    /// Show the configuration (the client secret is never shown)
+    Get,
+    /// Replace the configuration
+    #[command(after_help = "Example:\n  \
+        printf '%s' \"$CLIENT_SECRET\" | mobius sso set \\\n    \
+        --issuer-url https://keycloak.example.com/realms/acme --client-id mobius \\\n    \
+        --client-secret-stdin --allowed-domain acme.com --groups-claim groups \\\n    \
+        --group-role mobius-admins=admin --jit --default-role observer")]
+    Set(Box<SsoSetArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct SsoSetArgs {
+    /// The identity provider's issuer URL (https)
+    #[arg(long, value_name = "URL")]
+    pub issuer_url: String,
+    /// The client id registered at the identity provider
+    #[arg(long)]
+    pub client_id: String,
+    /// Read the client secret from standard input (kept if omitted)
+    #[arg(long)]
+    pub client_secret_stdin: bool,
+    /// A scope besides `openid` (repeat; default: email profile)
+    #[arg(long = "scope", value_name = "SCOPE")]
+    pub scopes: Vec<String>,
+    /// An email domain allowed to sign in (repeat; none: any)
+    #[arg(long = "allowed-domain", value_name = "DOMAIN")]
+    pub allowed_domains: Vec<String>,
+    /// The ID-token claim listing the person's groups
+    #[arg(long, value_name = "CLAIM")]
+    pub groups_claim: Option<String>,
+    /// GROUP=ROLE: members of GROUP get ROLE (repeat)
+    #[arg(long = "group-role", value_name = "GROUP=ROLE")]
+    pub group_roles: Vec<String>,
+    /// GROUP=TEAM_ID:TEAM_ROLE: members of GROUP join the team (repeat)
+    #[arg(long = "group-team-role", value_name = "GROUP=TEAM_ID:ROLE")]
+    pub group_team_roles: Vec<String>,
+    /// Create people on their first sign-in
+    #[arg(long)]
+    pub jit: bool,
+    /// The role of people no group matches
+    #[arg(long, default_value = "observer")]
+    pub default_role: String,
+    /// Refuse password login except for break-glass owners
+    #[arg(long)]
+    pub sso_required: bool,
+    /// An owner's user id that may still use a password (repeat)
+    #[arg(long = "break-glass", value_name = "USER_ID")]
+    pub break_glass: Vec<String>,
+    /// An origin a browser sign-in may return to (repeat)
+    #[arg(long = "redirect-origin", value_name = "ORIGIN")]
+    pub redirect_origins: Vec<String>,
+    /// Store the configuration but turn single sign-on off
+    #[arg(long)]
+    pub disabled: bool,
 }
 
 /// Sites and teams are both plain named collections, so they share their

@@ -210,12 +210,14 @@ impl Server {
             settings.login_attempts_per_minute_per_client,
             settings.login_attempts_per_minute_per_account,
         );
+        let identity_for_sso = identity.clone();
         let graphql = GraphqlState {
             schema: graphql::schema(Some(graphql::Services {
                 store: store.clone(),
                 identity: identity.clone(),
                 limiter,
                 devices: device_admin,
+                sealer: services.sealer.clone(),
             })),
             store: store.clone(),
             identity,
@@ -225,7 +227,14 @@ impl Server {
             store: store.clone(),
             metrics: Metrics::new(),
         };
-        let router = router::router(state, settings, Some(graphql)).merge(services.routes);
+        let rest = crate::admin::rest::sso::routes(crate::admin::rest::sso::SsoState::new(
+            store.clone(),
+            identity_for_sso,
+            services.sealer.clone(),
+            settings,
+        )?);
+        let router =
+            router::router_with(state, settings, Some(graphql), rest).merge(services.routes);
         Ok(Server {
             store,
             _data_dir_lock: data_dir_lock,

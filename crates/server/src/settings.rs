@@ -97,6 +97,11 @@ pub struct Settings {
     pub client_read_timeout_secs: u64,
     /// Most devices a tenant may enroll (unset: no limit).
     pub device_limit: Option<u64>,
+    /// The URL browsers reach this server at (scheme, host, port), e.g.
+    /// `https://mobius.example.com`: single sign-on builds its callback
+    /// URL from it. Unset: taken from each request's `Host` header, which
+    /// is only right when nothing rewrites it in between.
+    pub public_url: Option<String>,
     /// Address of the backbone listener (the reverse tunnel: services at
     /// `<service>.<backbone_domain>`). Unset: no backbone.
     pub backbone_listen: Option<SocketAddr>,
@@ -143,6 +148,7 @@ impl Default for Settings {
             last_seen_write_after_secs: 60,
             client_read_timeout_secs: 10,
             device_limit: None,
+            public_url: None,
             backbone_listen: None,
             backbone_domain: "backbone.localhost".into(),
             backbone_tls_cert_file: None,
@@ -184,6 +190,7 @@ const SETTING_NAMES: &[&str] = &[
     "last_seen_write_after_secs",
     "client_read_timeout_secs",
     "device_limit",
+    "public_url",
     "backbone_listen",
     "backbone_domain",
     "backbone_tls_cert_file",
@@ -297,6 +304,14 @@ impl Settings {
             return Err(SettingsError(
                 "heartbeat_interval_secs must be at least 1".into(),
             ));
+        }
+        if let Some(public_url) = &self.public_url
+            && !url::Url::parse(public_url)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+        {
+            return Err(SettingsError(format!(
+                "public_url: `{public_url}` is not a URL like https://mobius.example.com"
+            )));
         }
         if self.backbone_tls_cert_file.is_some() != self.backbone_tls_key_file.is_some() {
             return Err(SettingsError(

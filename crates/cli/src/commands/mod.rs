@@ -9,6 +9,7 @@ mod enrollment_tokens;
 pub mod graphql;
 pub mod session;
 pub mod sites_and_teams;
+pub mod sso;
 pub mod users;
 
 use anyhow::Result;
@@ -120,7 +121,9 @@ pub async fn run(cli: Cli) -> Result<()> {
     let ctx = Context::new(cli.globals);
     match cli.command {
         Command::Setup(args) => session::setup(&ctx, args).await,
+        Command::Login(args) if args.sso => sso::login(&ctx, args).await,
         Command::Login(args) => session::login(&ctx, args).await,
+        Command::Sso(command) => sso::run(&ctx, command).await,
         Command::Logout => session::logout(&ctx).await,
         Command::Whoami => session::whoami(&ctx).await,
         Command::Sites(command) => {

@@ -42,7 +42,7 @@ pub async fn login(ctx: &Context, args: LoginArgs) -> Result<()> {
     let password = read_password(args.password_stdin, Confirm::Once).await?;
     let variables = json!({
         "input": {
-            "email": args.email,
+            "email": args.email.unwrap_or_default(),
             "password": password.expose(),
             "tenant": args.tenant,
             "useCookie": false,
@@ -63,7 +63,7 @@ pub async fn login(ctx: &Context, args: LoginArgs) -> Result<()> {
     )
 }
 
-fn save_session(ctx: &Context, client: &Client, payload: &AuthPayload) -> Result<()> {
+pub(super) fn save_session(ctx: &Context, client: &Client, payload: &AuthPayload) -> Result<()> {
     ctx.store().save(&payload.new_credentials(client.server()))
 }
 

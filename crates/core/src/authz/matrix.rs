@@ -26,12 +26,15 @@ pub enum Operation {
     ViewAuditLog,
     /// Tenant-wide settings and the tenant CA.
     ManageTenant,
+    /// Single sign-on configuration: owners only, since it decides who
+    /// can sign in at all and with which role.
+    ManageSso,
     /// Backbone service tokens, principals and grants.
     ManageBackbone,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 15] = [
+    pub const ALL: [Operation; 16] = [
         Operation::ViewTenant,
         Operation::ViewSites,
         Operation::ManageSites,
@@ -46,6 +49,7 @@ impl Operation {
         Operation::ManageEnrollmentTokens,
         Operation::ViewAuditLog,
         Operation::ManageTenant,
+        Operation::ManageSso,
         Operation::ManageBackbone,
     ];
 }
@@ -72,6 +76,7 @@ pub fn permits(role: Role, op: Operation) -> bool {
             | ViewAuditLog
             | ManageTenant
             | ManageBackbone => true,
+            ManageSso => false,
         },
         Role::Maintainer => match op {
             ViewTenant
@@ -83,7 +88,7 @@ pub fn permits(role: Role, op: Operation) -> bool {
             | ManageDevices
             | ManageEnrollmentTokens => true,
             ManageSites | ManageTeams | ManageUsers | ManageAllApiTokens | ViewAuditLog
-            | ManageTenant | ManageBackbone => false,
+            | ManageTenant | ManageSso | ManageBackbone => false,
         },
         Role::Observer => match op {
             ViewTenant | ViewSites | ViewTeams | ManageOwnApiTokens | ViewDevices => true,
@@ -96,6 +101,7 @@ pub fn permits(role: Role, op: Operation) -> bool {
             | ManageEnrollmentTokens
             | ViewAuditLog
             | ManageTenant
+            | ManageSso
             | ManageBackbone => false,
         },
         Role::Gitops => match op {
@@ -107,7 +113,7 @@ pub fn permits(role: Role, op: Operation) -> bool {
             | ManageOwnApiTokens
             | ManageEnrollmentTokens => true,
             ViewUsers | ManageUsers | ManageAllApiTokens | ViewDevices | ManageDevices
-            | ViewAuditLog | ManageTenant | ManageBackbone => false,
+            | ViewAuditLog | ManageTenant | ManageSso | ManageBackbone => false,
         },
     }
 }

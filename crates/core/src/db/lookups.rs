@@ -110,6 +110,20 @@ impl Store {
             .collect()
     }
 
+    /// The tenant a public slug names (sign-in URLs carry it), through
+    /// `mobius_tenant_by_slug` on Postgres.
+    pub async fn tenant_by_slug(&self, slug: &str) -> StoreResult<Option<FoundTenant>> {
+        crate::db::no_nul("tenant", slug)?;
+        let sql = match self.backend {
+            Backend::Postgres => "SELECT mobius_tenant_by_slug($1) AS id",
+            Backend::Sqlite => "SELECT id FROM tenants WHERE slug = ?",
+        };
+        Ok(self
+            .lookup_one(sql, vec![slug.into()])
+            .await?
+            .map(FoundTenant::new))
+    }
+
     async fn lookup_one(
         &self,
         sql: &str,

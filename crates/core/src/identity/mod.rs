@@ -12,6 +12,7 @@ mod api_tokens;
 mod invitations;
 pub mod passwords;
 mod sessions;
+pub mod sso;
 mod users;
 
 pub use access_tokens::{ACCESS_TOKEN_SECONDS, AccessClaims, AccessTokenError, AccessTokens};
@@ -56,6 +57,10 @@ pub enum IdentityError {
     RefreshTokenReused,
     #[error("invalid or expired code")]
     InvalidCode,
+    /// The tenant requires single sign-on: password login is refused for
+    /// everyone but owners marked break-glass.
+    #[error("this tenant requires single sign-on; sign in through your identity provider")]
+    SsoRequired,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -183,6 +188,20 @@ impl Identity {
             let scope = self.store.begin(&candidate.tenant).await?;
             let user = scope.users().get(candidate.user_id).await?;
             if verify_password(password, user.password_hash.clone()).await {
+                if let Some(config) = scope.sso().config().await?
+                    && config.refuses_password_login(user.id, user.role)
+                {
+                    scope
+                        .audit()
+                        .record(
+                            &user_actor(&user, meta),
+                            AuditRecord::new("user.password_login_refused", "user", Some(user.id))
+                                .with_details(serde_json::json!({ "reason": "sso_required" })),
+                        )
+                        .await?;
+                    scope.commit().await?;
+                    return Err(IdentityError::SsoRequired);
+                }
                 scope
                     .audit()
                     .record(

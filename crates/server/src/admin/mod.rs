@@ -2,3 +2,4 @@
 //! for licenses, software, SSO callbacks and billing webhooks).
 
 pub mod graphql;
+pub mod rest;

@@ -37,6 +37,17 @@ pub struct AppState {
 /// The admin router. `graphql` is `None` only in tests of the bare
 /// health endpoints.
 pub fn router(state: AppState, settings: &Settings, graphql: Option<GraphqlState>) -> Router {
+    router_with(state, settings, graphql, Router::new())
+}
+
+/// The admin router with `rest` routes (SSO, ...) behind the same layers
+/// (request ids, limits, hardening headers, metrics) as GraphQL.
+pub fn router_with(
+    state: AppState,
+    settings: &Settings,
+    graphql: Option<GraphqlState>,
+    rest: Router,
+) -> Router {
     let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
     let trace = TraceLayer::new_for_http()
         .make_span_with(request_span)
@@ -58,10 +69,12 @@ pub fn router(state: AppState, settings: &Settings, graphql: Option<GraphqlState
                 .with_state(graphql),
         );
     }
-    let mut routes = routes.layer(middleware::from_fn_with_state(
-        state.metrics.clone(),
-        metrics::track,
-    ));
+    let mut routes = routes
+        .merge(rest.with_state(()))
+        .layer(middleware::from_fn_with_state(
+            state.metrics.clone(),
+            metrics::track,
+        ));
     for layer in hardening::security_headers(settings.serves_tls()) {
         routes = routes.layer(layer);
     }

@@ -64,6 +64,7 @@ pub fn identity(err: IdentityError) -> Error {
             coded(ErrorCode::Unauthenticated, err.to_string(), None)
         }
         IdentityError::InvalidCode => coded(ErrorCode::BadUserInput, err.to_string(), Some("code")),
+        IdentityError::SsoRequired => coded(ErrorCode::Forbidden, err.to_string(), None),
         IdentityError::Store(e) => store(e),
     }
 }

@@ -14,6 +14,7 @@ pub mod ids;
 mod loaders;
 mod node;
 mod pagination;
+mod sso;
 mod tenancy;
 
 /// What every area's resolvers and types use: async-graphql, the gate,
@@ -86,6 +87,7 @@ pub struct QueryRoot(
     enrollment::EnrollmentQuery,
     audit::AuditQuery,
     node::NodeQuery,
+    sso::SsoQuery,
     backbone::BackboneQuery,
 );
 
@@ -96,6 +98,7 @@ pub struct MutationRoot(
     tenancy::TenancyMutation,
     devices::DeviceMutation,
     enrollment::EnrollmentMutation,
+    sso::SsoMutation,
     backbone::BackboneMutation,
 );
 
@@ -124,6 +127,8 @@ pub struct Services {
     pub identity: Identity,
     pub limiter: LoginLimiter,
     pub devices: DeviceAdmin,
+    /// Seals SSO client secrets.
+    pub sealer: Arc<dyn mobius_core::crypto::sealing::SecretSealer>,
 }
 
 /// The device side, as the admin API needs it.
@@ -157,7 +162,8 @@ pub fn schema(services: Option<Services>) -> MobiusSchema {
             .data(WriteStore(services.store))
             .data(services.identity)
             .data(services.limiter)
-            .data(services.devices);
+            .data(services.devices)
+            .data(sso::SsoSealer(services.sealer));
     }
     builder.finish()
 }
