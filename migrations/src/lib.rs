@@ -16,6 +16,7 @@ mod m20261201_000006_audit_inserts_unchained;
 mod m20261202_000001_plans;
 mod m20261203_000001_tenant_lifecycle;
 mod m20261204_000001_sso;
+mod m20261205_000001_backbone;
 mod m20261206_000001_billing;
 mod m20261207_000001_cluster;
 mod tables;
@@ -42,6 +43,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000001_plans::Migration),
             Box::new(m20261203_000001_tenant_lifecycle::Migration),
             Box::new(m20261204_000001_sso::Migration),
+            Box::new(m20261205_000001_backbone::Migration),
             Box::new(m20261206_000001_billing::Migration),
             Box::new(m20261207_000001_cluster::Migration),
         ]

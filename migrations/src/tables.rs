@@ -33,6 +33,11 @@ pub const TENANT_TABLES: &[&str] = &[
     "plan_executions",
     "plan_operation_results",
     "plan_execution_logs",
+    "backbone_tenants",
+    "backbone_services",
+    "backbone_service_tokens",
+    "backbone_principals",
+    "backbone_grants",
 ];
 
 /// Tables without `tenant_id` that the request role may still use, with
@@ -75,6 +80,11 @@ pub const LOOKUP_FUNCTION_SIGNATURES: &[&str] = &[
     "mobius_platform_tenants()",
     "mobius_purge_expired(timestamptz)",
     "mobius_plan_log_tenants(timestamptz)",
+    "mobius_backbone_service_token_tenant(bytea)",
+    "mobius_backbone_principal_tenant(bytea)",
+    "mobius_backbone_service_tenant(text)",
+    "mobius_backbone_registration_tenant(text)",
+    "mobius_backbone_revoked_tokens_since(timestamptz)",
 ];
 
 /// The tenant of the current transaction, or NULL (never an error) when

@@ -542,6 +542,7 @@ fn probe(op: Operation, role: &str, target_token: &str) -> Option<(String, Value
             ("{ enrollmentTokens { totalCount } }".to_owned(), json!({}))
         }
         Operation::ManageSso => ("{ ssoConfig { enabled } }".to_owned(), json!({})),
+        Operation::ManageBackbone => ("{ backboneServiceTokens { id } }".to_owned(), json!({})),
         // Device operations act on one device; their cells are covered by
         // tests/tests/rbac.rs and the agent tests.
         Operation::ManageDevices => return None,
@@ -587,7 +588,7 @@ async fn the_rbac_matrix_holds_through_the_api() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 5 * 14);
+    assert_eq!(checked, 5 * 15);
     h.stop().await;
 }
 

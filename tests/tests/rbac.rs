@@ -31,6 +31,7 @@ const MATRIX: &[(Operation, [bool; 5])] = &[
     (Operation::ViewAuditLog, [true, true, false, false, false]),
     (Operation::ManageTenant, [true, true, false, false, false]),
     (Operation::ManageSso, [true, false, false, false, false]),
+    (Operation::ManageBackbone, [true, true, false, false, false]),
 ];
 
 #[test]

@@ -191,6 +191,25 @@ async fn two_populated_tenants(store: &Store) -> (Uuid, Uuid) {
             )
             .await
             .unwrap();
+        // The backbone: a service (with its token), a principal (which
+        // creates the tenant's sealed master secret) and a grant.
+        let sealer = LocalSealer::new(&[3u8; 32]);
+        let service = format!("svc-{slug}");
+        scope
+            .backbone()
+            .create_service_token(&actor, &service, None)
+            .await
+            .unwrap();
+        let (_, principal) = scope
+            .backbone()
+            .create_principal(&actor, &sealer, "P", "p@example.com", None)
+            .await
+            .unwrap();
+        scope
+            .backbone()
+            .grant(&actor, principal.principal_id, &service)
+            .await
+            .unwrap();
         scope.commit().await.unwrap();
         // Billing: a plan and a processed Stripe event.
         let found = store

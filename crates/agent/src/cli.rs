@@ -65,6 +65,12 @@ pub enum Command {
 
     /// Print the host facts the agent reports to the server.
     Facts(FactsArgs),
+
+    /// Make a local HTTP service reachable through the Mobius backbone.
+    #[command(
+        after_help = "Example:\n  mobius-agent tunnel --server https://backbone.example.com \\\n      --service myapp --to http://127.0.0.1:3000 --token-file /etc/mobius/myapp.token"
+    )]
+    Tunnel(crate::tunnel::TunnelArgs),
 }
 
 #[derive(Debug, Args)]

@@ -18,6 +18,7 @@ mod status;
 mod testing;
 mod tls;
 mod transport;
+mod tunnel;
 mod work;
 
 use std::io;
@@ -61,6 +62,7 @@ fn main() -> ExitCode {
             Command::Run(args) => heartbeat::run(args).await,
             Command::Status(args) => status::status(args),
             Command::Facts(args) => status::facts(args),
+            Command::Tunnel(args) => tunnel::run(args).await,
         }
     });
     match result {

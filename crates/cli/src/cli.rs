@@ -164,6 +164,9 @@ pub enum Command {
 
     /// Run a command on devices and stream its output; exits with the remote exit status
     Run(crate::commands::plans::RunArgs),
+    /// Backbone service tokens (reverse tunnels to services on devices)
+    #[command(subcommand)]
+    Backbone(crate::commands::backbone::BackboneCommand),
 
     /// Run any GraphQL query or mutation and print its data as JSON
     #[command(

@@ -8,6 +8,7 @@
 
 pub mod audit;
 pub mod authz;
+pub mod backbone;
 pub mod billing;
 pub mod crypto;
 pub mod db;

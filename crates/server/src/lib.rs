@@ -2,6 +2,7 @@
 //! (`http`, `admin`, `device`) with background work in `jobs`.
 
 pub mod admin;
+pub mod backbone;
 pub mod cli;
 pub mod cluster;
 mod data_dir;

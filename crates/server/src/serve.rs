@@ -53,6 +53,7 @@ pub struct Server {
     api_token_usage: Arc<ApiTokenUsage>,
     setup_code: Option<String>,
     devices: DeviceSide,
+    backbone: Option<crate::backbone::BackboneSide>,
     client_read_timeout_secs: u64,
     /// The gate and the default tenant, for the daily license log line.
     license_watch: (Arc<dyn mobius_core::authz::Entitlements>, mobius_core::Uuid),
@@ -136,6 +137,9 @@ impl Server {
             .await
             .context("loading the JWT signing keys")?;
         let identity = Identity::new(store.clone(), Arc::new(access));
+        let backbone =
+            crate::backbone::BackboneSide::prepare(settings, &store, &identity, sealer.clone())
+                .await?;
         let setup_code = identity
             .issue_setup_code()
             .await
@@ -352,6 +356,7 @@ impl Server {
             api_token_usage,
             setup_code,
             devices,
+            backbone,
             client_read_timeout_secs: settings.client_read_timeout_secs,
             license_watch: (services.entitlements.clone(), tenant_id.id()),
             cluster: ClusterSide {
@@ -419,6 +424,12 @@ impl Server {
             Duration::from_secs(self.client_read_timeout_secs),
             stopped(stop_rx.clone()),
         ));
+        let backbone = self.backbone.map(|backbone| {
+            if let Some(addr) = backbone.local_addr() {
+                tracing::info!(address = %addr, "backbone listening");
+            }
+            tokio::spawn(backbone.run(stopped(stop_rx.clone())))
+        });
         let mut background = vec![
             tokio::spawn(jobs::flush_usage_periodically(
                 self.store.clone(),
@@ -510,6 +521,9 @@ impl Server {
                     .await
                     .context("serving the admin API over TLS")?;
             }
+        }
+        if let Some(backbone) = backbone {
+            backbone.abort();
         }
         if let Err(err) = device_listener.await {
             tracing::warn!(error = %err, "device listener task failed");

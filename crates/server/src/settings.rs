@@ -181,6 +181,19 @@ pub struct Settings {
     pub plan_log_cap_bytes: u64,
     /// Plan output lines are deleted after this many days.
     pub plan_log_retention_days: u32,
+    /// Address of the backbone listener (the reverse tunnel: services at
+    /// `<service>.<backbone_domain>`). Unset: no backbone.
+    pub backbone_listen: Option<SocketAddr>,
+    /// The domain services are reached under: `<service>.<domain>`.
+    pub backbone_domain: String,
+    /// Serve the backbone over TLS with this certificate chain (PEM; a
+    /// wildcard `*.<domain>` plus `<domain>`)...
+    pub backbone_tls_cert_file: Option<PathBuf>,
+    /// ...and this key (PEM). Without both, plain HTTP (behind a TLS proxy).
+    pub backbone_tls_key_file: Option<PathBuf>,
+    /// Unauthenticated principal registrations allowed per minute from one
+    /// client address.
+    pub backbone_registrations_per_minute_per_client: u32,
 }
 
 /// How the SMTP connection is protected.
@@ -249,6 +262,11 @@ impl Default for Settings {
             job_periods_secs: std::collections::BTreeMap::new(),
             plan_log_cap_bytes: mobius_core::plans::DEFAULT_LOG_CAP_BYTES,
             plan_log_retention_days: 30,
+            backbone_listen: None,
+            backbone_domain: "backbone.localhost".into(),
+            backbone_tls_cert_file: None,
+            backbone_tls_key_file: None,
+            backbone_registrations_per_minute_per_client: 10,
         }
     }
 }
@@ -305,6 +323,11 @@ const SETTING_NAMES: &[&str] = &[
     "job_periods_secs",
     "plan_log_cap_bytes",
     "plan_log_retention_days",
+    "backbone_listen",
+    "backbone_domain",
+    "backbone_tls_cert_file",
+    "backbone_tls_key_file",
+    "backbone_registrations_per_minute_per_client",
 ];
 
 /// Values given as command-line flags; `None` means "not given".
@@ -457,6 +480,24 @@ impl Settings {
         {
             return Err(SettingsError(format!(
                 "public_url: `{public_url}` is not a URL like https://mobius.example.com"
+            )));
+        }
+        if self.backbone_tls_cert_file.is_some() != self.backbone_tls_key_file.is_some() {
+            return Err(SettingsError(
+                "backbone_tls_cert_file and backbone_tls_key_file must be set together".into(),
+            ));
+        }
+        let domain_ok = !self.backbone_domain.is_empty()
+            && self.backbone_domain.split('.').all(|label| {
+                !label.is_empty()
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            });
+        if !domain_ok {
+            return Err(SettingsError(format!(
+                "backbone_domain `{}` is not a lower-case domain name like backbone.example.com",
+                self.backbone_domain
             )));
         }
         for origin in &self.cors_allowed_origins {

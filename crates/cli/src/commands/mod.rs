@@ -3,6 +3,7 @@
 
 pub mod api_tokens;
 pub mod audit;
+pub mod backbone;
 pub mod devices;
 mod enrollment_tokens;
 pub mod graphql;
@@ -139,6 +140,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::EnrollTokens(command) => enrollment_tokens::run(&ctx, command).await,
         Command::Audit(command) => audit::run(&ctx, command).await,
         Command::License(command) => license::run(&ctx, command).await,
+        Command::Backbone(command) => backbone::run(&ctx, command).await,
         Command::Graphql(args) => graphql::run(&ctx, args).await,
         Command::Plans(command) => plans::run(&ctx, command).await,
         Command::Run(args) => {

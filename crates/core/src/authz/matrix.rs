@@ -29,10 +29,12 @@ pub enum Operation {
     /// Single sign-on configuration: owners only, since it decides who
     /// can sign in at all and with which role.
     ManageSso,
+    /// Backbone service tokens, principals and grants.
+    ManageBackbone,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 15] = [
+    pub const ALL: [Operation; 16] = [
         Operation::ViewTenant,
         Operation::ViewSites,
         Operation::ManageSites,
@@ -48,6 +50,7 @@ impl Operation {
         Operation::ViewAuditLog,
         Operation::ManageTenant,
         Operation::ManageSso,
+        Operation::ManageBackbone,
     ];
 }
 
@@ -71,7 +74,8 @@ pub fn permits(role: Role, op: Operation) -> bool {
             | ManageDevices
             | ManageEnrollmentTokens
             | ViewAuditLog
-            | ManageTenant => true,
+            | ManageTenant
+            | ManageBackbone => true,
             ManageSso => false,
         },
         Role::Maintainer => match op {
@@ -84,7 +88,7 @@ pub fn permits(role: Role, op: Operation) -> bool {
             | ManageDevices
             | ManageEnrollmentTokens => true,
             ManageSites | ManageTeams | ManageUsers | ManageAllApiTokens | ViewAuditLog
-            | ManageTenant | ManageSso => false,
+            | ManageTenant | ManageSso | ManageBackbone => false,
         },
         Role::Observer => match op {
             ViewTenant | ViewSites | ViewTeams | ManageOwnApiTokens | ViewDevices => true,
@@ -97,7 +101,8 @@ pub fn permits(role: Role, op: Operation) -> bool {
             | ManageEnrollmentTokens
             | ViewAuditLog
             | ManageTenant
-            | ManageSso => false,
+            | ManageSso
+            | ManageBackbone => false,
         },
         Role::Gitops => match op {
             ViewTenant
@@ -108,7 +113,7 @@ pub fn permits(role: Role, op: Operation) -> bool {
             | ManageOwnApiTokens
             | ManageEnrollmentTokens => true,
             ViewUsers | ManageUsers | ManageAllApiTokens | ViewDevices | ManageDevices
-            | ViewAuditLog | ManageTenant | ManageSso => false,
+            | ViewAuditLog | ManageTenant | ManageSso | ManageBackbone => false,
         },
     }
 }

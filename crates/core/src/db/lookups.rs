@@ -566,3 +566,94 @@ impl Store {
         self.lookup_one(sql, vec![hash.to_vec().into()]).await
     }
 }
+
+/// The backbone's lookups: which tenant owns a presented service token or
+/// principal credential (by SHA-256), which tenant a host name's service
+/// belongs to, which tenant a self-registration joins (by slug, only if it
+/// allows registration), and service tokens revoked since a time (ids).
+impl Store {
+    pub async fn backbone_token_tenant(&self, hash: &[u8; 32]) -> StoreResult<Option<FoundTenant>> {
+        let sql = match self.backend {
+            Backend::Postgres => "SELECT mobius_backbone_service_token_tenant($1) AS id",
+            Backend::Sqlite => {
+                "SELECT tenant_id AS id FROM backbone_service_tokens WHERE token_hash = ?"
+            }
+        };
+        Ok(self
+            .lookup_one(sql, vec![hash.to_vec().into()])
+            .await?
+            .map(FoundTenant::new))
+    }
+
+    pub async fn backbone_principal_tenant(
+        &self,
+        hash: &[u8; 32],
+    ) -> StoreResult<Option<FoundTenant>> {
+        let sql = match self.backend {
+            Backend::Postgres => "SELECT mobius_backbone_principal_tenant($1) AS id",
+            Backend::Sqlite => {
+                "SELECT tenant_id AS id FROM backbone_principals WHERE credential_hash = ?"
+            }
+        };
+        Ok(self
+            .lookup_one(sql, vec![hash.to_vec().into()])
+            .await?
+            .map(FoundTenant::new))
+    }
+
+    pub async fn backbone_service_tenant(&self, name: &str) -> StoreResult<Option<FoundTenant>> {
+        crate::db::no_nul("service", name)?;
+        let sql = match self.backend {
+            Backend::Postgres => "SELECT mobius_backbone_service_tenant($1) AS id",
+            Backend::Sqlite => "SELECT tenant_id AS id FROM backbone_services WHERE name = ?",
+        };
+        Ok(self
+            .lookup_one(sql, vec![name.into()])
+            .await?
+            .map(FoundTenant::new))
+    }
+
+    pub async fn backbone_registration_tenant(
+        &self,
+        slug: &str,
+    ) -> StoreResult<Option<FoundTenant>> {
+        crate::db::no_nul("tenant", slug)?;
+        let sql = match self.backend {
+            Backend::Postgres => "SELECT mobius_backbone_registration_tenant($1) AS id",
+            Backend::Sqlite => {
+                "SELECT t.id AS id FROM tenants t LEFT JOIN backbone_tenants b ON b.tenant_id = t.id \
+                 WHERE t.slug = ? AND coalesce(b.open_registration, 1)"
+            }
+        };
+        Ok(self
+            .lookup_one(sql, vec![slug.into()])
+            .await?
+            .map(FoundTenant::new))
+    }
+
+    /// Service tokens revoked after `since`, in every tenant (ids only).
+    pub async fn backbone_revoked_tokens_since(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<Vec<(Uuid, chrono::DateTime<chrono::Utc>)>> {
+        let sql = match self.backend {
+            Backend::Postgres => {
+                "SELECT token_id, revoked_at FROM mobius_backbone_revoked_tokens_since($1)"
+            }
+            Backend::Sqlite => {
+                "SELECT id AS token_id, revoked_at FROM backbone_service_tokens WHERE revoked_at > ?"
+            }
+        };
+        let rows = self
+            .db
+            .query_all_raw(Statement::from_sql_and_values(
+                self.db_backend(),
+                sql,
+                [since.into()],
+            ))
+            .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("", "token_id")?, row.try_get("", "revoked_at")?)))
+            .collect()
+    }
+}

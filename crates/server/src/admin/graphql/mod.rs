@@ -3,6 +3,7 @@
 //! path.
 
 mod audit;
+mod backbone;
 mod billing;
 mod devices;
 mod enrollment;
@@ -94,6 +95,7 @@ pub struct QueryRoot(
     sso::SsoQuery,
     licensing::LicenseQuery,
     plans::PlanQuery,
+    backbone::BackboneQuery,
 );
 
 /// Mutations are split by area and merged.
@@ -106,6 +108,7 @@ pub struct MutationRoot(
     sso::SsoMutation,
     signup::SignUpMutation,
     plans::PlanMutation,
+    backbone::BackboneMutation,
 );
 
 // Each area's subscriptions, merged.
