@@ -379,6 +379,7 @@ impl ServerProcess {
         let mut lines = BufReader::new(stdout).lines();
         let mut setup_code = None;
         let mut device_addr = None;
+        let mut early = Vec::new();
         let addr = loop {
             let line = lines
                 .next()
@@ -387,6 +388,7 @@ impl ServerProcess {
             let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
                 continue;
             };
+            early.push(line);
             if event["message"] == "device listener listening" {
                 device_addr = event["address"].as_str().and_then(|a| a.parse().ok());
             }
@@ -402,7 +404,7 @@ impl ServerProcess {
         };
         // Keep draining stdout so the child never blocks on a full pipe,
         // and keep what it says for tests that check the log.
-        let log = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::new(Mutex::new(early));
         let sink = log.clone();
         std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
@@ -424,7 +426,8 @@ impl ServerProcess {
         format!("http://{}{path}", self.addr)
     }
 
-    /// The log events (JSON lines) the server wrote since it listened.
+    /// The log events (JSON lines) the server wrote, start-up included
+    /// (background tasks may log before the listening line).
     pub fn log_events(&self) -> Vec<serde_json::Value> {
         self.log
             .lock()

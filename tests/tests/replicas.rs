@@ -999,3 +999,118 @@ async fn two_tokens(
     }
     (ids[0], ids[1])
 }
+
+/// A plan applied through replica A reaches an agent whose work stream is
+/// held by replica B within a second: B learns of it from A's committed
+/// `plan.applied` event on the bus, not from a heartbeat (60 s here).
+#[tokio::test]
+async fn a_plan_applied_on_one_replica_reaches_an_agent_on_another_within_a_second() {
+    let mut cluster = Cluster::new().await;
+    let slow_heartbeat = [("MOBIUS_HEARTBEAT_INTERVAL_SECS", "60")];
+    let a = cluster.start(&slow_heartbeat);
+    let b = cluster.start(&slow_heartbeat);
+    let token = cluster.setup(&a, &b).await;
+    let site = cluster
+        .gql(&a, &token, "{ sites { nodes { id } } }", json!({}))
+        .await["data"]["sites"]["nodes"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let created = cluster
+        .gql(
+            &a,
+            &token,
+            "mutation($i: CreateEnrollmentTokenInput!) { createEnrollmentToken(input: $i) { token } }",
+            json!({ "i": { "siteId": site } }),
+        )
+        .await;
+    let enrollment = created["data"]["createEnrollmentToken"]["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{created}"))
+        .to_owned();
+
+    // The agent talks only to B's device listener.
+    let state = tempfile::tempdir().unwrap();
+    let agent_on_b = |args: &[&str]| {
+        let mut command =
+            std::process::Command::new(mobius_tests::workspace_binary("mobius-agent"));
+        command
+            .args(args)
+            .arg("--state-dir")
+            .arg(state.path())
+            .env("MOBIUS_AGENT_HOST_FINGERPRINT", "replica-plan-host")
+            .stdin(std::process::Stdio::null());
+        command
+    };
+    let server_b = format!("https://{}", b.device_addr);
+    let enrolled = agent_on_b(&["enroll", "--server", &server_b, "--token", &enrollment])
+        .output()
+        .unwrap();
+    assert!(
+        enrolled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&enrolled.stderr)
+    );
+    let mut running = agent_on_b(&["run", "--log-format", "json"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = running.stderr.take().unwrap();
+    let _agent = RunningAgent(running);
+    let (connected_tx, connected_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("work stream connected") {
+                let _ = connected_tx.send(());
+            }
+        }
+    });
+    connected_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the agent never connected its work stream to replica B");
+
+    let device = cluster
+        .gql(&a, &token, "{ devices { nodes { id } } }", json!({}))
+        .await["data"]["devices"]["nodes"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let applied = cluster
+        .gql(
+            &a,
+            &token,
+            "mutation($i: ApplyPlanInput!) { applyPlan(input: $i) { plan { executions { id } } } }",
+            json!({ "i": { "idempotencyKey": "across-replicas", "targets": { "deviceIds": [device] },
+                "operations": [{ "kind": "exec", "params": { "argv": ["true"] } }] } }),
+        )
+        .await;
+    let execution = applied["data"]["applyPlan"]["plan"]["executions"][0]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{applied}"))
+        .to_owned();
+    let query = "query($id: ID!) { planExecution(id: $id) { status createdAt deliveredAt } }";
+    let succeeded = eventually(Duration::from_secs(15), async || {
+        cluster
+            .gql(&a, &token, query, json!({ "id": execution }))
+            .await["data"]["planExecution"]["status"]
+            == "SUCCEEDED"
+    })
+    .await;
+    let found = cluster
+        .gql(&a, &token, query, json!({ "id": execution }))
+        .await;
+    assert!(succeeded, "{found}");
+    let found = &found["data"]["planExecution"];
+    let at =
+        |field: &str| chrono::DateTime::parse_from_rfc3339(found[field].as_str().unwrap()).unwrap();
+    let pushed_in = (at("deliveredAt") - at("createdAt")).num_milliseconds();
+    assert!(
+        pushed_in < 1_000,
+        "delivered {pushed_in} ms after apply on the other replica: {found}"
+    );
+}

@@ -478,6 +478,7 @@ impl Server {
                 cluster.bus.clone(),
                 devices.revocations.clone(),
                 devices.trust.clone(),
+                devices.plans.notifier.clone(),
             )));
         }
         if cluster.role.runs_jobs() {

@@ -7,7 +7,10 @@
 //!   deletions and [`topics::TRUST_CHANGED`] for CA creation and rotation.
 //! - [`apply_remote`] acts on other replicas' messages: reads the audit
 //!   event (by id, in its tenant) and hands it to this replica's GraphQL
-//!   subscribers, refuses revoked devices at once, reloads the trust store.
+//!   subscribers, refuses revoked devices at once, reloads the trust store,
+//!   and wakes the push streams this replica holds for devices that got
+//!   work or a cancellation on another replica (`plan.applied`,
+//!   `plan.execution_cancel_requested`).
 //!
 //! A replica that dies between its commit and its publish leaves the
 //! others to their slower safety nets: the revocation poll and the trust
@@ -22,7 +25,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::bus::{self, Bus, BusMessage};
 use super::topics;
-use crate::device::Trust;
+use crate::device::{Trust, WorkNotifier};
 
 /// Publishes what this replica commits.
 pub async fn announce_commits(store: Store, bus: Bus) {
@@ -66,6 +69,7 @@ pub async fn apply_remote(
     bus: Bus,
     revocations: Arc<Revocations>,
     trust: Arc<Trust>,
+    work: Arc<WorkNotifier>,
 ) {
     let mut audit = bus.subscribe(topics::AUDIT);
     let mut revoked = bus.subscribe(topics::DEVICE_REVOKED);
@@ -90,7 +94,7 @@ pub async fn apply_remote(
             }
             message = audit.recv() => {
                 if let Some(message) = remote(message) {
-                    relay_audit(&store, &message).await;
+                    relay_audit(&store, &message, &work).await;
                 }
             }
         }
@@ -110,7 +114,7 @@ fn remote(received: Result<BusMessage, RecvError>) -> Option<BusMessage> {
     }
 }
 
-async fn relay_audit(store: &Store, message: &BusMessage) {
+async fn relay_audit(store: &Store, message: &BusMessage, work: &WorkNotifier) {
     let ids = bus::ids(&message.payload);
     let (Some(tenant), Some(event_id)) = (ids.first(), ids.get(1)) else {
         return;
@@ -120,13 +124,34 @@ async fn relay_audit(store: &Store, message: &BusMessage) {
             .begin(&SystemTask::new("cluster-audit-relay", *tenant))
             .await?;
         let event = scope.audit().get(*event_id).await?;
+        // Devices whose stream (if held here) must be woken: the targets
+        // of a plan applied elsewhere, or the device of an execution
+        // whose cancellation was asked for elsewhere.
+        let mut woken = Vec::new();
+        if let Some(event) = &event {
+            match (event.action.as_str(), event.target_id) {
+                ("plan.applied", Some(plan)) => {
+                    let executions = scope.plans().executions_of_plan(plan).await?;
+                    woken.extend(executions.iter().map(|e| e.device_id));
+                }
+                ("plan.execution_cancel_requested", Some(execution)) => {
+                    woken.push(scope.plans().execution(execution).await?.device_id);
+                }
+                _ => {}
+            }
+        }
         scope.commit().await?;
-        Ok::<_, mobius_core::db::StoreError>(event)
+        Ok::<_, mobius_core::db::StoreError>((event, woken))
     }
     .await;
     match found {
-        Ok(Some(event)) => store.announce_remote_audit(event),
-        Ok(None) => {}
+        Ok((Some(event), woken)) => {
+            for device in woken {
+                work.notify(event.tenant_id, device);
+            }
+            store.announce_remote_audit(event)
+        }
+        Ok((None, _)) => {}
         Err(err) => tracing::warn!(error = %err, "could not read a relayed audit event"),
     }
 }
