@@ -429,8 +429,11 @@ cd "$ROOT"
 status=0
 # The end-to-end tests run the real binaries (target/debug/mobius-server,
 # mobius-server-cloud); `cargo test` alone builds bin targets only in test
-# mode, so build them first.
-cargo build --workspace --bins --locked || status=$?
+# mode, so build them first. The real peers some tests start (an OpenID
+# provider, a KMS emulator, an SMTP server) are installed first if missing;
+# without them those tests fail, never skip.
+bash tests/peers/install.sh || status=$?
+[[ $status -eq 0 ]] && { cargo build --workspace --bins --locked || status=$?; }
 if [[ $status -eq 0 ]]; then
     # Keep a copy of the output to total the test binaries' results (see
     # tally): cargo's own last line is the (empty) doc-test run of the last
