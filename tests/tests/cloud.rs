@@ -1220,11 +1220,15 @@ async fn reseal_moves_every_secret_to_kms_and_back_resumably_and_follows_a_key_r
     assert!(ok, "{out}");
     let mut conn = cloud.owner_connection().await;
     let blobs: Vec<Vec<u8>> = sqlx::query_scalar(
-        "SELECT sealed_key FROM certificate_authorities UNION ALL SELECT sealed_private_key FROM signing_keys",
+        "SELECT sealed_key FROM certificate_authorities UNION ALL SELECT sealed_private_key FROM signing_keys \
+         UNION ALL SELECT sealed_key FROM plan_signing_keys",
     )
     .fetch_all(&mut conn)
     .await
     .unwrap();
+    // The CA key, the JWT key and the plan-signing key made at the first
+    // enrollment (reseal visits every area's sealed secrets).
+    assert_eq!(blobs.len(), 3, "{out}");
     for blob in &blobs {
         assert!(
             kms_parts(blob).0.ends_with(&second),

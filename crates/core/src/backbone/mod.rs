@@ -742,3 +742,29 @@ fn token_from(row: service_token::Model, service: String) -> ServiceToken {
         revoked_at: row.revoked_at,
     }
 }
+
+/// Re-wraps this tenant's sealed backbone master secret (`reseal`).
+pub(crate) async fn reseal_master_secret(
+    scope: &crate::db::TenantScope,
+    rewrap: &crate::crypto::reseal::Rewrap<'_>,
+    report: &mut crate::crypto::reseal::ResealReport,
+) -> crate::db::StoreResult<()> {
+    use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set};
+    let rows = entities::backbone_tenant::Entity::find()
+        .filter(entities::backbone_tenant::Column::TenantId.eq(scope.tenant_id()))
+        .all(scope.connection())
+        .await?;
+    for row in rows {
+        let context = sealing_context(row.tenant_id);
+        if let Some(sealed) = rewrap
+            .value(report, &context, &row.sealed_master_secret)
+            .await?
+        {
+            let mut model: entities::backbone_tenant::ActiveModel = row.into();
+            model.sealed_master_secret = Set(sealed);
+            model.updated_at = Set(chrono::Utc::now());
+            model.update(scope.connection()).await?;
+        }
+    }
+    Ok(())
+}

@@ -1,5 +1,6 @@
 //! Re-wrapping every sealed secret under another sealer (`reseal`): the
-//! JWT signing keys and every tenant's CA keys. Each secret is opened,
+//! JWT signing keys and, per tenant, its CA keys, plan-signing keys, SSO
+//! client secret and backbone master secret. Each secret is opened,
 //! sealed anew and written in its own short transaction, so an
 //! interrupted run loses nothing and a rerun continues where it stopped;
 //! secrets already in the target form are skipped, so running it twice
@@ -41,6 +42,37 @@ async fn rewrap(
     to.seal(context, &plain)
         .await
         .map_err(StoreError::internal("sealing a secret anew"))
+}
+
+/// One reseal run's sealers and mode, handed to each area that keeps
+/// sealed secrets, so each re-wraps its own rows in the caller's scope.
+pub(crate) struct Rewrap<'a> {
+    pub from: &'a dyn SecretSealer,
+    pub to: &'a dyn SecretSealer,
+    pub is_target: IsTarget<'a>,
+    pub dry_run: bool,
+}
+
+impl Rewrap<'_> {
+    /// Counts `sealed` in `report` and answers its new form when it must
+    /// be written (not already in the target form, not a dry run).
+    pub(crate) async fn value(
+        &self,
+        report: &mut ResealReport,
+        context: &SealContext,
+        sealed: &[u8],
+    ) -> StoreResult<Option<Vec<u8>>> {
+        report.examined += 1;
+        if (self.is_target)(sealed) {
+            report.already += 1;
+            return Ok(None);
+        }
+        report.resealed += 1;
+        if self.dry_run {
+            return Ok(None);
+        }
+        rewrap(self.from, self.to, context, sealed).await.map(Some)
+    }
 }
 
 impl Store {
@@ -100,7 +132,16 @@ impl Store {
                 model.updated_at = Set(chrono::Utc::now());
                 model.update(scope.connection()).await?;
             }
-            // One commit per tenant: a tenant's CA keys move together.
+            let rewrap = Rewrap {
+                from,
+                to,
+                is_target,
+                dry_run,
+            };
+            crate::plans::reseal_signing_keys(&scope, &rewrap, &mut report).await?;
+            crate::identity::sso::reseal_client_secret(&scope, &rewrap, &mut report).await?;
+            crate::backbone::reseal_master_secret(&scope, &rewrap, &mut report).await?;
+            // One commit per tenant: a tenant's secrets move together.
             scope.commit().await?;
         }
         Ok(report)

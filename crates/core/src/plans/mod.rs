@@ -28,6 +28,7 @@ pub use entities::log_line::Model as LogRow;
 pub use entities::operation_result::Model as OperationResult;
 pub use entities::plan::Model as Plan;
 pub use signing::PlanSigner;
+pub(crate) use signing::reseal_signing_keys;
 
 use crate::Uuid;
 use crate::audit::{Actor, AuditRecord};

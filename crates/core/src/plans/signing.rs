@@ -136,3 +136,25 @@ impl PlanSigner {
 fn seal_context(tenant_id: Uuid, key_id: Uuid) -> SealContext {
     SealContext::tenant(tenant_id, "tenant-plan-key", key_id)
 }
+
+/// Re-wraps this tenant's plan-signing keys (`reseal`).
+pub(crate) async fn reseal_signing_keys(
+    scope: &TenantScope,
+    rewrap: &crate::crypto::reseal::Rewrap<'_>,
+    report: &mut crate::crypto::reseal::ResealReport,
+) -> StoreResult<()> {
+    let keys = signing_key::Entity::find()
+        .filter(signing_key::Column::TenantId.eq(scope.tenant_id()))
+        .all(scope.connection())
+        .await?;
+    for key in keys {
+        let context = seal_context(key.tenant_id, key.id);
+        if let Some(sealed) = rewrap.value(report, &context, &key.sealed_key).await? {
+            let mut model: signing_key::ActiveModel = key.into();
+            model.sealed_key = Set(sealed);
+            model.updated_at = Set(chrono::Utc::now());
+            model.update(scope.connection()).await?;
+        }
+    }
+    Ok(())
+}

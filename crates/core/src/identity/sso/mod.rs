@@ -88,3 +88,28 @@ impl TenantScope {
 fn client_secret_context(tenant_id: uuid::Uuid) -> crate::crypto::sealing::SealContext {
     crate::crypto::sealing::SealContext::tenant(tenant_id, "sso-client-secret", "oidc")
 }
+
+/// Re-wraps this tenant's sealed OIDC client secret (`reseal`).
+pub(crate) async fn reseal_client_secret(
+    scope: &crate::db::TenantScope,
+    rewrap: &crate::crypto::reseal::Rewrap<'_>,
+    report: &mut crate::crypto::reseal::ResealReport,
+) -> crate::db::StoreResult<()> {
+    use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set};
+    let configs = entities::sso_config::Entity::find()
+        .filter(entities::sso_config::Column::TenantId.eq(scope.tenant_id()))
+        .all(scope.connection())
+        .await?;
+    for config in configs {
+        let Some(secret) = config.sealed_client_secret.clone() else {
+            continue;
+        };
+        let context = client_secret_context(config.tenant_id);
+        if let Some(sealed) = rewrap.value(report, &context, &secret).await? {
+            let mut model: entities::sso_config::ActiveModel = config.into();
+            model.sealed_client_secret = Set(Some(sealed));
+            model.update(scope.connection()).await?;
+        }
+    }
+    Ok(())
+}
