@@ -429,6 +429,33 @@ if os.path.exists(notes):
     md += "\n" + open(notes).read().strip() + "\n"
 
 os.makedirs(OUT, exist_ok=True)
+# tests/bench/tunnel.sh writes its own figures (tunnel_* keys and a section
+# between <!-- tunnel:begin --> and <!-- tunnel:end -->) into the same two
+# files; a run of this benchmark keeps them rather than wiping them.
+def kept_tunnel_section(path):
+    try:
+        text = open(path).read()
+    except FileNotFoundError:
+        return None
+    begin, end = "<!-- tunnel:begin -->", "<!-- tunnel:end -->"
+    if begin in text and end in text and text.index(begin) < text.index(end):
+        return text[text.index(begin):text.index(end) + len(end)]
+    return None
+
+
+def kept_tunnel_figures(path):
+    try:
+        old = json.load(open(path))
+    except (FileNotFoundError, ValueError):
+        return {}
+    return {k: v for k, v in old.items() if k.startswith("tunnel_")}
+
+
+tunnel_md = kept_tunnel_section(os.path.join(OUT, "performance.md"))
+if tunnel_md:
+    md += "\n" + tunnel_md + "\n"
+figures.update({k: v for k, v in kept_tunnel_figures(os.path.join(OUT, "performance.json")).items()
+                if k not in figures})
 with open(os.path.join(OUT, "performance.md"), "w") as f:
     f.write(md)
 with open(os.path.join(OUT, "performance.json"), "w") as f:
