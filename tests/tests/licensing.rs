@@ -780,6 +780,35 @@ async fn the_operator_lists_suspends_resumes_and_offboards_tenants() {
         .await;
     assert_eq!(code, 400, "{bad}");
 
+    // Daily usage (recorded by the billing job on a billed server; here
+    // once by hand): the operator exports it, and refuses a bad range.
+    store
+        .record_billing_usage(chrono::Utc::now())
+        .await
+        .unwrap();
+    let (code, usage) = cloud
+        .platform(Method::GET, "/usage", Some(OPERATOR_TOKEN))
+        .await;
+    assert_eq!(code, 200, "{usage}");
+    let today = chrono::Utc::now().date_naive().to_string();
+    let acme_today = usage
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["tenant_slug"] == "default" && row["day"] == today.as_str())
+        .unwrap_or_else(|| panic!("no usage row for today: {usage}"));
+    assert_eq!(acme_today["devices"], 1, "{acme_today}");
+    let (code, bad) = cloud
+        .platform(Method::GET, "/usage?from=yesterday", Some(OPERATOR_TOKEN))
+        .await;
+    assert_eq!(code, 400, "{bad}");
+    assert_eq!(bad["error"]["code"], "BAD_USER_INPUT", "{bad}");
+    assert_eq!(
+        cloud.platform(Method::GET, "/usage", None).await.0,
+        401,
+        "usage is the operator's"
+    );
+
     // The operator log has it all, newest first.
     let (code, log) = cloud
         .platform(Method::GET, "/log", Some(OPERATOR_TOKEN))
@@ -797,6 +826,7 @@ async fn the_operator_lists_suspends_resumes_and_offboards_tenants() {
         "tenant.resumed",
         "tenant.suspended",
         "tenants.listed",
+        "usage.exported",
     ] {
         assert!(actions.contains(&action), "{action} in {actions:?}");
     }

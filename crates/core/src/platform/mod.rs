@@ -127,6 +127,26 @@ impl Store {
         Ok(tenants)
     }
 
+    /// Every tenant's recorded daily usage from `from` to `to` inclusive
+    /// (device and active-device counts, for metered billing), and the
+    /// export logged.
+    pub async fn operator_usage(
+        &self,
+        request: &OperatorRequest,
+        from: chrono::NaiveDate,
+        to: chrono::NaiveDate,
+    ) -> StoreResult<Vec<crate::billing::UsageDay>> {
+        let rows = self.billing_usage(from, to).await?;
+        self.operator_log(
+            request,
+            "usage.exported",
+            None,
+            serde_json::json!({ "from": from, "to": to, "rows": rows.len() }),
+        )
+        .await?;
+        Ok(rows)
+    }
+
     /// Suspends (`true`) or resumes (`false`) a tenant: recorded in the
     /// tenant's own audit log and in the operator log, in one transaction.
     pub async fn operator_set_suspended(

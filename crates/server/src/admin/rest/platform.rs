@@ -52,6 +52,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(
                 axum::routing::delete(delete_tenant),
             )
             .route("/api/v1/mobius/platform/log", get(log))
+            .route("/api/v1/mobius/platform/usage", get(usage))
             .with_state(state),
     )
 }
@@ -289,4 +290,49 @@ async fn log(
     authorize(&state, &headers, &peer)?;
     let limit = params.limit.unwrap_or(100).clamp(1, 1000);
     Ok(Json(state.store.operator_log_entries(limit).await?))
+}
+
+/// `?from=YYYY-MM-DD&to=YYYY-MM-DD` (UTC days, inclusive; default the 31
+/// days up to today).
+#[derive(Debug, Deserialize)]
+struct UsageRange {
+    from: Option<String>,
+    to: Option<String>,
+}
+
+fn usage_day(
+    field: &'static str,
+    raw: Option<&str>,
+) -> Result<Option<chrono::NaiveDate>, ApiError> {
+    raw.map(|raw| {
+        chrono::NaiveDate::parse_from_str(raw, "%Y-%m-%d").map_err(|_| ApiError {
+            field: Some(field.into()),
+            ..ApiError::new(
+                ErrorCode::BadUserInput,
+                format!("`{field}` must be a day like 2026-12-01"),
+            )
+        })
+    })
+    .transpose()
+}
+
+/// Every tenant's daily device and active-device counts (metered billing,
+/// the operator's list), as JSON rows.
+async fn usage(
+    State(state): State<PlatformState>,
+    headers: HeaderMap,
+    peer: Peer,
+    Query(range): Query<UsageRange>,
+) -> Result<Json<Vec<mobius_core::billing::UsageDay>>, ApiError> {
+    let request = authorize(&state, &headers, &peer)?;
+    let to =
+        usage_day("to", range.to.as_deref())?.unwrap_or_else(|| chrono::Utc::now().date_naive());
+    let from = usage_day("from", range.from.as_deref())?.unwrap_or(to - chrono::Duration::days(31));
+    if from > to {
+        return Err(ApiError {
+            field: Some("from".into()),
+            ..ApiError::new(ErrorCode::BadUserInput, "`from` must not be after `to`")
+        });
+    }
+    Ok(Json(state.store.operator_usage(&request, from, to).await?))
 }
