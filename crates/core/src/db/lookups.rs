@@ -91,14 +91,7 @@ impl Store {
                  FROM users u JOIN tenants t ON t.id = u.tenant_id WHERE lower(u.email) = lower(?)"
             }
         };
-        let rows = self
-            .db
-            .query_all_raw(Statement::from_sql_and_values(
-                self.db_backend(),
-                sql,
-                [email.into()],
-            ))
-            .await?;
+        let rows = self.lookup_rows(sql, [email.into()]).await?;
         rows.iter()
             .map(|row| {
                 Ok(LoginCandidate {
@@ -122,6 +115,22 @@ impl Store {
             .lookup_one(sql, vec![slug.into()])
             .await?
             .map(FoundTenant::new))
+    }
+
+    /// Every row a lookup answers (its SQL chosen per backend by the caller).
+    async fn lookup_rows(
+        &self,
+        sql: &str,
+        values: impl IntoIterator<Item = sea_orm::Value>,
+    ) -> StoreResult<Vec<sea_orm::QueryResult>> {
+        Ok(self
+            .db
+            .query_all_raw(Statement::from_sql_and_values(
+                self.db_backend(),
+                sql,
+                values,
+            ))
+            .await?)
     }
 
     async fn lookup_one(
@@ -218,14 +227,7 @@ impl Store {
             Backend::Postgres => "SELECT device_id FROM mobius_revoked_devices_since($1)",
             Backend::Sqlite => "SELECT device_id FROM revoked_devices WHERE revoked_at > ?",
         };
-        let rows = self
-            .db
-            .query_all_raw(Statement::from_sql_and_values(
-                self.db_backend(),
-                sql,
-                [since.into()],
-            ))
-            .await?;
+        let rows = self.lookup_rows(sql, [since.into()]).await?;
         Ok(rows
             .iter()
             .filter_map(|r| r.try_get("", "device_id").ok())
@@ -315,14 +317,7 @@ impl Store {
                 "SELECT DISTINCT tenant_id FROM plan_execution_logs WHERE created_at < ?"
             }
         };
-        let rows = self
-            .db
-            .query_all_raw(Statement::from_sql_and_values(
-                self.db_backend(),
-                sql,
-                [cutoff.into()],
-            ))
-            .await?;
+        let rows = self.lookup_rows(sql, [cutoff.into()]).await?;
         rows.iter()
             .map(|row| Ok(FoundTenant::new(row.try_get("", "tenant_id")?)))
             .collect()
@@ -371,10 +366,7 @@ impl Store {
             Backend::Postgres => "SELECT mobius_billing_tenants() AS id",
             Backend::Sqlite => "SELECT id FROM tenants ORDER BY id",
         };
-        let rows = self
-            .db
-            .query_all_raw(Statement::from_string(self.db_backend(), sql))
-            .await?;
+        let rows = self.lookup_rows(sql, []).await?;
         rows.iter()
             .map(|row| Ok(row.try_get::<Uuid>("", "id")?))
             .collect()
@@ -396,14 +388,7 @@ impl Store {
                  FROM billing_plans WHERE updated_at > ?"
             }
         };
-        let rows = self
-            .db
-            .query_all_raw(Statement::from_sql_and_values(
-                self.db_backend(),
-                sql,
-                [since.into()],
-            ))
-            .await?;
+        let rows = self.lookup_rows(sql, [since.into()]).await?;
         rows.iter()
             .map(|row| {
                 Ok(crate::billing::snapshot_from_parts(
@@ -437,14 +422,7 @@ impl Store {
                  WHERE u.day BETWEEN ? AND ? ORDER BY u.day, t.slug"
             }
         };
-        let rows = self
-            .db
-            .query_all_raw(Statement::from_sql_and_values(
-                self.db_backend(),
-                sql,
-                [from.into(), to.into()],
-            ))
-            .await?;
+        let rows = self.lookup_rows(sql, [from.into(), to.into()]).await?;
         rows.iter()
             .map(|row| {
                 Ok(crate::billing::UsageDay {
@@ -485,10 +463,7 @@ impl Store {
                  WHERE suspended_at IS NOT NULL OR verification_hash IS NOT NULL"
             }
         };
-        let rows = self
-            .db
-            .query_all_raw(Statement::from_string(self.db_backend(), sql))
-            .await?;
+        let rows = self.lookup_rows(sql, []).await?;
         rows.iter()
             .map(|row| Ok((row.try_get("", "id")?, row.try_get("", "suspended")?)))
             .collect()
@@ -644,14 +619,7 @@ impl Store {
                 "SELECT id AS token_id, revoked_at FROM backbone_service_tokens WHERE revoked_at > ?"
             }
         };
-        let rows = self
-            .db
-            .query_all_raw(Statement::from_sql_and_values(
-                self.db_backend(),
-                sql,
-                [since.into()],
-            ))
-            .await?;
+        let rows = self.lookup_rows(sql, [since.into()]).await?;
         rows.iter()
             .map(|row| Ok((row.try_get("", "token_id")?, row.try_get("", "revoked_at")?)))
             .collect()
