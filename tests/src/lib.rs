@@ -12,6 +12,8 @@
 //! logs in as a separate app role, exactly as in production, so RLS is
 //! exercised for real (a superuser would bypass it).
 
+pub mod fleet;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -4,122 +4,36 @@
 //! without running anything twice, timeouts, cancel, failures that do not
 //! block, output truncation, and tenant separation of targets.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use mobius_core::audit::Actor;
 use mobius_core::db::SystemTask;
-use mobius_tests::{ServerProcess, TestDatabase, eventually, global_id, workspace_binary};
-use sea_orm::sqlx::{self, Connection, PgConnection};
-use secrecy::ExposeSecret;
+use mobius_tests::{eventually, global_id, workspace_binary};
+use sea_orm::sqlx;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-const PASSWORD: &str = "correct horse battery staple";
+use mobius_tests::fleet::{Agent, Fleet};
 
-struct Fleet {
-    db: TestDatabase,
-    server: ServerProcess,
-    _data_dir: tempfile::TempDir,
-    http: reqwest::Client,
-    token: String,
-    state: tempfile::TempDir,
+fn first_execution(applied: &Value) -> String {
+    applied["data"]["applyPlan"]["plan"]["executions"][0]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no execution: {applied}"))
+        .to_owned()
 }
 
-impl Fleet {
-    /// A server whose heartbeat interval is long (60 s), so anything that
-    /// arrives within a second came down the push stream.
-    async fn start(env: &[(&str, &str)]) -> Fleet {
-        let db = TestDatabase::create().await;
-        let data_dir = tempfile::tempdir().unwrap();
-        let mut env: Vec<(&str, &str)> = env.to_vec();
-        env.push(("MOBIUS_HEARTBEAT_INTERVAL_SECS", "60"));
-        let server = ServerProcess::start(
-            data_dir.path(),
-            &["--database-url", db.owner_url().expose_secret()],
-            &env,
-        );
-        let mut fleet = Fleet {
-            db,
-            server,
-            _data_dir: data_dir,
-            http: reqwest::Client::new(),
-            token: String::new(),
-            state: tempfile::tempdir().unwrap(),
-        };
-        let code = fleet.server.setup_code.clone().expect("setup code");
-        let setup = fleet
-            .gql(
-                "mutation($i: SetupInput!) { setup(input: $i) { accessToken } }",
-                json!({ "i": { "code": code, "email": "owner@alpha.test", "password": PASSWORD, "displayName": "O" } }),
-            )
-            .await;
-        fleet.token = setup["data"]["setup"]["accessToken"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        fleet
-    }
+/// Plan calls on a fleet.
+trait Plans {
+    async fn apply(&self, key: &str, device: &str, operations: Value) -> Value;
+    async fn execution(&self, id: &str) -> Value;
+    async fn wait_for(&self, id: &str, status: &str, timeout: Duration) -> Value;
+}
 
-    async fn gql(&self, query: &str, variables: Value) -> Value {
-        let mut request = self
-            .http
-            .post(self.server.url("/api/graphql"))
-            .json(&json!({ "query": query, "variables": variables }));
-        if !self.token.is_empty() {
-            request = request.bearer_auth(&self.token);
-        }
-        request.send().await.unwrap().json().await.unwrap()
-    }
-
-    fn agent_dir(&self) -> PathBuf {
-        self.state.path().join("agent")
-    }
-
-    /// Enrolls one agent in the default site; answers its device's global id.
-    async fn enroll(&self) -> String {
-        let site = self.gql("{ sites { nodes { id } } }", json!({})).await["data"]["sites"]["nodes"]
-            [0]["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        let created = self
-            .gql(
-                "mutation($i: CreateEnrollmentTokenInput!) { createEnrollmentToken(input: $i) { token } }",
-                json!({ "i": { "siteId": site, "maxUses": 1 } }),
-            )
-            .await;
-        let token = created["data"]["createEnrollmentToken"]["token"]
-            .as_str()
-            .unwrap();
-        let server = format!("https://{}", self.server.device_addr);
-        let out = agent_command(
-            &self.agent_dir(),
-            &["enroll", "--server", &server, "--token", token],
-        )
-        .output()
-        .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            self.agent_dir().join("plan-key.pub").is_file(),
-            "the agent must learn the plan-verification key at enrollment"
-        );
-        let devices = self.gql("{ devices { nodes { id } } }", json!({})).await;
-        devices["data"]["devices"]["nodes"][0]["id"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    }
-
+impl Plans for Fleet {
     /// Applies a plan on `device`; answers the whole payload.
     async fn apply(&self, key: &str, device: &str, operations: Value) -> Value {
         self.gql(
@@ -149,92 +63,6 @@ impl Fleet {
         let execution = self.execution(id).await;
         assert!(reached, "execution never became {status}: {execution}");
         execution
-    }
-
-    /// A connection as the schema owner, scoped to the default tenant
-    /// (RLS is forced on the owner too), for changing rows behind the
-    /// server's back.
-    async fn owner_connection(&self) -> PgConnection {
-        let mut db = PgConnection::connect(self.db.owner_url().expose_secret())
-            .await
-            .unwrap();
-        sqlx::query("SELECT set_config('app.tenant_id', mobius_default_tenant_id()::text, false)")
-            .execute(&mut db)
-            .await
-            .unwrap();
-        db
-    }
-}
-
-fn first_execution(applied: &Value) -> String {
-    applied["data"]["applyPlan"]["plan"]["executions"][0]["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no execution: {applied}"))
-        .to_owned()
-}
-
-fn agent_command(state_dir: &Path, args: &[&str]) -> Command {
-    let mut command = Command::new(workspace_binary("mobius-agent"));
-    command
-        .args(args)
-        .arg("--state-dir")
-        .arg(state_dir)
-        .env("MOBIUS_AGENT_HOST_FINGERPRINT", "plans-host")
-        .stdin(Stdio::null());
-    command
-}
-
-/// A running agent whose log lines are collected.
-struct Agent {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Agent {
-    fn start(state_dir: &Path) -> Agent {
-        let mut child = agent_command(state_dir, &["run", "--log-format", "json"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Agent { child, log }
-    }
-
-    /// Waits until the agent holds the push stream.
-    async fn connected(&self) {
-        let ok = eventually(Duration::from_secs(15), async || {
-            self.log
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|l| l.contains("work stream connected"))
-        })
-        .await;
-        assert!(
-            ok,
-            "the agent never connected its work stream: {:?}",
-            self.log.lock().unwrap()
-        );
-    }
-
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -41,3 +41,4 @@ pub struct HealthCheck {
 pub mod device;
 pub mod license;
 pub mod plans;
+pub mod queries;

@@ -32,6 +32,11 @@ pub enum WorkFrame {
     Work(SignedWork),
     /// Stop this execution if it is running; drop it if it is queued.
     Cancel { execution_id: Uuid },
+    /// Run a read-only query against the host tables (live query or
+    /// policy check) and post the rows to `QUERY_RESULTS_PATH`.
+    Query(crate::queries::QueryRequest),
+    /// The merged agent options changed (or the stream just opened).
+    Options(crate::queries::AgentOptions),
     /// Nothing to do; keeps load balancers and NAT from closing the stream.
     KeepAlive,
 }

@@ -200,7 +200,8 @@ impl Runner {
         match frame {
             WorkFrame::Work(work) => self.accept(work),
             WorkFrame::Cancel { execution_id } => self.cancel(execution_id),
-            WorkFrame::KeepAlive => {}
+            // Host-table queries and options are the queries issue's.
+            WorkFrame::Query(_) | WorkFrame::Options(_) | WorkFrame::KeepAlive => {}
         }
     }
 

@@ -328,7 +328,7 @@ fn key(frame: &WorkFrame) -> Option<(Uuid, bool)> {
     match frame {
         WorkFrame::Work(work) => Some((work.execution_id, false)),
         WorkFrame::Cancel { execution_id } => Some((*execution_id, true)),
-        WorkFrame::KeepAlive => None,
+        WorkFrame::Query(_) | WorkFrame::Options(_) | WorkFrame::KeepAlive => None,
     }
 }
 
