@@ -186,3 +186,142 @@ async fn deliver(dir: &StateDir, result: &QueryResult) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use chrono::{TimeDelta, Utc};
+    use mobius_api::device::PingResponse;
+    use mobius_api::plans::WorkFrame;
+    use mobius_api::queries::{QUERY_RESULTS_PATH, QueryKind};
+    use serde_json::json;
+
+    use super::*;
+    use crate::cli::{EnrollArgs, EnrollOutput, RunArgs, StateDirArg};
+    use crate::testing::{FakeMobius, PingScript, ping_ok};
+
+    fn request(n: u128, kind: QueryKind, sql: &str) -> QueryRequest {
+        QueryRequest {
+            query_id: Uuid::from_u128(n),
+            kind,
+            sql: sql.into(),
+            timeout_ms: 5_000,
+        }
+    }
+
+    /// Queries and an options bundle arriving in a heartbeat's work list
+    /// are answered over mTLS, with the bundle's limits applied first.
+    #[tokio::test]
+    async fn work_list_queries_are_answered_under_the_pushed_options() {
+        let bundle = AgentOptions {
+            options_version: 4,
+            options: json!({"agent": {"query_max_rows": 1}, "options": {"distributed_interval": 10}}),
+        };
+        let work: Vec<serde_json::Value> = [
+            WorkFrame::Options(bundle.clone()),
+            WorkFrame::Query(request(
+                1,
+                QueryKind::Live,
+                "SELECT hostname FROM system_info",
+            )),
+            WorkFrame::Query(request(2, QueryKind::Policy, "DELETE FROM users")),
+            WorkFrame::Query(request(3, QueryKind::Live, "SELECT pid FROM processes")),
+        ]
+        .iter()
+        .map(|frame| serde_json::to_value(frame).unwrap())
+        .collect();
+        let script: PingScript = Arc::new(move |n| {
+            let renew_after = (Utc::now() + TimeDelta::minutes(30)).to_rfc3339();
+            if n == 0 {
+                let response = PingResponse {
+                    interval_secs: 60,
+                    renew_after,
+                    work: work.clone(),
+                };
+                (200, serde_json::to_string(&response).unwrap())
+            } else {
+                ping_ok(60, Utc::now() + TimeDelta::minutes(30))
+            }
+        });
+        let server = FakeMobius::start(script).await;
+        let root = tempfile::tempdir().unwrap();
+        crate::enrollment::enroll(EnrollArgs {
+            server: server.url.clone(),
+            token: server.token.clone(),
+            state: StateDirArg {
+                state_dir: root.path().to_path_buf(),
+            },
+            host_fingerprint: Some("queries-host".into()),
+            output: EnrollOutput::Json,
+        })
+        .await
+        .unwrap();
+        let agent = tokio::spawn(crate::heartbeat::run(RunArgs {
+            state: StateDirArg {
+                state_dir: root.path().to_path_buf(),
+            },
+            max_interval_secs: Some(1),
+            max_backoff_secs: 1,
+        }));
+
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let answers = loop {
+            let posted = server.requests_to(QUERY_RESULTS_PATH);
+            if posted.len() >= 3 || Instant::now() > deadline {
+                break posted;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        agent.abort();
+        assert_eq!(answers.len(), 3, "three answers expected");
+        assert!(answers.iter().all(|a| a.client_certificate.is_some()));
+        let mut results: Vec<QueryResult> = answers
+            .iter()
+            .map(|a| serde_json::from_str(&a.body).unwrap())
+            .collect();
+        results.sort_by_key(|r| r.query_id);
+
+        assert_eq!(results[0].outcome, QueryOutcome::Ok);
+        assert_eq!(results[0].kind, QueryKind::Live);
+        assert_eq!(results[0].rows.len(), 1);
+        assert!(!results[0].rows[0]["hostname"].is_empty());
+
+        assert_eq!(results[1].outcome, QueryOutcome::Error);
+        assert_eq!(results[1].kind, QueryKind::Policy);
+        assert_eq!(
+            results[1].error.as_deref(),
+            Some("write statements are not allowed")
+        );
+        assert!(results[1].rows.is_empty());
+
+        // query_max_rows = 1 from the bundle.
+        assert_eq!(results[2].rows.len(), 1);
+        assert!(results[2].truncated);
+
+        let dir = StateDir::new(root.path());
+        assert_eq!(options::stored(&dir), Some(bundle));
+        let status = crate::status::StatusReport::load(&dir, Utc::now()).unwrap();
+        assert_eq!(status.options_version, Some(4));
+    }
+
+    #[tokio::test]
+    async fn an_older_bundle_does_not_undo_a_newer_one() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(root.path());
+        let runner = QueryRunner::new(dir.clone());
+        runner.apply_options(AgentOptions {
+            options_version: 9,
+            options: json!({"agent": {"query_timeout_ms": 1234}}),
+        });
+        runner.apply_options(AgentOptions {
+            options_version: 8,
+            options: json!({"agent": {"query_timeout_ms": 99}}),
+        });
+        assert_eq!(runner.limits().timeout, Duration::from_millis(1234));
+        assert_eq!(options::stored_version(&dir), Some(9));
+        // A restart starts from the saved bundle.
+        let again = QueryRunner::new(dir);
+        assert_eq!(again.limits().timeout, Duration::from_millis(1234));
+    }
+}
