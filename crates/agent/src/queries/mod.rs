@@ -176,7 +176,9 @@ async fn deliver(dir: &StateDir, result: &QueryResult) {
             Err(CallError::Unreachable(err)) => {
                 tracing::warn!(query_id = %result.query_id, error = %err, attempt,
                     "could not deliver a query answer");
-                tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+                if attempt + 1 < DELIVERY_ATTEMPTS {
+                    tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+                }
             }
             Err(err) => {
                 tracing::warn!(query_id = %result.query_id, error = %err,
