@@ -216,3 +216,23 @@ fn integer_columns_compare_as_numbers() {
     let all = query("SELECT count(*) AS n FROM processes").unwrap();
     assert_eq!(answer.rows[0]["n"], all.rows[0]["n"]);
 }
+
+#[test]
+fn vacuum_into_writes_no_file() {
+    let target = std::env::temp_dir().join(format!("mobius-vacuum-{}.db", std::process::id()));
+    let sql = format!("VACUUM INTO '{}'", target.display());
+    let err = query(&sql).unwrap_err();
+    assert!(err.to_string().contains("not allowed"), "{err}");
+    assert!(!target.exists(), "VACUUM INTO wrote {}", target.display());
+}
+
+#[test]
+fn schema_introspection_reads() {
+    let tables =
+        query("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").unwrap();
+    assert_eq!(tables.rows.len(), TABLES.len());
+    let columns = query("SELECT name FROM pragma_table_info('users')").unwrap();
+    assert!(columns.rows.iter().any(|row| row["name"] == "shell"));
+    // Reading the schema fills no host table.
+    assert!(tables.tables_read.iter().all(|t| t.starts_with("sqlite_")));
+}
