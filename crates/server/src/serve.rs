@@ -318,6 +318,8 @@ impl Server {
             store.clone(),
             identity_for_sso,
             services.sealer.clone(),
+            services.saml.clone(),
+            services.entitlements.clone(),
             settings,
         )?);
         let platform = match (
