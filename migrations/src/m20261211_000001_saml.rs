@@ -77,7 +77,11 @@ impl MigrationTrait for Migration {
                     .col(text("request_id"))
                     .col(text("redirect_to"))
                     .col(timestamp("expires_at"))
-                    .col(ColumnDef::new("consumed_at").timestamp_with_time_zone().null())
+                    .col(
+                        ColumnDef::new("consumed_at")
+                            .timestamp_with_time_zone()
+                            .null(),
+                    )
                     .to_owned(),
             )
             .await?;

@@ -780,8 +780,7 @@ mod saml {
         fn start() -> SamlIdp {
             let venv = std::env::var("MOBIUS_PEERS_VENV")
                 .unwrap_or_else(|_| "/var/cache/mobius/peers-venv".to_owned());
-            let script =
-                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/saml_idp.py");
+            let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/saml_idp.py");
             let mut child = Command::new(format!("{venv}/bin/python"))
                 .arg(script)
                 .stdout(Stdio::piped())
@@ -856,7 +855,14 @@ mod saml {
         }
 
         async fn gql(&self, query: &str, variables: Value) -> Value {
-            graphql(&self.http, &self.server, Some(&self.token), query, variables).await
+            graphql(
+                &self.http,
+                &self.server,
+                Some(&self.token),
+                query,
+                variables,
+            )
+            .await
         }
 
         async fn put_config(&self, body: Value) -> (u16, Value) {
@@ -874,7 +880,10 @@ mod saml {
 
         async fn audit(&self, action: &str) -> Vec<Value> {
             let answer = self
-                .gql("{ auditEvents(last: 200) { nodes { action details } } }", json!({}))
+                .gql(
+                    "{ auditEvents(last: 200) { nodes { action details } } }",
+                    json!({}),
+                )
                 .await;
             answer["data"]["auditEvents"]["nodes"]
                 .as_array()
@@ -898,16 +907,26 @@ mod saml {
         /// SP-initiated: asks Mobius to start, checks the AuthnRequest
         /// redirect, and lets the IdP answer with `idp_params` (`case`,
         /// `email`, `groups`). Returns the ACS URL and form fields.
-        async fn sp_initiated(&self, idp: &SamlIdp, idp_params: &str) -> (String, Vec<(String, String)>) {
+        async fn sp_initiated(
+            &self,
+            idp: &SamlIdp,
+            idp_params: &str,
+        ) -> (String, Vec<(String, String)>) {
             let start = self
                 .http
-                .get(self.server.url("/api/v1/mobius/sso/default/saml/login?redirect_to=/devices"))
+                .get(
+                    self.server
+                        .url("/api/v1/mobius/sso/default/saml/login?redirect_to=/devices"),
+                )
                 .send()
                 .await
                 .unwrap();
             assert_eq!(start.status(), 303, "login redirects to the IdP");
             let location = start.headers()[LOCATION].to_str().unwrap().to_owned();
-            assert!(location.starts_with(&format!("{}/sso?", idp.base)), "{location}");
+            assert!(
+                location.starts_with(&format!("{}/sso?", idp.base)),
+                "{location}"
+            );
             assert!(location.contains("SAMLRequest="), "{location}");
             assert!(location.contains("RelayState="), "{location}");
             idp_form(&self.http, &format!("{location}&{idp_params}")).await
@@ -972,14 +991,22 @@ mod saml {
     async fn refused(response: reqwest::Response, needle: &str) -> Value {
         let status = response.status().as_u16();
         assert!(
-            response.headers().get_all(SET_COOKIE).iter().next().is_none(),
+            response
+                .headers()
+                .get_all(SET_COOKIE)
+                .iter()
+                .next()
+                .is_none(),
             "a refused response sets no cookie"
         );
         let body: Value = response.json().await.unwrap_or(Value::Null);
         assert_eq!(status, 401, "{body}");
         assert_eq!(body["error"]["code"], "UNAUTHENTICATED", "{body}");
         let message = body["error"]["message"].as_str().unwrap_or_default();
-        assert!(message.contains(needle), "expected `{needle}` in: {message}");
+        assert!(
+            message.contains(needle),
+            "expected `{needle}` in: {message}"
+        );
         body
     }
 
@@ -1005,7 +1032,10 @@ mod saml {
             )),
             "{metadata}"
         );
-        assert!(metadata.contains(&format!("Location=\"{acs_url}\"")), "{metadata}");
+        assert!(
+            metadata.contains(&format!("Location=\"{acs_url}\"")),
+            "{metadata}"
+        );
 
         // Not configured yet: sign-in says so.
         let early = cloud
@@ -1045,7 +1075,10 @@ mod saml {
         // 1. A good signed response: JIT user with the mapped role, a
         //    session, an audit event.
         let (acs, fields) = cloud
-            .sp_initiated(&idp, "case=good&email=ada@example.com&groups=mobius-admins&name=Ada")
+            .sp_initiated(
+                &idp,
+                "case=good&email=ada@example.com&groups=mobius-admins&name=Ada",
+            )
             .await;
         assert_eq!(acs, acs_url);
         let response = cloud.post_acs(&acs, &fields).await;
@@ -1067,7 +1100,10 @@ mod saml {
         // 3. Each forged or stale response is refused, audited, no session.
         let cases = [
             ("unsigned", "not signed by the IdP's configured certificate"),
-            ("other-key", "not signed by the IdP's configured certificate"),
+            (
+                "other-key",
+                "not signed by the IdP's configured certificate",
+            ),
             ("wrapped", "exactly one is accepted"),
             ("expired", "expired"),
             ("audience", "another audience"),
@@ -1075,7 +1111,10 @@ mod saml {
         for (case, needle) in cases {
             let before = cloud.audit("sso.sign_in_refused").await.len();
             let (acs, fields) = cloud
-                .sp_initiated(&idp, &format!("case={case}&email=mallory@example.com&groups=mobius-admins"))
+                .sp_initiated(
+                    &idp,
+                    &format!("case={case}&email=mallory@example.com&groups=mobius-admins"),
+                )
                 .await;
             refused(cloud.post_acs(&acs, &fields).await, needle).await;
             let refusals = cloud.audit("sso.sign_in_refused").await;
@@ -1083,12 +1122,19 @@ mod saml {
             assert!(
                 refusals.iter().any(|e| e["details"]["protocol"] == "saml"
                     && e["details"]["reason"] == "invalid_assertion"
-                    && e["details"]["message"].as_str().unwrap_or_default().contains(needle)),
+                    && e["details"]["message"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .contains(needle)),
                 "{case}: {refusals:?}"
             );
         }
         assert!(
-            !cloud.user_emails().await.iter().any(|e| e.starts_with("mallory")),
+            !cloud
+                .user_emails()
+                .await
+                .iter()
+                .any(|e| e.starts_with("mallory")),
             "no forged response created a user"
         );
 
@@ -1100,7 +1146,11 @@ mod saml {
             cloud.server.url("/api/v1/mobius/sso/default/saml/metadata"),
         );
         let (acs, fields) = idp_form(&cloud.http, &unsolicited_url).await;
-        refused(cloud.post_acs(&acs, &fields).await, "IdP-initiated sign-in is off").await;
+        refused(
+            cloud.post_acs(&acs, &fields).await,
+            "IdP-initiated sign-in is off",
+        )
+        .await;
 
         // 5. Turned on, it signs in; the same response replayed is refused
         //    by the assertion-id replay cache.
@@ -1154,7 +1204,11 @@ features = []
         for path in ["metadata", "login"] {
             let response = cloud
                 .http
-                .get(cloud.server.url(&format!("/api/v1/mobius/sso/default/saml/{path}")))
+                .get(
+                    cloud
+                        .server
+                        .url(&format!("/api/v1/mobius/sso/default/saml/{path}")),
+                )
                 .send()
                 .await
                 .unwrap();

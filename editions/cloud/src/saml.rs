@@ -82,7 +82,9 @@ fn count_assertions(xml: &str) -> Result<usize, String> {
                     count += 1;
                 }
             }
-            Ok((_, Event::DocType(_))) => return Err("a SAML response must not contain a DTD".into()),
+            Ok((_, Event::DocType(_))) => {
+                return Err("a SAML response must not contain a DTD".into());
+            }
             Ok((_, Event::Eof)) => return Ok(count),
             Ok(_) => {}
             Err(_) => return Err("the SAML response is not well-formed XML".into()),
@@ -160,7 +162,10 @@ fn refusal(err: &SpError) -> String {
 /// The earliest NotOnOrAfter of the assertion (conditions, bearer
 /// confirmations): how long its id must be remembered.
 fn expiry(assertion: &samael::schema::Assertion) -> Option<DateTime<Utc>> {
-    let conditions = assertion.conditions.as_ref().and_then(|c| c.not_on_or_after);
+    let conditions = assertion
+        .conditions
+        .as_ref()
+        .and_then(|c| c.not_on_or_after);
     let confirmations = assertion
         .subject
         .as_ref()
@@ -183,7 +188,11 @@ impl SamlProtocol for SamaelProtocol {
             .clone()
             .filter(|e| !e.trim().is_empty())
             .ok_or("the metadata has no entityID")?;
-        if descriptor.idp_sso_descriptors.as_ref().is_none_or(|d| d.is_empty()) {
+        if descriptor
+            .idp_sso_descriptors
+            .as_ref()
+            .is_none_or(|d| d.is_empty())
+        {
             return Err("the metadata has no IDPSSODescriptor (is it an SP's metadata?)".into());
         }
         let sp = ServiceProvider {
@@ -199,7 +208,9 @@ impl SamlProtocol for SamaelProtocol {
             .ok_or("the IdP's SingleSignOnService location is not an http(s) URL")?;
         let certs = sp
             .idp_signing_certs()
-            .map_err(|_| "a signing certificate in the metadata is not valid base64 DER".to_owned())?
+            .map_err(|_| {
+                "a signing certificate in the metadata is not valid base64 DER".to_owned()
+            })?
             .unwrap_or_default();
         Ok(IdpMetadata {
             entity_id,
@@ -249,7 +260,7 @@ impl SamlProtocol for SamaelProtocol {
         saml_response: &str,
         expected: Expected<'_>,
     ) -> Result<VerifiedAssertion, SsoError> {
-        let invalid = |m: String| SsoError::InvalidAssertion(m);
+        let invalid = SsoError::InvalidAssertion;
         if saml_response.len() > MAX_RESPONSE_BYTES * 4 / 3 + 4 {
             return Err(invalid("the SAML response is too large".into()));
         }
@@ -268,13 +279,21 @@ impl SamlProtocol for SamaelProtocol {
                 )));
             }
         }
-        let idp = idp_descriptor(idp_metadata_xml)
-            .map_err(|_| invalid("the stored IdP metadata is unreadable; configure SAML again".into()))?;
+        let idp = idp_descriptor(idp_metadata_xml).map_err(|_| {
+            invalid("the stored IdP metadata is unreadable; configure SAML again".into())
+        })?;
         let mut provider = service_provider(sp, idp);
         // Without certificates samael would skip verification: the
         // configuration refuses such metadata, and this refuses it again.
-        if provider.idp_signing_certs().ok().flatten().is_none_or(|c| c.is_empty()) {
-            return Err(invalid("the IdP metadata names no signing certificate".into()));
+        if provider
+            .idp_signing_certs()
+            .ok()
+            .flatten()
+            .is_none_or(|c| c.is_empty())
+        {
+            return Err(invalid(
+                "the IdP metadata names no signing certificate".into(),
+            ));
         }
         let ids;
         let possible: Option<&[&str]> = match expected {
@@ -290,10 +309,7 @@ impl SamlProtocol for SamaelProtocol {
         let assertion = provider
             .parse_xml_response_with_mode(&xml, possible, ReduceMode::ValidateAndMarkNoAncestors)
             .map_err(|e| invalid(refusal(&e)))?;
-        let name_id = assertion
-            .subject
-            .as_ref()
-            .and_then(|s| s.name_id.as_ref());
+        let name_id = assertion.subject.as_ref().and_then(|s| s.name_id.as_ref());
         let attributes = assertion
             .attribute_statements
             .iter()

@@ -195,8 +195,8 @@ pub(super) fn domain_allowed(domains: &[String], email: &str) -> bool {
 
 /// Reads the `group_roles` JSON column (OIDC and SAML share its shape).
 pub(super) fn read_group_roles(value: serde_json::Value) -> StoreResult<Vec<GroupRole>> {
-    let stored: Vec<StoredGroupRole> = serde_json::from_value(value)
-        .map_err(StoreError::internal("reading SSO group roles"))?;
+    let stored: Vec<StoredGroupRole> =
+        serde_json::from_value(value).map_err(StoreError::internal("reading SSO group roles"))?;
     stored
         .into_iter()
         .map(|g| {

@@ -36,7 +36,9 @@ pub enum SsoError {
     InvalidIdToken(String),
     #[error("the SAML response was refused: {0}")]
     InvalidAssertion(String),
-    #[error("an unsolicited SAML response (no sign-in of ours asked for it, and IdP-initiated sign-in is off for this tenant); start the sign-in again")]
+    #[error(
+        "an unsolicited SAML response (no sign-in of ours asked for it, and IdP-initiated sign-in is off for this tenant); start the sign-in again"
+    )]
     Unsolicited,
     #[error("this assertion was already used")]
     Replayed,

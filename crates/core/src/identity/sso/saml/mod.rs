@@ -220,8 +220,7 @@ impl SamlConfig {
             None => EMAIL_ATTRIBUTES.iter().find_map(|a| first(a)),
         }
         .or_else(|| {
-            (assertion.name_id_format.as_deref() == Some(NAME_ID_EMAIL))
-                .then(|| subject.clone())
+            (assertion.name_id_format.as_deref() == Some(NAME_ID_EMAIL)).then(|| subject.clone())
         });
         Ok(VerifiedIdentity {
             issuer: assertion.issuer.clone(),
@@ -263,9 +262,7 @@ pub struct TakenSamlRequest {
 }
 
 fn attribute_name(value: Option<String>) -> Option<String> {
-    value
-        .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty())
+    value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
 }
 
 impl Sso<'_> {

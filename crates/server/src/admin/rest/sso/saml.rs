@@ -87,7 +87,12 @@ impl SsoState {
     }
 
     /// Audits a refused SAML response, then answers it.
-    async fn refuse_saml(&self, tenant: &FoundTenant, err: SsoError, meta: &RequestMeta) -> ApiError {
+    async fn refuse_saml(
+        &self,
+        tenant: &FoundTenant,
+        err: SsoError,
+        meta: &RequestMeta,
+    ) -> ApiError {
         if let Err(audit) = self
             .identity
             .record_sso_refusal(tenant, "saml", &err, meta)
@@ -221,9 +226,16 @@ pub(super) async fn acs(
         None => None,
     };
     let (expected, redirect_to) = match &request {
-        Some(request) => (Expected::Request(&request.request_id), request.redirect_to.clone()),
+        Some(request) => (
+            Expected::Request(&request.request_id),
+            request.redirect_to.clone(),
+        ),
         None if config.allow_idp_initiated => (Expected::Unsolicited, "/".to_owned()),
-        None => return Err(state.refuse_saml(&tenant, SsoError::Unsolicited, &meta).await),
+        None => {
+            return Err(state
+                .refuse_saml(&tenant, SsoError::Unsolicited, &meta)
+                .await);
+        }
     };
     let verified = engine.verify_response(&sp, &config.idp_metadata_xml, &saml_response, expected);
     let result = match verified {
@@ -356,7 +368,10 @@ async fn admin(
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim)
         .ok_or_else(|| {
             ApiError::new(
@@ -391,7 +406,10 @@ fn urls_for(
     slug: &str,
 ) -> Result<(ServiceProviderUrls, String), ApiError> {
     let sp = state.sp_urls(headers, slug)?;
-    let login = format!("{}/api/v1/mobius/sso/{slug}/saml/login", state.base_url(headers)?);
+    let login = format!(
+        "{}/api/v1/mobius/sso/{slug}/saml/login",
+        state.base_url(headers)?
+    );
     Ok((sp, login))
 }
 
@@ -418,8 +436,8 @@ pub(super) async fn get_config(
 /// Fetches IdP metadata from an https URL (http on a loopback host, for a
 /// local IdP), without following redirects, size-limited.
 async fn fetch_metadata(url: &str) -> Result<String, ApiError> {
-    let parsed = url::Url::parse(url.trim())
-        .map_err(|_| bad_input("metadata_url", "not a valid URL"))?;
+    let parsed =
+        url::Url::parse(url.trim()).map_err(|_| bad_input("metadata_url", "not a valid URL"))?;
     let loopback = matches!(parsed.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
     if parsed.scheme() != "https" && !(parsed.scheme() == "http" && loopback) {
         return Err(bad_input("metadata_url", "must be an https URL"));
@@ -444,7 +462,10 @@ async fn fetch_metadata(url: &str) -> Result<String, ApiError> {
         .await
         .map_err(|_| unreachable("the URL did not answer"))?;
     if !response.status().is_success() {
-        return Err(unreachable(&format!("HTTP status {}", response.status().as_u16())));
+        return Err(unreachable(&format!(
+            "HTTP status {}",
+            response.status().as_u16()
+        )));
     }
     let mut body = Vec::new();
     while let Some(chunk) = response
@@ -498,7 +519,11 @@ pub(super) async fn put_config(
     for g in body.group_roles {
         group_roles.push(GroupRole {
             group: g.group,
-            role: g.role.as_deref().map(|r| parse_role("group_roles", r)).transpose()?,
+            role: g
+                .role
+                .as_deref()
+                .map(|r| parse_role("group_roles", r))
+                .transpose()?,
             team_id: g.team_id,
             team_role: g
                 .team_role
