@@ -1152,16 +1152,70 @@ mod saml {
         )
         .await;
 
-        // 5. Turned on, it signs in; the same response replayed is refused
-        //    by the assertion-id replay cache.
-        let (status, body) = cloud
-            .put_config(json!({
-                "metadata_url": format!("{}/metadata", idp.base),
-                "jit_enabled": true,
-                "allow_idp_initiated": true,
-            }))
+        // 5. Turned on (through the CLI, GraphQL `setSamlConfig`), it signs
+        //    in; the same response replayed is refused by the assertion-id
+        //    replay cache.
+        let metadata_file = tempfile::NamedTempFile::new().unwrap();
+        let idp_metadata = cloud
+            .http
+            .get(format!("{}/metadata", idp.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        std::fs::write(metadata_file.path(), idp_metadata).unwrap();
+        let output = Command::new(mobius_tests::workspace_binary("mobius"))
+            .args(["-o", "json", "sso", "saml", "set", "--metadata"])
+            .arg(metadata_file.path())
+            .args([
+                "--jit",
+                "--allow-idp-initiated",
+                "--group-role",
+                "mobius-admins=admin",
+            ])
+            .env("MOBIUS_SERVER", cloud.server.url(""))
+            .env("MOBIUS_TOKEN", &cloud.token)
+            .env("MOBIUS_CONFIG_DIR", cloud._dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let set: Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(set["allowIdpInitiated"], true, "{set}");
+        assert_eq!(set["idpMetadataUrl"], Value::Null, "{set}");
+        assert_eq!(set["acsPath"], "/api/v1/mobius/sso/default/saml/acs");
+        let read = cloud
+            .gql(
+                "{ samlConfig { allowIdpInitiated jitEnabled groupRoles { group role } } }",
+                json!({}),
+            )
             .await;
-        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            read["data"]["samlConfig"]["allowIdpInitiated"], true,
+            "{read}"
+        );
+        assert_eq!(
+            read["data"]["samlConfig"]["groupRoles"][0]["role"], "ADMIN",
+            "{read}"
+        );
+        // Without metadata the CLI refuses before asking the server.
+        let missing = Command::new(mobius_tests::workspace_binary("mobius"))
+            .args(["sso", "saml", "set", "--jit"])
+            .env("MOBIUS_SERVER", cloud.server.url(""))
+            .env("MOBIUS_TOKEN", &cloud.token)
+            .output()
+            .unwrap();
+        assert!(!missing.status.success());
+        assert!(
+            String::from_utf8_lossy(&missing.stderr).contains("--metadata"),
+            "{}",
+            String::from_utf8_lossy(&missing.stderr)
+        );
         let (acs, fields) = idp_form(&cloud.http, &unsolicited_url).await;
         let response = cloud.post_acs(&acs, &fields).await;
         assert_eq!(response.status(), 303);
@@ -1201,6 +1255,11 @@ features = []
         let message = body["error"]["message"].as_str().unwrap();
         assert!(message.contains("SAML single sign-on"), "{message}");
         assert!(message.contains("premium"), "{message}");
+        let gql = cloud.gql("{ samlConfig { enabled } }", json!({})).await;
+        assert_eq!(
+            gql["errors"][0]["extensions"]["code"], "LICENSE_REQUIRED",
+            "{gql}"
+        );
         for path in ["metadata", "login"] {
             let response = cloud
                 .http

@@ -303,6 +303,7 @@ impl Server {
                 entitlements: services.entitlements.clone(),
                 signup: signup.clone(),
                 plans,
+                saml: services.saml.clone(),
             })),
             store: store.clone(),
             identity,

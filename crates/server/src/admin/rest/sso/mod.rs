@@ -37,6 +37,7 @@ use crate::http::limits::LoginLimiter;
 use crate::settings::Settings;
 
 pub use oidc::OidcProviders;
+pub(crate) use saml::fetch_metadata as fetch_saml_metadata;
 
 /// Must match the GraphQL session cookies (`admin/graphql/identity/session.rs`):
 /// `refreshSession` reads these.

@@ -435,7 +435,7 @@ pub(super) async fn get_config(
 
 /// Fetches IdP metadata from an https URL (http on a loopback host, for a
 /// local IdP), without following redirects, size-limited.
-async fn fetch_metadata(url: &str) -> Result<String, ApiError> {
+pub(crate) async fn fetch_metadata(url: &str) -> Result<String, ApiError> {
     let parsed =
         url::Url::parse(url.trim()).map_err(|_| bad_input("metadata_url", "not a valid URL"))?;
     let loopback = matches!(parsed.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
