@@ -1231,6 +1231,32 @@ mod saml {
         );
     }
 
+    /// The OSS binary has no SAML engine (samael is cloud-only): its SAML
+    /// endpoints say so instead of pretending to work.
+    #[tokio::test]
+    async fn the_oss_edition_answers_that_saml_is_in_the_cloud_edition() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = ServerProcess::start(dir.path(), &[], &[]);
+        let http = reqwest::Client::new();
+        for path in ["metadata", "login"] {
+            let response = http
+                .get(server.url(&format!("/api/v1/mobius/sso/default/saml/{path}")))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 404, "{path}");
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "NOT_FOUND");
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("cloud edition"),
+                "{body}"
+            );
+        }
+    }
+
     /// A tenant whose plan lacks SAML gets LICENSE_REQUIRED, naming the
     /// feature, from every SAML endpoint.
     #[tokio::test]
