@@ -26,6 +26,10 @@ trusts.
               `victim`, default victim@example.com)
   expired     signed, but issued 20 minutes ago and expired 10 minutes ago
   audience    signed, for another audience (https://wrong.example/sp)
+  comment     signed for `email`, then an XML comment is slipped into the
+              NameID and the email value after `cut` characters: an SP that
+              ignores comments when verifying and reads only the first text
+              node sees a shorter, different address
 """
 
 import atexit
@@ -220,6 +224,9 @@ def build_response(params, acs, audience, in_response_to):
     xml = xml.decode() if isinstance(xml, bytes) else xml
     if xml.startswith("<?xml"):
         xml = xml[xml.index("?>") + 2 :].lstrip()
+    if case == "comment":
+        cut = int(params.get("cut", "0"))
+        xml = xml.replace(f">{email}<", f">{email[:cut]}<!---->{email[cut:]}<")
     if case == "wrapped":
         # The forged assertion goes first, right before the signed one:
         # an SP that checks "a signature verifies" and then reads the first

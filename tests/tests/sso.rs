@@ -1138,6 +1138,29 @@ mod saml {
             "no forged response created a user"
         );
 
+        // An XML comment slipped into the signed NameID and email must
+        // not shorten `eve@example.com.evil.test` to `eve@example.com`
+        // (the 2018 comment-truncation bug of several SAML libraries).
+        // The signature alone still verifies (`xmlsec1 --verify` accepts
+        // it: comments are outside the canonical form), but samael's
+        // reduction to the verified content refuses the altered element.
+        let (acs, fields) = cloud
+            .sp_initiated(&idp, "case=comment&email=eve@example.com.evil.test&cut=15")
+            .await;
+        refused(
+            cloud.post_acs(&acs, &fields).await,
+            "not signed by the IdP's configured certificate",
+        )
+        .await;
+        assert!(
+            !cloud
+                .user_emails()
+                .await
+                .iter()
+                .any(|e| e.starts_with("eve")),
+            "no user from the comment trick"
+        );
+
         // 4. IdP-initiated is off: an unsolicited good response is refused.
         let unsolicited_url = format!(
             "{}/unsolicited?acs={}&audience={}&case=good&email=bob@example.com",
