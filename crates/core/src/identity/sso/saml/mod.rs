@@ -14,7 +14,7 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, Query
 use uuid::Uuid;
 
 use self::entities::{saml_config, saml_request};
-use super::config::{domain_allowed, invalid, read_group_roles, valid_domains};
+use super::config::{invalid, read_group_roles, valid_domains};
 use super::provisioning::Provisioning;
 use super::{GroupRole, Sso, SsoError, SsoOutcome, SsoResult, VerifiedIdentity};
 use crate::audit::{Actor, AuditRecord};
@@ -482,12 +482,6 @@ impl Identity {
             )
             .await?;
         let identity = config.identity(assertion)?;
-        if let Some(email) = &identity.email
-            && !domain_allowed(&config.allowed_email_domains, email)
-        {
-            let domain = email.rsplit_once('@').map(|(_, d)| d).unwrap_or_default();
-            return Err(SsoError::EmailDomainNotAllowed(domain.to_ascii_lowercase()));
-        }
         let user = self
             .sign_in_identity(&scope, &config.provisioning(), &identity, false, meta)
             .await?;
