@@ -1036,6 +1036,7 @@ mod saml {
             metadata.contains(&format!("Location=\"{acs_url}\"")),
             "{metadata}"
         );
+        assert!(!metadata.contains("SingleLogoutService"), "{metadata}");
 
         // Not configured yet: sign-in says so.
         let early = cloud

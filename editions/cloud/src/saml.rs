@@ -97,8 +97,8 @@ fn service_provider(sp: &ServiceProviderUrls, idp: EntityDescriptor) -> ServiceP
         entity_id: Some(sp.entity_id.clone()),
         metadata_url: Some(sp.entity_id.clone()),
         acs_url: Some(sp.acs_url.clone()),
-        // No single logout yet; the metadata needs a location, so it names
-        // the ACS (the HTTP-POST binding there refuses logout messages).
+        // No single logout: samael needs a location to build metadata;
+        // `sp_metadata` removes the endpoint again.
         slo_url: Some(sp.acs_url.clone()),
         idp_metadata: idp,
         max_issue_delay: chrono::Duration::seconds(MAX_ISSUE_DELAY_SECONDS),
@@ -220,9 +220,15 @@ impl SamlProtocol for SamaelProtocol {
     }
 
     fn sp_metadata(&self, sp: &ServiceProviderUrls) -> Result<String, String> {
-        service_provider(sp, EntityDescriptor::default())
+        let mut metadata = service_provider(sp, EntityDescriptor::default())
             .metadata()
-            .map_err(|e| format!("building SP metadata: {e}"))?
+            .map_err(|e| format!("building SP metadata: {e}"))?;
+        // No single logout: advertise none (samael insists on a URL to
+        // build the document, so the placeholder is taken out again).
+        for descriptor in metadata.sp_sso_descriptors.iter_mut().flatten() {
+            descriptor.single_logout_services = None;
+        }
+        metadata
             .to_string()
             .map_err(|e| format!("writing SP metadata: {e:?}"))
     }
