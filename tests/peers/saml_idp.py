@@ -26,6 +26,7 @@ trusts.
               `victim`, default victim@example.com)
   expired     signed, but issued 20 minutes ago and expired 10 minutes ago
   audience    signed, for another audience (https://wrong.example/sp)
+  recipient   signed, with Recipient and Destination another SP's ACS
   comment     signed for `email`, then an XML comment is slipped into the
               NameID and the email value after `cut` characters: an SP that
               ignores comments when verifying and reads only the first text
@@ -194,6 +195,9 @@ def build_response(params, acs, audience, in_response_to):
         issued, expires = stamp(-1200), stamp(-600)
     if case == "audience":
         audience = "https://wrong.example/sp"
+    if case == "recipient":
+        # Made for another SP's ACS (still posted to this one by the form).
+        acs = "https://elsewhere.example/saml/acs"
     subject_email = params.get("victim", "victim@example.com") if case == "wrapped" else email
     signed = assertion(subject_email, groups, name, audience, acs, in_response_to, issued, expires)
     response = samlp.Response(

@@ -1108,6 +1108,7 @@ mod saml {
             ("wrapped", "exactly one is accepted"),
             ("expired", "expired"),
             ("audience", "another audience"),
+            ("recipient", "Recipient is not this tenant's ACS URL"),
         ];
         for (case, needle) in cases {
             let before = cloud.audit("sso.sign_in_refused").await.len();
@@ -1138,6 +1139,34 @@ mod saml {
                 .any(|e| e.starts_with("mallory")),
             "no forged response created a user"
         );
+
+        // InResponseTo: a response to one sign-in, posted with the
+        // RelayState of another, answers a request it was not made for.
+        let other = cloud
+            .http
+            .get(cloud.server.url("/api/v1/mobius/sso/default/saml/login"))
+            .send()
+            .await
+            .unwrap();
+        let other_location = url::Url::parse(other.headers()[LOCATION].to_str().unwrap()).unwrap();
+        let other_relay = other_location
+            .query_pairs()
+            .find(|(k, _)| k == "RelayState")
+            .map(|(_, v)| v.into_owned())
+            .unwrap();
+        let (acs, mut fields) = cloud
+            .sp_initiated(&idp, "case=good&email=carol@example.com")
+            .await;
+        for (name, value) in fields.iter_mut() {
+            if name == "RelayState" {
+                *value = other_relay.clone();
+            }
+        }
+        refused(
+            cloud.post_acs(&acs, &fields).await,
+            "does not answer the sign-in this server started",
+        )
+        .await;
 
         // An XML comment slipped into the signed NameID and email must
         // not shorten `eve@example.com.evil.test` to `eve@example.com`
