@@ -337,3 +337,63 @@ impl SamlProtocol for SamaelProtocol {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "urn:oasis:names:tc:SAML:2.0:assertion";
+
+    #[test]
+    fn assertions_are_counted_wherever_they_hide_and_by_namespace() {
+        let one = format!(r#"<p:Response xmlns:p="p"><a:Assertion xmlns:a="{A}"/></p:Response>"#);
+        assert_eq!(count_assertions(&one), Ok(1));
+        // Wrapped inside an unsigned element, with another prefix.
+        let nested = format!(
+            r#"<p:Response xmlns:p="p"><x:Assertion xmlns:x="{A}"><x:Advice><y:Assertion xmlns:y="{A}"/></x:Advice></x:Assertion></p:Response>"#
+        );
+        assert_eq!(count_assertions(&nested), Ok(2));
+        // An element named Assertion in another namespace is not one.
+        let other = format!(
+            r#"<p:Response xmlns:p="p"><a:Assertion xmlns:a="{A}"/><Assertion xmlns="urn:other"/></p:Response>"#
+        );
+        assert_eq!(count_assertions(&other), Ok(1));
+        let encrypted = format!(r#"<r><a:EncryptedAssertion xmlns:a="{A}"/></r>"#);
+        assert_eq!(count_assertions(&encrypted), Ok(1));
+    }
+
+    #[test]
+    fn dtds_and_broken_xml_are_refused() {
+        let laughs = r#"<?xml version="1.0"?><!DOCTYPE r [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;&a;">]><r>&b;</r>"#;
+        assert!(count_assertions(laughs).unwrap_err().contains("DTD"));
+        assert!(has_doctype(laughs));
+        assert!(idp_descriptor(laughs).unwrap_err().contains("DTD"));
+        assert!(count_assertions("<r><unclosed></r>").is_err());
+    }
+
+    #[test]
+    fn sp_metadata_names_the_entity_id_and_acs_and_no_logout() {
+        let sp = ServiceProviderUrls {
+            entity_id: "https://m.example/api/v1/mobius/sso/acme/saml/metadata".into(),
+            acs_url: "https://m.example/api/v1/mobius/sso/acme/saml/acs".into(),
+        };
+        let xml = SamaelProtocol.sp_metadata(&sp).unwrap();
+        assert!(
+            xml.contains(&format!("entityID=\"{}\"", sp.entity_id)),
+            "{xml}"
+        );
+        assert!(
+            xml.contains(&format!("Location=\"{}\"", sp.acs_url)),
+            "{xml}"
+        );
+        assert!(!xml.contains("SingleLogoutService"), "{xml}");
+    }
+
+    #[test]
+    fn metadata_without_an_idp_descriptor_is_refused_with_a_reason() {
+        let sp_only = r#"<md:EntityDescriptor xmlns:md="urn:oasis:names:tc:SAML:2.0:metadata" entityID="https://sp.example"><md:SPSSODescriptor protocolSupportEnumeration="urn:oasis:names:tc:SAML:2.0:protocol"><md:AssertionConsumerService Binding="urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST" Location="https://sp.example/acs" index="0"/></md:SPSSODescriptor></md:EntityDescriptor>"#;
+        let err = SamaelProtocol.parse_idp_metadata(sp_only).unwrap_err();
+        assert!(err.contains("IDPSSODescriptor"), "{err}");
+        assert!(SamaelProtocol.parse_idp_metadata("not xml").is_err());
+    }
+}
