@@ -38,6 +38,8 @@ pub const TENANT_TABLES: &[&str] = &[
     "backbone_service_tokens",
     "backbone_principals",
     "backbone_grants",
+    "saml_configs",
+    "saml_requests",
 ];
 
 /// Tables without `tenant_id` that the request role may still use, with

@@ -303,6 +303,7 @@ impl Server {
                 entitlements: services.entitlements.clone(),
                 signup: signup.clone(),
                 plans,
+                saml: services.saml.clone(),
             })),
             store: store.clone(),
             identity,
@@ -318,6 +319,8 @@ impl Server {
             store.clone(),
             identity_for_sso,
             services.sealer.clone(),
+            services.saml.clone(),
+            services.entitlements.clone(),
             settings,
         )?);
         let platform = match (

@@ -93,6 +93,7 @@ pub struct QueryRoot(
     audit::AuditQuery,
     node::NodeQuery,
     sso::SsoQuery,
+    sso::SamlQuery,
     licensing::LicenseQuery,
     plans::PlanQuery,
     backbone::BackboneQuery,
@@ -106,6 +107,7 @@ pub struct MutationRoot(
     devices::DeviceMutation,
     enrollment::EnrollmentMutation,
     sso::SsoMutation,
+    sso::SamlMutation,
     signup::SignUpMutation,
     plans::PlanMutation,
     backbone::BackboneMutation,
@@ -145,6 +147,8 @@ pub struct Services {
     /// Self sign-up, where the edition and settings turn it on.
     pub signup: Option<Arc<signup::SignUpService>>,
     pub plans: crate::device::PlanServices,
+    /// The edition's SAML engine (none in the OSS edition).
+    pub saml: Option<Arc<dyn mobius_core::identity::sso::saml::SamlProtocol>>,
 }
 
 /// The device side, as the admin API needs it.
@@ -180,6 +184,7 @@ pub fn schema(services: Option<Services>) -> MobiusSchema {
             .data(services.limiter)
             .data(services.devices)
             .data(sso::SsoSealer(services.sealer))
+            .data(sso::SamlEngine(services.saml))
             .data(services.entitlements)
             .data(services.plans);
         if let Some(signup) = services.signup {
