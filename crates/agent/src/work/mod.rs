@@ -4,6 +4,7 @@
 //! streams their output, and reports how each ended. One execution runs at
 //! a time; one that failed, timed out or was cancelled never blocks the next.
 
+mod install;
 mod journal;
 mod stream;
 pub mod workloads;
@@ -486,7 +487,8 @@ async fn execute(
                 let ctx = workloads::Context {
                     output: output.clone(),
                     cancel: cancel_rx.clone(),
-                    started_group: Box::new(move |pgid| {
+                    dir: dir.clone(),
+                    started_group: Arc::new(move |pgid| {
                         with_journal(&group_journal, &group_dir, |journal| {
                             if let Some(entry) = journal.operations.get_mut(&op_id) {
                                 entry.process_group = Some(pgid);
