@@ -17,6 +17,7 @@ mod loaders;
 mod node;
 mod pagination;
 mod plans;
+mod software;
 pub mod signup;
 mod sso;
 mod tenancy;
@@ -96,6 +97,7 @@ pub struct QueryRoot(
     licensing::LicenseQuery,
     plans::PlanQuery,
     backbone::BackboneQuery,
+    software::SoftwareQuery,
 );
 
 /// Mutations are split by area and merged.
@@ -109,6 +111,7 @@ pub struct MutationRoot(
     signup::SignUpMutation,
     plans::PlanMutation,
     backbone::BackboneMutation,
+    software::SoftwareMutation,
 );
 
 // Each area's subscriptions, merged.
