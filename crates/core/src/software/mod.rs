@@ -635,7 +635,10 @@ impl<'s> Software<'s> {
         let changed = current != progress.status;
         let mut row = found.clone().into_active_model();
         row.status = Set(progress.status.as_str().into());
-        row.bytes_downloaded = Set(i64::try_from(progress.bytes_downloaded).unwrap_or(i64::MAX));
+        // Later steps report no byte count: the download's last one stands.
+        if progress.status == InstallStatus::Downloading || progress.bytes_downloaded > 0 {
+            row.bytes_downloaded = Set(i64::try_from(progress.bytes_downloaded).unwrap_or(i64::MAX));
+        }
         if progress.bytes_total > 0 {
             row.bytes_total = Set(i64::try_from(progress.bytes_total).unwrap_or(i64::MAX));
         }

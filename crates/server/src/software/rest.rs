@@ -206,6 +206,8 @@ pub async fn upload(
             return Err(bad(Some("metadata"), format!("must be at most {MAX_METADATA_BYTES} bytes")));
         }
     }
+    // The next field can be read only once this one is gone.
+    drop(field);
     let meta: UploadMetadata = serde_json::from_slice(&text)
         .map_err(|e| bad(Some("metadata"), format!("is not valid upload metadata: {e}")))?;
     let expected = match meta.sha256.as_deref().map(str::trim) {
