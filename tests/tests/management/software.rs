@@ -297,6 +297,40 @@ async fn uploads_are_streamed_hashed_limited_and_kept_per_tenant() {
     assert_eq!(status, 404);
     assert_eq!(files_under(installers.path()).len(), 1);
 
+    // The CLI: upload (streamed, with its SHA-256), list and install, as JSON.
+    let cli_file = installers.path().join("../cli-tool.sh");
+    std::fs::write(&cli_file, installer_bytes(70_000, 6)).unwrap();
+    let mobius = |args: &[&str]| {
+        let out = Command::new(mobius_tests::workspace_binary("mobius"))
+            .args(["--server", &fleet.server.url(""), "--token", &fleet.token, "--output", "json"])
+            .args(args)
+            .env("MOBIUS_CONFIG_DIR", installers.path().join("../cli-config"))
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (ok, out, err) = mobius(&[
+        "software", "upload", cli_file.to_str().unwrap(), "--name", "Cli", "--version", "3.1",
+        "--kind", "sh", "--install-script", "true", "--self-service",
+    ]);
+    assert!(ok, "{err}");
+    let uploaded: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(uploaded["sha256"], sha256_hex(&installer_bytes(70_000, 6)).as_str(), "{out}");
+    assert_eq!(uploaded["self_service"], true);
+    let (ok, out, err) = mobius(&["software", "list"]);
+    assert!(ok, "{err}");
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    assert!(listed.as_array().unwrap().iter().any(|v| v["name"] == "Cli"), "{out}");
+    let (ok, _, err) = mobius(&["software", "install", uploaded["id"].as_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("--device"), "{err}");
+    let (ok, _, err) = mobius(&[
+        "software", "upload", cli_file.to_str().unwrap(), "--name", "Cli", "--version", "3.1", "--kind", "sh",
+        "--install-script", "true",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("CONFLICT"), "{err}");
+
     // Every change is audited.
     let audit = fleet
         .gql("{ auditEvents(first: 100) { nodes { action } } }", json!({}))
@@ -684,4 +718,48 @@ async fn installers_in_an_s3_bucket_upload_in_parts_and_install() {
     assert_eq!(install["bytes_downloaded"], 17_000_000);
     assert_eq!(std::fs::read_to_string(&marker).unwrap(), "ok\n");
     agent.kill();
+}
+
+#[tokio::test]
+async fn an_install_pending_past_the_deadline_fails_as_device_offline_too_long() {
+    let fleet = Fleet::start(&[]).await;
+    // Enrolled, but its agent never runs.
+    let device = fleet.enroll().await;
+    let (status, created) = fleet
+        .upload(script_metadata("Away", "1.0", None, "true"), "away.sh", b"echo")
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let version = created["id"].as_str().unwrap().to_owned();
+    let requested = fleet.install(&version, &device).await;
+    let request = requested["request_id"].as_str().unwrap().to_owned();
+    let execution = requested["installs"][0]["execution_id"].as_str().unwrap().to_owned();
+
+    // Not yet past the deadline: nothing changes.
+    let store = fleet.db.app_store().await;
+    let cutoff = chrono::Utc::now() - chrono::Duration::days(7);
+    assert!(store.fail_stale_software_installs(cutoff, 7).await.unwrap().is_empty());
+    // Eight days on (the row aged behind the server's back).
+    let mut db = fleet.owner_connection().await;
+    sea_orm::sqlx::query("UPDATE software_installs SET created_at = now() - interval '8 days'")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let failed = store.fail_stale_software_installs(cutoff, 7).await.unwrap();
+    assert_eq!(failed.len(), 1);
+    let install = fleet
+        .wait_install(&version, &request, "FAILED", Duration::from_secs(5))
+        .await;
+    assert_eq!(
+        install["reason"],
+        "device offline too long: it did not pick the install up within 7 days",
+        "{install}"
+    );
+    // Its execution is cancelled, so the device does not install it on return.
+    let shown = fleet
+        .gql(
+            "query($id: ID!) { planExecution(id: $id) { status } }",
+            json!({ "id": mobius_tests::global_id("PlanExecution", execution.parse().unwrap()) }),
+        )
+        .await;
+    assert_eq!(shown["data"]["planExecution"]["status"], "CANCELLED", "{shown}");
 }
