@@ -44,8 +44,16 @@ impl MigrationTrait for Migration {
                     )
                     // Site and team ids where the title is offered
                     // (both empty: everywhere).
-                    .col(ColumnDef::new("available_site_ids").json_binary().not_null())
-                    .col(ColumnDef::new("available_team_ids").json_binary().not_null())
+                    .col(
+                        ColumnDef::new("available_site_ids")
+                            .json_binary()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new("available_team_ids")
+                            .json_binary()
+                            .not_null(),
+                    )
                     .to_owned(),
             )
             .await?;

@@ -148,7 +148,9 @@ impl DeviceClient {
             Err(_) => (format!("HTTP {}", status.as_u16()), "error".to_owned()),
         };
         if status.is_server_error() {
-            return Err(CallError::Unreachable(format!("the server failed: {message} ({code})")));
+            return Err(CallError::Unreachable(format!(
+                "the server failed: {message} ({code})"
+            )));
         }
         Err(CallError::Refused {
             status,

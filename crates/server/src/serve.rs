@@ -348,11 +348,12 @@ impl Server {
             (Some(platform), Some(signup)) => Some(platform.merge(signup)),
             (platform, signup) => platform.or(signup),
         };
-        let software_rest = crate::software::rest::router(crate::software::rest::SoftwareRestState {
-            graphql: graphql.clone(),
-            software: software.clone(),
-            plans: plans.clone(),
-        });
+        let software_rest =
+            crate::software::rest::router(crate::software::rest::SoftwareRestState {
+                graphql: graphql.clone(),
+                software: software.clone(),
+                plans: plans.clone(),
+            });
         let router = router::router_with(state, settings, Some(graphql), rest, tenant_routes)
             .merge(services.routes)
             .merge(software_rest);

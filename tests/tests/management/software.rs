@@ -59,7 +59,13 @@ trait Software {
     async fn upload(&self, metadata: Value, file_name: &str, bytes: &[u8]) -> (u16, Value);
     async fn rest(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value);
     async fn install(&self, version: &str, device: &str) -> Value;
-    async fn wait_install(&self, version: &str, request: &str, status: &str, timeout: Duration) -> Value;
+    async fn wait_install(
+        &self,
+        version: &str,
+        request: &str,
+        status: &str,
+        timeout: Duration,
+    ) -> Value;
 }
 
 impl Software for Fleet {
@@ -104,7 +110,13 @@ impl Software for Fleet {
     }
 
     /// Waits until the request's install reaches `status`; answers it.
-    async fn wait_install(&self, version: &str, request: &str, status: &str, timeout: Duration) -> Value {
+    async fn wait_install(
+        &self,
+        version: &str,
+        request: &str,
+        status: &str,
+        timeout: Duration,
+    ) -> Value {
         let find = async || {
             let (_, shown) = self
                 .rest(reqwest::Method::GET, &format!("{SOFTWARE}/{version}"), None)
@@ -160,7 +172,11 @@ async fn uploads_are_streamed_hashed_limited_and_kept_per_tenant() {
     let bytes = installer_bytes(1_500_000, 1);
     let sha = sha256_hex(&bytes);
     let (status, created) = fleet
-        .upload(script_metadata("Tool", "1.0", Some(&sha), "sh \"$INSTALLER_PATH\""), "tool.sh", &bytes)
+        .upload(
+            script_metadata("Tool", "1.0", Some(&sha), "sh \"$INSTALLER_PATH\""),
+            "tool.sh",
+            &bytes,
+        )
         .await;
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["sha256"], sha.as_str());
@@ -174,19 +190,33 @@ async fn uploads_are_streamed_hashed_limited_and_kept_per_tenant() {
     // Without a checksum, the server computes it on the way.
     let other = installer_bytes(10_000, 2);
     let (status, unchecked) = fleet
-        .upload(script_metadata("Tool", "1.1", None, "true"), "tool.sh", &other)
+        .upload(
+            script_metadata("Tool", "1.1", None, "true"),
+            "tool.sh",
+            &other,
+        )
         .await;
     assert_eq!(status, 201, "{unchecked}");
     assert_eq!(unchecked["sha256"], sha256_hex(&other).as_str());
 
     // A checksum mismatch is refused and nothing is kept.
     let (status, refused) = fleet
-        .upload(script_metadata("Tool", "2.0", Some(&"ab".repeat(32)), "true"), "tool.sh", &bytes)
+        .upload(
+            script_metadata("Tool", "2.0", Some(&"ab".repeat(32)), "true"),
+            "tool.sh",
+            &bytes,
+        )
         .await;
     assert_eq!(status, 400, "{refused}");
     assert_eq!(refused["error"]["code"], "BAD_USER_INPUT");
     assert_eq!(refused["error"]["field"], "sha256");
-    assert!(refused["error"]["message"].as_str().unwrap().contains("checksum mismatch"), "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("checksum mismatch"),
+        "{refused}"
+    );
     assert_eq!(files_under(installers.path()).len(), 2);
 
     // Over the size limit: refused, nothing kept.
@@ -197,31 +227,51 @@ async fn uploads_are_streamed_hashed_limited_and_kept_per_tenant() {
     assert_eq!(status, 400, "{refused}");
     assert_eq!(refused["error"]["code"], "BAD_USER_INPUT");
     assert!(
-        refused["error"]["message"].as_str().unwrap().contains("larger than the limit of 3000000 bytes"),
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("larger than the limit of 3000000 bytes"),
         "{refused}"
     );
     assert_eq!(files_under(installers.path()).len(), 2);
 
     // The same version twice: CONFLICT. Bad metadata names its field.
     let (status, refused) = fleet
-        .upload(script_metadata("Tool", "1.0", None, "true"), "tool.sh", &other)
+        .upload(
+            script_metadata("Tool", "1.0", None, "true"),
+            "tool.sh",
+            &other,
+        )
         .await;
     assert_eq!(status, 409, "{refused}");
     assert_eq!(refused["error"]["code"], "CONFLICT");
     let (status, refused) = fleet
-        .upload(json!({ "name": "X", "version": "1", "installer_kind": "exe" }), "x.exe", &other)
+        .upload(
+            json!({ "name": "X", "version": "1", "installer_kind": "exe" }),
+            "x.exe",
+            &other,
+        )
         .await;
     assert_eq!(status, 400, "{refused}");
     assert_eq!(refused["error"]["field"], "installerKind");
     let (status, refused) = fleet
-        .upload(json!({ "name": "X", "version": "1", "installer_kind": "sh" }), "x.sh", &other)
+        .upload(
+            json!({ "name": "X", "version": "1", "installer_kind": "sh" }),
+            "x.sh",
+            &other,
+        )
         .await;
     assert_eq!(status, 400, "{refused}");
     assert_eq!(refused["error"]["field"], "installScript");
     assert_eq!(files_under(installers.path()).len(), 2);
 
     // No credential: UNAUTHENTICATED.
-    let anonymous = fleet.http.get(fleet.server.url(SOFTWARE)).send().await.unwrap();
+    let anonymous = fleet
+        .http
+        .get(fleet.server.url(SOFTWARE))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(anonymous.status().as_u16(), 401);
 
     let (status, listed) = fleet.rest(reqwest::Method::GET, SOFTWARE, None).await;
@@ -230,9 +280,19 @@ async fn uploads_are_streamed_hashed_limited_and_kept_per_tenant() {
 
     // Another tenant's catalog and devices are invisible.
     let store = fleet.db.app_store().await;
-    let bravo = store.create_tenant(&Actor::system(), "Bravo", "bravo").await.unwrap();
-    let scope = store.begin(&SystemTask::new("test", bravo.id)).await.unwrap();
-    let bravo_site = scope.sites().create(&Actor::system(), "bravo-site").await.unwrap();
+    let bravo = store
+        .create_tenant(&Actor::system(), "Bravo", "bravo")
+        .await
+        .unwrap();
+    let scope = store
+        .begin(&SystemTask::new("test", bravo.id))
+        .await
+        .unwrap();
+    let bravo_site = scope
+        .sites()
+        .create(&Actor::system(), "bravo-site")
+        .await
+        .unwrap();
     let bravo_device = scope
         .devices()
         .register(&Actor::system(), bravo_site.id, "bravo-host", "bravo-fp")
@@ -261,8 +321,14 @@ async fn uploads_are_streamed_hashed_limited_and_kept_per_tenant() {
     let (_, listed) = fleet.rest(reqwest::Method::GET, SOFTWARE, None).await;
     assert!(!listed.to_string().contains("Secret"), "{listed}");
     for (method, path) in [
-        (reqwest::Method::GET, format!("{SOFTWARE}/{}", bravo_version.id)),
-        (reqwest::Method::DELETE, format!("{SOFTWARE}/{}", bravo_version.id)),
+        (
+            reqwest::Method::GET,
+            format!("{SOFTWARE}/{}", bravo_version.id),
+        ),
+        (
+            reqwest::Method::DELETE,
+            format!("{SOFTWARE}/{}", bravo_version.id),
+        ),
     ] {
         let (status, body) = fleet.rest(method, &path, None).await;
         assert_eq!(status, 404, "{body}");
@@ -288,7 +354,11 @@ async fn uploads_are_streamed_hashed_limited_and_kept_per_tenant() {
 
     // Delete: gone from the catalog and from storage.
     let (status, _) = fleet
-        .rest(reqwest::Method::DELETE, &format!("{SOFTWARE}/{version}"), None)
+        .rest(
+            reqwest::Method::DELETE,
+            &format!("{SOFTWARE}/{version}"),
+            None,
+        )
         .await;
     assert_eq!(status, 200);
     let (status, _) = fleet
@@ -302,38 +372,82 @@ async fn uploads_are_streamed_hashed_limited_and_kept_per_tenant() {
     std::fs::write(&cli_file, installer_bytes(70_000, 6)).unwrap();
     let mobius = |args: &[&str]| {
         let out = Command::new(mobius_tests::workspace_binary("mobius"))
-            .args(["--server", &fleet.server.url(""), "--token", &fleet.token, "--output", "json"])
+            .args([
+                "--server",
+                &fleet.server.url(""),
+                "--token",
+                &fleet.token,
+                "--output",
+                "json",
+            ])
             .args(args)
             .env("MOBIUS_CONFIG_DIR", installers.path().join("../cli-config"))
             .output()
             .unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let (ok, out, err) = mobius(&[
-        "software", "upload", cli_file.to_str().unwrap(), "--name", "Cli", "--version", "3.1",
-        "--kind", "sh", "--install-script", "true", "--self-service",
+        "software",
+        "upload",
+        cli_file.to_str().unwrap(),
+        "--name",
+        "Cli",
+        "--version",
+        "3.1",
+        "--kind",
+        "sh",
+        "--install-script",
+        "true",
+        "--self-service",
     ]);
     assert!(ok, "{err}");
     let uploaded: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(uploaded["sha256"], sha256_hex(&installer_bytes(70_000, 6)).as_str(), "{out}");
+    assert_eq!(
+        uploaded["sha256"],
+        sha256_hex(&installer_bytes(70_000, 6)).as_str(),
+        "{out}"
+    );
     assert_eq!(uploaded["self_service"], true);
     let (ok, out, err) = mobius(&["software", "list"]);
     assert!(ok, "{err}");
     let listed: Value = serde_json::from_str(&out).unwrap();
-    assert!(listed.as_array().unwrap().iter().any(|v| v["name"] == "Cli"), "{out}");
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["name"] == "Cli"),
+        "{out}"
+    );
     let (ok, _, err) = mobius(&["software", "install", uploaded["id"].as_str().unwrap()]);
     assert!(!ok);
     assert!(err.contains("--device"), "{err}");
     let (ok, _, err) = mobius(&[
-        "software", "upload", cli_file.to_str().unwrap(), "--name", "Cli", "--version", "3.1", "--kind", "sh",
-        "--install-script", "true",
+        "software",
+        "upload",
+        cli_file.to_str().unwrap(),
+        "--name",
+        "Cli",
+        "--version",
+        "3.1",
+        "--kind",
+        "sh",
+        "--install-script",
+        "true",
     ]);
     assert!(!ok);
     assert!(err.contains("CONFLICT"), "{err}");
 
     // Every change is audited.
     let audit = fleet
-        .gql("{ auditEvents(first: 100) { nodes { action } } }", json!({}))
+        .gql(
+            "{ auditEvents(first: 100) { nodes { action } } }",
+            json!({}),
+        )
         .await;
     let actions = audit.to_string();
     assert!(actions.contains("software.version_uploaded"), "{audit}");
@@ -419,22 +533,39 @@ async fn packages_install_a_cut_download_resumes_and_a_corrupt_one_is_refused() 
         marker.display()
     );
     let (status, created) = fleet
-        .upload(script_metadata("Tool", "1.0", Some(&sha256_hex(&bytes)), &script), "tool.bin", &bytes)
+        .upload(
+            script_metadata("Tool", "1.0", Some(&sha256_hex(&bytes)), &script),
+            "tool.bin",
+            &bytes,
+        )
         .await;
     assert_eq!(status, 201, "{created}");
     let version = created["id"].as_str().unwrap().to_owned();
     proxy.armed.store(true, Ordering::SeqCst);
     let requested = fleet.install(&version, &device).await;
     assert_eq!(requested["installs"][0]["status"], "PENDING", "{requested}");
-    assert_eq!(requested["installs"][0]["device_id"], uuid_of(&device).to_string());
+    assert_eq!(
+        requested["installs"][0]["device_id"],
+        uuid_of(&device).to_string()
+    );
     let request = requested["request_id"].as_str().unwrap().to_owned();
     let install = fleet
         .wait_install(&version, &request, "INSTALLED", Duration::from_secs(60))
         .await;
-    assert_eq!(proxy.cuts.load(Ordering::SeqCst), 1, "the download was never cut");
+    assert_eq!(
+        proxy.cuts.load(Ordering::SeqCst),
+        1,
+        "the download was never cut"
+    );
     assert_eq!(install["bytes_downloaded"], 2_000_000, "{install}");
     assert_eq!(install["exit_code"], 0, "{install}");
-    assert!(install["output_tail"].as_str().unwrap().contains("installed Tool 1.0"), "{install}");
+    assert!(
+        install["output_tail"]
+            .as_str()
+            .unwrap()
+            .contains("installed Tool 1.0"),
+        "{install}"
+    );
     assert_eq!(std::fs::read_to_string(&marker).unwrap(), "ok\n");
     let resumed = agent
         .log
@@ -445,15 +576,26 @@ async fn packages_install_a_cut_download_resumes_and_a_corrupt_one_is_refused() 
         .cloned()
         .unwrap_or_else(|| panic!("the agent never resumed: {:?}", agent.log.lock().unwrap()));
     let from: Value = serde_json::from_str(&resumed).unwrap();
-    let from_byte = from["fields"]["from_byte"].as_u64().or_else(|| from["from_byte"].as_u64()).unwrap_or(0);
-    assert!(from_byte > 0 && from_byte < 2_000_000, "resumed from {from_byte}: {resumed}");
+    let from_byte = from["fields"]["from_byte"]
+        .as_u64()
+        .or_else(|| from["from_byte"].as_u64())
+        .unwrap_or(0);
+    assert!(
+        from_byte > 0 && from_byte < 2_000_000,
+        "resumed from {from_byte}: {resumed}"
+    );
 
     // A corrupted installer: refused before anything runs.
     let bad_marker = work.path().join("corrupt-ran");
     let bytes = installer_bytes(300_000, 10);
     let (status, created) = fleet
         .upload(
-            script_metadata("Corrupt", "1.0", None, &format!("touch '{}'", bad_marker.display())),
+            script_metadata(
+                "Corrupt",
+                "1.0",
+                None,
+                &format!("touch '{}'", bad_marker.display()),
+            ),
             "corrupt.bin",
             &bytes,
         )
@@ -472,7 +614,13 @@ async fn packages_install_a_cut_download_resumes_and_a_corrupt_one_is_refused() 
     let install = fleet
         .wait_install(&corrupt, &request, "FAILED", Duration::from_secs(30))
         .await;
-    assert!(install["reason"].as_str().unwrap().starts_with("checksum mismatch"), "{install}");
+    assert!(
+        install["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("checksum mismatch"),
+        "{install}"
+    );
     assert!(!bad_marker.exists(), "the corrupted installer's script ran");
 
     // A pre-install condition this agent cannot evaluate fails closed.
@@ -487,9 +635,20 @@ async fn packages_install_a_cut_download_resumes_and_a_corrupt_one_is_refused() 
     let conditional = created["id"].as_str().unwrap().to_owned();
     let requested = fleet.install(&conditional, &device).await;
     let install = fleet
-        .wait_install(&conditional, requested["request_id"].as_str().unwrap(), "FAILED", Duration::from_secs(30))
+        .wait_install(
+            &conditional,
+            requested["request_id"].as_str().unwrap(),
+            "FAILED",
+            Duration::from_secs(30),
+        )
         .await;
-    assert!(install["reason"].as_str().unwrap().starts_with("condition not checked"), "{install}");
+    assert!(
+        install["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("condition not checked"),
+        "{install}"
+    );
 
     // A .deb, installed into a throwaway dpkg root, then uninstalled.
     let root = work.path().join("dpkg-root");
@@ -512,9 +671,16 @@ async fn packages_install_a_cut_download_resumes_and_a_corrupt_one_is_refused() 
         .arg(&deb)
         .output()
         .unwrap();
-    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
     let deb_bytes = std::fs::read(&deb).unwrap();
-    let dpkg = format!("dpkg --root='{}' --force-script-chrootless --force-not-root", root.display());
+    let dpkg = format!(
+        "dpkg --root='{}' --force-script-chrootless --force-not-root",
+        root.display()
+    );
     let (status, created) = fleet
         .upload(
             json!({
@@ -531,10 +697,24 @@ async fn packages_install_a_cut_download_resumes_and_a_corrupt_one_is_refused() 
     let deb_version = created["id"].as_str().unwrap().to_owned();
     let requested = fleet.install(&deb_version, &device).await;
     let install = fleet
-        .wait_install(&deb_version, requested["request_id"].as_str().unwrap(), "INSTALLED", Duration::from_secs(30))
+        .wait_install(
+            &deb_version,
+            requested["request_id"].as_str().unwrap(),
+            "INSTALLED",
+            Duration::from_secs(30),
+        )
         .await;
-    assert!(install["output_tail"].as_str().unwrap().contains("Setting up mobius-hello"), "{install}");
-    assert_eq!(std::fs::read_to_string(root.join("opt/mobius-hello/hello.txt")).unwrap(), "hello\n");
+    assert!(
+        install["output_tail"]
+            .as_str()
+            .unwrap()
+            .contains("Setting up mobius-hello"),
+        "{install}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("opt/mobius-hello/hello.txt")).unwrap(),
+        "hello\n"
+    );
     let (status, requested) = fleet
         .rest(
             reqwest::Method::POST,
@@ -544,7 +724,12 @@ async fn packages_install_a_cut_download_resumes_and_a_corrupt_one_is_refused() 
         .await;
     assert_eq!(status, 201, "{requested}");
     fleet
-        .wait_install(&deb_version, requested["request_id"].as_str().unwrap(), "UNINSTALLED", Duration::from_secs(30))
+        .wait_install(
+            &deb_version,
+            requested["request_id"].as_str().unwrap(),
+            "UNINSTALLED",
+            Duration::from_secs(30),
+        )
         .await;
     assert!(!root.join("opt/mobius-hello/hello.txt").exists());
     agent.kill();
@@ -567,13 +752,20 @@ async fn an_agent_killed_mid_install_ends_interrupted_and_a_retry_succeeds() {
     );
     let bytes = installer_bytes(50_000, 4);
     let (status, created) = fleet
-        .upload(script_metadata("Slow", "1.0", None, &script), "slow.sh", &bytes)
+        .upload(
+            script_metadata("Slow", "1.0", None, &script),
+            "slow.sh",
+            &bytes,
+        )
         .await;
     assert_eq!(status, 201, "{created}");
     let version = created["id"].as_str().unwrap().to_owned();
     let requested = fleet.install(&version, &device).await;
     let request = requested["request_id"].as_str().unwrap().to_owned();
-    let execution = requested["installs"][0]["execution_id"].as_str().unwrap().to_owned();
+    let execution = requested["installs"][0]["execution_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     fleet
         .wait_install(&version, &request, "INSTALLING", Duration::from_secs(30))
         .await;
@@ -585,18 +777,32 @@ async fn an_agent_killed_mid_install_ends_interrupted_and_a_retry_succeeds() {
     let install = fleet
         .wait_install(&version, &request, "FAILED", Duration::from_secs(30))
         .await;
-    assert!(install["reason"].as_str().unwrap().starts_with("interrupted"), "{install}");
+    assert!(
+        install["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("interrupted"),
+        "{install}"
+    );
     let shown = fleet
         .gql(
             "query($id: ID!) { planExecution(id: $id) { status } }",
             json!({ "id": mobius_tests::global_id("PlanExecution", execution.parse().unwrap()) }),
         )
         .await;
-    assert_eq!(shown["data"]["planExecution"]["status"], "INTERRUPTED", "{shown}");
+    assert_eq!(
+        shown["data"]["planExecution"]["status"], "INTERRUPTED",
+        "{shown}"
+    );
 
     let retry = fleet.install(&version, &device).await;
     let install = fleet
-        .wait_install(&version, retry["request_id"].as_str().unwrap(), "INSTALLED", Duration::from_secs(30))
+        .wait_install(
+            &version,
+            retry["request_id"].as_str().unwrap(),
+            "INSTALLED",
+            Duration::from_secs(30),
+        )
         .await;
     assert_eq!(install["exit_code"], 0);
     assert_eq!(std::fs::read_to_string(&done).unwrap(), "finished\n");
@@ -619,7 +825,11 @@ impl Moto {
             "{} is missing: run .ci/run (it installs tests/peers/requirements.txt into {PEERS_VENV})",
             program.display()
         );
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let child = Command::new(&program)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
@@ -681,7 +891,11 @@ async fn installers_in_an_s3_bucket_upload_in_parts_and_install() {
         marker.display()
     );
     let (status, created) = fleet
-        .upload(script_metadata("Large", "1.0", Some(&sha256_hex(&bytes)), &script), "large.bin", &bytes)
+        .upload(
+            script_metadata("Large", "1.0", Some(&sha256_hex(&bytes)), &script),
+            "large.bin",
+            &bytes,
+        )
         .await;
     assert_eq!(status, 201, "{created}");
     let version = created["id"].as_str().unwrap().to_owned();
@@ -697,10 +911,19 @@ async fn installers_in_an_s3_bucket_upload_in_parts_and_install() {
 
     // A mismatch is refused and nothing stays in the bucket.
     let (status, refused) = fleet
-        .upload(script_metadata("Large", "2.0", Some(&"cd".repeat(32)), "true"), "large.bin", &bytes[..9_000_000])
+        .upload(
+            script_metadata("Large", "2.0", Some(&"cd".repeat(32)), "true"),
+            "large.bin",
+            &bytes[..9_000_000],
+        )
         .await;
     assert_eq!(status, 400, "{refused}");
-    assert!(refused["error"]["message"].as_str().unwrap().contains("checksum mismatch"));
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("checksum mismatch")
+    );
     let listed = reqwest::Client::new()
         .get(format!("{endpoint}/installers?list-type=2"))
         .send()
@@ -713,7 +936,12 @@ async fn installers_in_an_s3_bucket_upload_in_parts_and_install() {
 
     let requested = fleet.install(&version, &device).await;
     let install = fleet
-        .wait_install(&version, requested["request_id"].as_str().unwrap(), "INSTALLED", Duration::from_secs(60))
+        .wait_install(
+            &version,
+            requested["request_id"].as_str().unwrap(),
+            "INSTALLED",
+            Duration::from_secs(60),
+        )
         .await;
     assert_eq!(install["bytes_downloaded"], 17_000_000);
     assert_eq!(std::fs::read_to_string(&marker).unwrap(), "ok\n");
@@ -726,18 +954,31 @@ async fn an_install_pending_past_the_deadline_fails_as_device_offline_too_long()
     // Enrolled, but its agent never runs.
     let device = fleet.enroll().await;
     let (status, created) = fleet
-        .upload(script_metadata("Away", "1.0", None, "true"), "away.sh", b"echo")
+        .upload(
+            script_metadata("Away", "1.0", None, "true"),
+            "away.sh",
+            b"echo",
+        )
         .await;
     assert_eq!(status, 201, "{created}");
     let version = created["id"].as_str().unwrap().to_owned();
     let requested = fleet.install(&version, &device).await;
     let request = requested["request_id"].as_str().unwrap().to_owned();
-    let execution = requested["installs"][0]["execution_id"].as_str().unwrap().to_owned();
+    let execution = requested["installs"][0]["execution_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
     // Not yet past the deadline: nothing changes.
     let store = fleet.db.app_store().await;
     let cutoff = chrono::Utc::now() - chrono::Duration::days(7);
-    assert!(store.fail_stale_software_installs(cutoff, 7).await.unwrap().is_empty());
+    assert!(
+        store
+            .fail_stale_software_installs(cutoff, 7)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // Eight days on (the row aged behind the server's back).
     let mut db = fleet.owner_connection().await;
     sea_orm::sqlx::query("UPDATE software_installs SET created_at = now() - interval '8 days'")
@@ -750,8 +991,7 @@ async fn an_install_pending_past_the_deadline_fails_as_device_offline_too_long()
         .wait_install(&version, &request, "FAILED", Duration::from_secs(5))
         .await;
     assert_eq!(
-        install["reason"],
-        "device offline too long: it did not pick the install up within 7 days",
+        install["reason"], "device offline too long: it did not pick the install up within 7 days",
         "{install}"
     );
     // Its execution is cancelled, so the device does not install it on return.
@@ -761,5 +1001,8 @@ async fn an_install_pending_past_the_deadline_fails_as_device_offline_too_long()
             json!({ "id": mobius_tests::global_id("PlanExecution", execution.parse().unwrap()) }),
         )
         .await;
-    assert_eq!(shown["data"]["planExecution"]["status"], "CANCELLED", "{shown}");
+    assert_eq!(
+        shown["data"]["planExecution"]["status"], "CANCELLED",
+        "{shown}"
+    );
 }

@@ -135,7 +135,9 @@ fn failed(reason: impl Into<String>) -> Ended {
 /// Where an install's download lives: under the state directory, so a
 /// retry of the same request can resume it.
 fn work_dir(ctx: &Context, request_id: uuid::Uuid) -> PathBuf {
-    ctx.dir.file("software").join(request_id.simple().to_string())
+    ctx.dir
+        .file("software")
+        .join(request_id.simple().to_string())
 }
 
 async fn install(job: &Job, p: &InstallSoftwareParams, ctx: &Context) -> Ended {
@@ -155,7 +157,8 @@ async fn install(job: &Job, p: &InstallSoftwareParams, ctx: &Context) -> Ended {
         return failed(format!("cannot create {}: {err}", dir.display()));
     }
     let file = dir.join(&p.file_name);
-    job.status(InstallStatus::Downloading, 0, p.size_bytes).await;
+    job.status(InstallStatus::Downloading, 0, p.size_bytes)
+        .await;
     if let Err(reason) = download(job, p, ctx, &file).await {
         return failed(reason);
     }
@@ -181,9 +184,21 @@ async fn install(job: &Job, p: &InstallSoftwareParams, ctx: &Context) -> Ended {
     );
     let env = script_env(p, &file, &dir);
     let (program, args) = match (&p.install_script, p.installer_kind.as_str()) {
-        (Some(script), _) if !script.trim().is_empty() => ("sh".to_owned(), vec!["-c".to_owned(), script.clone()]),
-        (_, "deb") => ("dpkg".to_owned(), vec!["-i".to_owned(), file.display().to_string()]),
-        (_, "rpm") => ("rpm".to_owned(), vec!["-U".to_owned(), "--replacepkgs".to_owned(), file.display().to_string()]),
+        (Some(script), _) if !script.trim().is_empty() => {
+            ("sh".to_owned(), vec!["-c".to_owned(), script.clone()])
+        }
+        (_, "deb") => (
+            "dpkg".to_owned(),
+            vec!["-i".to_owned(), file.display().to_string()],
+        ),
+        (_, "rpm") => (
+            "rpm".to_owned(),
+            vec![
+                "-U".to_owned(),
+                "--replacepkgs".to_owned(),
+                file.display().to_string(),
+            ],
+        ),
         (_, kind) => return failed(format!("a {kind} installer needs an install script")),
     };
     let (outcome, tail) = run_captured(
@@ -202,7 +217,11 @@ async fn install(job: &Job, p: &InstallSoftwareParams, ctx: &Context) -> Ended {
         return ended;
     }
     let mut tail = tail;
-    if let Some(script) = p.post_install_script.as_ref().filter(|s| !s.trim().is_empty()) {
+    if let Some(script) = p
+        .post_install_script
+        .as_ref()
+        .filter(|s| !s.trim().is_empty())
+    {
         let (post, post_tail) = run_captured(
             Spawn {
                 program: "sh".into(),
@@ -275,7 +294,12 @@ fn ended_badly(outcome: &Outcome, what: &str, timeout: Duration, tail: String) -
             None,
             Some(tail),
         )),
-        ExecutionStatus::Cancelled => Some((InstallStatus::Failed, Some("cancelled".into()), None, Some(tail))),
+        ExecutionStatus::Cancelled => Some((
+            InstallStatus::Failed,
+            Some("cancelled".into()),
+            None,
+            Some(tail),
+        )),
         _ => Some((
             InstallStatus::Failed,
             Some(match outcome.exit_code {
@@ -341,13 +365,21 @@ async fn sha256_of(path: &Path) -> std::io::Result<String> {
 
 /// Downloads into `file`, resuming from what is there. Each attempt asks
 /// for a fresh URL (they expire in minutes).
-async fn download(job: &Job, p: &InstallSoftwareParams, ctx: &Context, file: &Path) -> Result<(), String> {
+async fn download(
+    job: &Job,
+    p: &InstallSoftwareParams,
+    ctx: &Context,
+    file: &Path,
+) -> Result<(), String> {
     let mut last_error = String::new();
     for attempt in 1..=DOWNLOAD_ATTEMPTS {
         if *ctx.cancel.borrow() {
             return Err("cancelled".into());
         }
-        let have = tokio::fs::metadata(file).await.map(|m| m.len()).unwrap_or(0);
+        let have = tokio::fs::metadata(file)
+            .await
+            .map(|m| m.len())
+            .unwrap_or(0);
         if have >= p.size_bytes && p.size_bytes > 0 {
             return Ok(());
         }
@@ -358,7 +390,10 @@ async fn download(job: &Job, p: &InstallSoftwareParams, ctx: &Context, file: &Pa
         match download_once(job, p, file, have).await {
             Ok(()) => return Ok(()),
             Err(err) => {
-                let now = tokio::fs::metadata(file).await.map(|m| m.len()).unwrap_or(0);
+                let now = tokio::fs::metadata(file)
+                    .await
+                    .map(|m| m.len())
+                    .unwrap_or(0);
                 ctx.say(
                     "stderr",
                     format!("download attempt {attempt} stopped at byte {now}: {err}"),
@@ -376,7 +411,12 @@ async fn download(job: &Job, p: &InstallSoftwareParams, ctx: &Context, file: &Pa
     ))
 }
 
-async fn download_once(job: &Job, p: &InstallSoftwareParams, file: &Path, have: u64) -> Result<(), String> {
+async fn download_once(
+    job: &Job,
+    p: &InstallSoftwareParams,
+    file: &Path,
+    have: u64,
+) -> Result<(), String> {
     let url = job
         .client
         .software_download_url(&DownloadUrlRequest {
@@ -422,15 +462,20 @@ async fn download_once(job: &Job, p: &InstallSoftwareParams, file: &Path, have: 
         written += chunk.len() as u64;
         if last_report.elapsed() >= PROGRESS_INTERVAL {
             out.flush().await.map_err(|e| e.to_string())?;
-            job.status(InstallStatus::Downloading, written, p.size_bytes).await;
+            job.status(InstallStatus::Downloading, written, p.size_bytes)
+                .await;
             last_report = Instant::now();
         }
     }
     out.flush().await.map_err(|e| e.to_string())?;
     out.sync_all().await.map_err(|e| e.to_string())?;
-    job.status(InstallStatus::Downloading, written, p.size_bytes).await;
+    job.status(InstallStatus::Downloading, written, p.size_bytes)
+        .await;
     if written < p.size_bytes {
-        return Err(format!("the connection ended at byte {written} of {}", p.size_bytes));
+        return Err(format!(
+            "the connection ended at byte {written} of {}",
+            p.size_bytes
+        ));
     }
     Ok(())
 }

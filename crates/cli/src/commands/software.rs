@@ -87,7 +87,17 @@ pub struct VersionRow {
 
 impl Tabular for VersionRow {
     fn columns() -> &'static [&'static str] {
-        &["ID", "NAME", "VERSION", "PLATFORM", "KIND", "BYTES", "SHA-256", "SELF-SERVICE", "CREATED"]
+        &[
+            "ID",
+            "NAME",
+            "VERSION",
+            "PLATFORM",
+            "KIND",
+            "BYTES",
+            "SHA-256",
+            "SELF-SERVICE",
+            "CREATED",
+        ]
     }
 
     fn cells(&self) -> Vec<String> {
@@ -184,11 +194,16 @@ pub async fn run(ctx: &Context, command: SoftwareCommand) -> Result<()> {
             });
             let body = futures_util::stream::once(async move { Ok(head.into_bytes()) })
                 .chain(chunks)
-                .chain(futures_util::stream::once(async move { Ok(tail.into_bytes()) }));
+                .chain(futures_util::stream::once(
+                    async move { Ok(tail.into_bytes()) },
+                ));
             let response = http
                 .post(&base)
                 .bearer_auth(&token)
-                .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+                .header(
+                    "content-type",
+                    format!("multipart/form-data; boundary={boundary}"),
+                )
                 .body(reqwest::Body::wrap_stream(body))
                 .send()
                 .await
@@ -206,7 +221,11 @@ pub async fn run(ctx: &Context, command: SoftwareCommand) -> Result<()> {
             if args.devices.is_empty() && args.sites.is_empty() && args.teams.is_empty() {
                 bail!("name at least one --device, --site or --team");
             }
-            let action = if args.uninstall { "uninstall" } else { "install" };
+            let action = if args.uninstall {
+                "uninstall"
+            } else {
+                "install"
+            };
             let response = http
                 .post(format!("{base}/{}/{action}", args.id))
                 .bearer_auth(&token)

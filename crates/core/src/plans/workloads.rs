@@ -121,13 +121,14 @@ pub fn validate(kind: &str, params: &serde_json::Value, at: &str) -> Result<(), 
             if p.sha256.len() != 64 || !p.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err((field("sha256"), "must be 64 hex digits".into()));
             }
-            if p.file_name.is_empty()
-                || p.file_name.contains('/')
-                || p.file_name.starts_with('.')
-            {
+            if p.file_name.is_empty() || p.file_name.contains('/') || p.file_name.starts_with('.') {
                 return Err((field("file_name"), "must be a plain file name".into()));
             }
-            if p.installer_kind != "deb" && p.install_script.as_deref().is_none_or(|s| s.trim().is_empty()) {
+            if p.installer_kind != "deb"
+                && p.install_script
+                    .as_deref()
+                    .is_none_or(|s| s.trim().is_empty())
+            {
                 return Err((
                     field("install_script"),
                     format!("is required for {} installers", p.installer_kind),

@@ -12,7 +12,9 @@ mod entities;
 use std::collections::{BTreeSet, HashMap};
 
 use mobius_api::plans::ExecutionStatus;
-use mobius_api::software::{INSTALLER_KINDS, InstallProgress, InstallSoftwareParams, InstallStatus, PLATFORMS};
+use mobius_api::software::{
+    INSTALLER_KINDS, InstallProgress, InstallSoftwareParams, InstallStatus, PLATFORMS,
+};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder,
     QuerySelect, Set,
@@ -233,7 +235,12 @@ fn head_text(text: &str, max: usize) -> String {
 impl<'s> Software<'s> {
     /// Whether `name` on `platform` already has `version` (checked before
     /// an upload stores anything; the insert checks again).
-    pub async fn version_exists(&self, name: &str, platform: &str, version: &str) -> StoreResult<bool> {
+    pub async fn version_exists(
+        &self,
+        name: &str,
+        platform: &str,
+        version: &str,
+    ) -> StoreResult<bool> {
         let Some(title) = self.title_by_name(name, platform).await? else {
             return Ok(false);
         };
@@ -257,17 +264,25 @@ impl<'s> Software<'s> {
 
     /// Adds a version (creating its title, or updating the title's
     /// availability and self-service flag from this upload).
-    pub async fn add_version(&self, actor: &Actor, new: NewVersion) -> SoftwareResult<(Title, Version)> {
+    pub async fn add_version(
+        &self,
+        actor: &Actor,
+        new: NewVersion,
+    ) -> SoftwareResult<(Title, Version)> {
         validate_metadata(&new)?;
         for id in &new.available_site_ids {
-            self.scope.sites().get(*id).await.map_err(|_| {
-                invalid("availableSiteIds", format!("no site {id} in this tenant"))
-            })?;
+            self.scope
+                .sites()
+                .get(*id)
+                .await
+                .map_err(|_| invalid("availableSiteIds", format!("no site {id} in this tenant")))?;
         }
         for id in &new.available_team_ids {
-            self.scope.teams().get(*id).await.map_err(|_| {
-                invalid("availableTeamIds", format!("no team {id} in this tenant"))
-            })?;
+            self.scope
+                .teams()
+                .get(*id)
+                .await
+                .map_err(|_| invalid("availableTeamIds", format!("no team {id} in this tenant")))?;
         }
         let db = self.scope.connection();
         let now = chrono::Utc::now();
@@ -321,16 +336,20 @@ impl<'s> Software<'s> {
             .audit()
             .record(
                 actor,
-                AuditRecord::new("software.version_uploaded", "software_version", Some(version.id))
-                    .with_details(json!({
-                        "name": title.name,
-                        "version": version.version,
-                        "platform": title.platform,
-                        "installer_kind": version.installer_kind,
-                        "size_bytes": version.size_bytes,
-                        "sha256": version.sha256,
-                        "self_service": title.self_service,
-                    })),
+                AuditRecord::new(
+                    "software.version_uploaded",
+                    "software_version",
+                    Some(version.id),
+                )
+                .with_details(json!({
+                    "name": title.name,
+                    "version": version.version,
+                    "platform": title.platform,
+                    "installer_kind": version.installer_kind,
+                    "size_bytes": version.size_bytes,
+                    "sha256": version.sha256,
+                    "self_service": title.self_service,
+                })),
             )
             .await?;
         Ok((title, version))
@@ -403,8 +422,12 @@ impl<'s> Software<'s> {
             .audit()
             .record(
                 actor,
-                AuditRecord::new("software.version_deleted", "software_version", Some(version.id))
-                    .with_details(json!({ "name": title.name, "version": version.version })),
+                AuditRecord::new(
+                    "software.version_deleted",
+                    "software_version",
+                    Some(version.id),
+                )
+                .with_details(json!({ "name": title.name, "version": version.version })),
             )
             .await?;
         Ok(version)
@@ -439,7 +462,12 @@ impl<'s> Software<'s> {
             .unwrap_or_else(|| format!("software:{request_id}"));
         let params = InstallSoftwareParams {
             request_id,
-            action: if spec.uninstall { "uninstall" } else { "install" }.into(),
+            action: if spec.uninstall {
+                "uninstall"
+            } else {
+                "install"
+            }
+            .into(),
             name: title.name.clone(),
             version: version.version.clone(),
             installer_kind: version.installer_kind.clone(),
@@ -488,7 +516,11 @@ impl<'s> Software<'s> {
         }
         self.check_available(&title, &applied.executions).await?;
         let now = chrono::Utc::now();
-        let action = if spec.uninstall { "uninstall" } else { "install" };
+        let action = if spec.uninstall {
+            "uninstall"
+        } else {
+            "install"
+        };
         let rows: Vec<Install> = applied
             .executions
             .iter()
@@ -503,7 +535,11 @@ impl<'s> Software<'s> {
                 action: action.into(),
                 status: InstallStatus::Pending.as_str().into(),
                 bytes_downloaded: 0,
-                bytes_total: if spec.uninstall { 0 } else { version.size_bytes },
+                bytes_total: if spec.uninstall {
+                    0
+                } else {
+                    version.size_bytes
+                },
                 reason: None,
                 exit_code: None,
                 output_tail: None,
@@ -513,9 +549,14 @@ impl<'s> Software<'s> {
             })
             .collect();
         for chunk in rows.chunks(1000) {
-            install::Entity::insert_many(chunk.iter().cloned().map(IntoActiveModel::into_active_model))
-                .exec_without_returning(self.scope.connection())
-                .await?;
+            install::Entity::insert_many(
+                chunk
+                    .iter()
+                    .cloned()
+                    .map(IntoActiveModel::into_active_model),
+            )
+            .exec_without_returning(self.scope.connection())
+            .await?;
         }
         self.scope
             .audit()
@@ -600,7 +641,11 @@ impl<'s> Software<'s> {
     }
 
     /// The install a device names by its request id.
-    pub async fn install_of_device(&self, request_id: Uuid, device_id: Uuid) -> StoreResult<Install> {
+    pub async fn install_of_device(
+        &self,
+        request_id: Uuid,
+        device_id: Uuid,
+    ) -> StoreResult<Install> {
         install::Entity::find()
             .filter(install::Column::TenantId.eq(self.scope.tenant_id()))
             .filter(install::Column::RequestId.eq(request_id))
@@ -619,7 +664,9 @@ impl<'s> Software<'s> {
         device_id: Uuid,
         progress: &InstallProgress,
     ) -> StoreResult<Install> {
-        let found = self.install_of_device(progress.request_id, device_id).await?;
+        let found = self
+            .install_of_device(progress.request_id, device_id)
+            .await?;
         let current = status_of(&found);
         if current.is_final() {
             return Ok(found);
@@ -637,7 +684,8 @@ impl<'s> Software<'s> {
         row.status = Set(progress.status.as_str().into());
         // Later steps report no byte count: the download's last one stands.
         if progress.status == InstallStatus::Downloading || progress.bytes_downloaded > 0 {
-            row.bytes_downloaded = Set(i64::try_from(progress.bytes_downloaded).unwrap_or(i64::MAX));
+            row.bytes_downloaded =
+                Set(i64::try_from(progress.bytes_downloaded).unwrap_or(i64::MAX));
         }
         if progress.bytes_total > 0 {
             row.bytes_total = Set(i64::try_from(progress.bytes_total).unwrap_or(i64::MAX));
@@ -667,15 +715,19 @@ impl<'s> Software<'s> {
             .audit()
             .record(
                 actor,
-                AuditRecord::new("software.install_status", "software_install", Some(install.id))
-                    .with_details(json!({
-                        "device_id": install.device_id,
-                        "version_id": install.version_id,
-                        "action": install.action,
-                        "status": install.status,
-                        "reason": install.reason,
-                        "exit_code": install.exit_code,
-                    })),
+                AuditRecord::new(
+                    "software.install_status",
+                    "software_install",
+                    Some(install.id),
+                )
+                .with_details(json!({
+                    "device_id": install.device_id,
+                    "version_id": install.version_id,
+                    "action": install.action,
+                    "status": install.status,
+                    "reason": install.reason,
+                    "exit_code": install.exit_code,
+                })),
             )
             .await?;
         Ok(())
@@ -684,7 +736,11 @@ impl<'s> Software<'s> {
     /// An install's plan execution ended: an install that did not reach a
     /// final status itself takes one from the execution (an agent killed
     /// mid-install, a cancelled or refused plan), so none stays open.
-    pub async fn execution_finished(&self, actor: &Actor, execution: &Execution) -> StoreResult<Option<Install>> {
+    pub async fn execution_finished(
+        &self,
+        actor: &Actor,
+        execution: &Execution,
+    ) -> StoreResult<Option<Install>> {
         let status = crate::plans::status_of(execution);
         if !status.is_final() {
             return Ok(None);
@@ -702,7 +758,9 @@ impl<'s> Software<'s> {
         }
         let detail = execution.error.clone().unwrap_or_default();
         let (new, reason) = match status {
-            ExecutionStatus::Succeeded if found.action == "uninstall" => (InstallStatus::Uninstalled, None),
+            ExecutionStatus::Succeeded if found.action == "uninstall" => {
+                (InstallStatus::Uninstalled, None)
+            }
             ExecutionStatus::Succeeded => (InstallStatus::Installed, None),
             ExecutionStatus::Interrupted => (
                 InstallStatus::Failed,
@@ -716,7 +774,11 @@ impl<'s> Software<'s> {
             ExecutionStatus::TimedOut => (InstallStatus::Failed, Some("timeout".to_owned())),
             _ => (
                 InstallStatus::Failed,
-                Some(if detail.is_empty() { "failed".to_owned() } else { detail }),
+                Some(if detail.is_empty() {
+                    "failed".to_owned()
+                } else {
+                    detail
+                }),
             ),
         };
         let now = chrono::Utc::now();
@@ -733,7 +795,12 @@ impl<'s> Software<'s> {
     /// Fails installs still PENDING since before `cutoff` (their device
     /// did not come back) and cancels their executions, so a device that
     /// returns much later does not install what nobody is waiting for.
-    pub async fn fail_stale(&self, actor: &Actor, cutoff: chrono::DateTime<chrono::Utc>, days: u32) -> StoreResult<Vec<Install>> {
+    pub async fn fail_stale(
+        &self,
+        actor: &Actor,
+        cutoff: chrono::DateTime<chrono::Utc>,
+        days: u32,
+    ) -> StoreResult<Vec<Install>> {
         let stale = install::Entity::find()
             .filter(install::Column::TenantId.eq(self.scope.tenant_id()))
             .filter(install::Column::Status.eq(InstallStatus::Pending.as_str()))
@@ -754,7 +821,12 @@ impl<'s> Software<'s> {
             row.updated_at = Set(now);
             let updated = row.update(self.scope.connection()).await?;
             self.audit_status(actor, &updated).await?;
-            match self.scope.plans().cancel_execution(actor, execution_id).await {
+            match self
+                .scope
+                .plans()
+                .cancel_execution(actor, execution_id)
+                .await
+            {
                 Ok(_) | Err(PlanError::AlreadyFinished(_)) => {}
                 Err(PlanError::Store(err)) => return Err(err),
                 Err(other) => {

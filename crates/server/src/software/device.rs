@@ -102,7 +102,8 @@ pub async fn download(
 ) -> Result<Response, ApiError> {
     let identity = &device.identity;
     let refused = |message: &str| ApiError::new(ErrorCode::Forbidden, message);
-    let claims = token::peek(&token_text).ok_or_else(|| refused("the download URL is malformed"))?;
+    let claims =
+        token::peek(&token_text).ok_or_else(|| refused("the download URL is malformed"))?;
     if claims.device_id != identity.device_id() {
         return Err(refused("this download URL was signed for another device"));
     }
@@ -112,19 +113,28 @@ pub async fn download(
         .signer
         .derived_secret(&scope, &device_actor(identity), token::PURPOSE)
         .await?;
-    let claims = token::verify(&secret, &token_text, chrono::Utc::now().timestamp()).map_err(refused)?;
+    let claims =
+        token::verify(&secret, &token_text, chrono::Utc::now().timestamp()).map_err(refused)?;
     let (_, version) = scope.software().get(claims.version_id).await?;
     // The transaction ends before the (possibly long) transfer.
     scope.commit().await?;
 
     let range = parse_range(&headers);
     let start = range.map_or(0, |(s, _)| s);
-    let opened = match state.software.storage.open(&version.storage_key, start).await {
+    let opened = match state
+        .software
+        .storage
+        .open(&version.storage_key, start)
+        .await
+    {
         Ok(opened) => opened,
         Err(StorageError::BadRange) => {
             return Ok((
                 StatusCode::RANGE_NOT_SATISFIABLE,
-                [(header::CONTENT_RANGE, format!("bytes */{}", version.size_bytes))],
+                [(
+                    header::CONTENT_RANGE,
+                    format!("bytes */{}", version.size_bytes),
+                )],
             )
                 .into_response());
         }
@@ -147,7 +157,9 @@ pub async fn download(
     let mut remaining = length;
     let body = opened.body.map(move |chunk| {
         chunk.map(|bytes: Bytes| {
-            let keep = usize::try_from(remaining).unwrap_or(usize::MAX).min(bytes.len());
+            let keep = usize::try_from(remaining)
+                .unwrap_or(usize::MAX)
+                .min(bytes.len());
             remaining -= keep as u64;
             bytes.slice(..keep)
         })
@@ -159,9 +171,10 @@ pub async fn download(
         .header(header::CACHE_CONTROL, "no-store")
         .header("x-mobius-sha256", &version.sha256);
     response = if range.is_some() {
-        response
-            .status(StatusCode::PARTIAL_CONTENT)
-            .header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{total}"))
+        response.status(StatusCode::PARTIAL_CONTENT).header(
+            header::CONTENT_RANGE,
+            format!("bytes {start}-{end}/{total}"),
+        )
     } else {
         response.status(StatusCode::OK)
     };

@@ -102,7 +102,11 @@ pub async fn expire_pending_periodically(store: Store, plans: PlanServices, days
         match store.fail_stale_software_installs(cutoff, days).await {
             Ok(failed) if failed.is_empty() => {}
             Ok(failed) => {
-                tracing::info!(failed = failed.len(), days, "failed installs whose device stayed offline");
+                tracing::info!(
+                    failed = failed.len(),
+                    days,
+                    "failed installs whose device stayed offline"
+                );
                 for install in failed {
                     plans.notifier.notify(install.tenant_id, install.device_id);
                 }

@@ -23,9 +23,7 @@ use axum::http::{HeaderMap, HeaderName, StatusCode};
 use axum::middleware;
 use axum::routing::{get, post};
 use futures_util::StreamExt;
-use mobius_api::software::{
-    InstallRequest, SoftwareInstall, SoftwareVersion, UploadMetadata,
-};
+use mobius_api::software::{InstallRequest, SoftwareInstall, SoftwareVersion, UploadMetadata};
 use mobius_core::authz::Operation;
 use mobius_core::plans::PlanTargets;
 use mobius_core::software::{
@@ -66,12 +64,17 @@ pub fn router(state: SoftwareRestState) -> Router {
     Router::new()
         .route(
             "/api/v1/mobius/software",
-            get(list).post(upload).layer(DefaultBodyLimit::max(upload_limit)),
+            get(list)
+                .post(upload)
+                .layer(DefaultBodyLimit::max(upload_limit)),
         )
         .route("/api/v1/mobius/software/{id}", get(show).delete(remove))
         .route("/api/v1/mobius/software/{id}/install", post(install))
         .route("/api/v1/mobius/software/{id}/uninstall", post(uninstall))
-        .route("/api/v1/mobius/software/requests/{id}", get(request_installs))
+        .route(
+            "/api/v1/mobius/software/requests/{id}",
+            get(request_installs),
+        )
         .layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
@@ -162,7 +165,10 @@ fn parse_ref(text: &str, type_name: &str, field: &str) -> Result<Uuid, ApiError>
 }
 
 fn parse_refs(texts: &[String], type_name: &str, field: &str) -> Result<Vec<Uuid>, ApiError> {
-    texts.iter().map(|t| parse_ref(t, type_name, field)).collect()
+    texts
+        .iter()
+        .map(|t| parse_ref(t, type_name, field))
+        .collect()
 }
 
 fn multipart_error(err: axum::extract::multipart::MultipartError, max: u64) -> ApiError {
@@ -174,7 +180,10 @@ fn multipart_error(err: axum::extract::multipart::MultipartError, max: u64) -> A
             ),
         );
     }
-    bad(None, format!("unreadable multipart upload: {}", err.body_text()))
+    bad(
+        None,
+        format!("unreadable multipart upload: {}", err.body_text()),
+    )
 }
 
 /// `POST /api/v1/mobius/software`: a new version from a multipart form,
@@ -186,7 +195,8 @@ pub async fn upload(
     mut multipart: Multipart,
 ) -> Result<(StatusCode, Json<SoftwareVersion>), ApiError> {
     let max = state.software.max_installer_bytes;
-    let authenticated = authorize(&state.graphql, &headers, &peer, Operation::ManageDevices).await?;
+    let authenticated =
+        authorize(&state.graphql, &headers, &peer, Operation::ManageDevices).await?;
     let field = multipart
         .next_field()
         .await
@@ -203,15 +213,24 @@ pub async fn upload(
     while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(e, max))? {
         text.extend_from_slice(&chunk);
         if text.len() > MAX_METADATA_BYTES {
-            return Err(bad(Some("metadata"), format!("must be at most {MAX_METADATA_BYTES} bytes")));
+            return Err(bad(
+                Some("metadata"),
+                format!("must be at most {MAX_METADATA_BYTES} bytes"),
+            ));
         }
     }
     // The next field can be read only once this one is gone.
     drop(field);
-    let meta: UploadMetadata = serde_json::from_slice(&text)
-        .map_err(|e| bad(Some("metadata"), format!("is not valid upload metadata: {e}")))?;
+    let meta: UploadMetadata = serde_json::from_slice(&text).map_err(|e| {
+        bad(
+            Some("metadata"),
+            format!("is not valid upload metadata: {e}"),
+        )
+    })?;
     let expected = match meta.sha256.as_deref().map(str::trim) {
-        Some(sha) if sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()) => Some(sha.to_ascii_lowercase()),
+        Some(sha) if sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Some(sha.to_ascii_lowercase())
+        }
         Some(_) => return Err(bad(Some("sha256"), "must be 64 hex digits")),
         None => None,
     };
@@ -240,7 +259,10 @@ pub async fn upload(
             field: Some("version".into()),
             ..ApiError::new(
                 ErrorCode::Conflict,
-                format!("{} {} ({}) is already in the catalog", new.name, new.version, new.platform),
+                format!(
+                    "{} {} ({}) is already in the catalog",
+                    new.name, new.version, new.platform
+                ),
             )
         });
     }
@@ -254,15 +276,29 @@ pub async fn upload(
         .map_err(|e| multipart_error(e, max))?
         .ok_or_else(|| bad(Some("installer"), "the `installer` file field is missing"))?;
     if field.name() != Some("installer") {
-        return Err(bad(Some("installer"), "the second field must be the `installer` file"));
+        return Err(bad(
+            Some("installer"),
+            "the second field must be the `installer` file",
+        ));
     }
     let file_name = field
         .file_name()
         .and_then(|n| n.rsplit(['/', '\\']).next())
-        .map(|n| n.trim().trim_start_matches('.').chars().filter(|c| !c.is_control()).take(200).collect::<String>())
+        .map(|n| {
+            n.trim()
+                .trim_start_matches('.')
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(200)
+                .collect::<String>()
+        })
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| format!("installer.{}", new.installer_kind));
-    let key = format!("{}/{}", principal.tenant_id.simple(), Uuid::now_v7().simple());
+    let key = format!(
+        "{}/{}",
+        principal.tenant_id.simple(),
+        Uuid::now_v7().simple()
+    );
     let body = field.map(|chunk| {
         chunk.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -275,7 +311,9 @@ pub async fn upload(
     let too_large = || {
         bad(
             Some("installer"),
-            format!("the installer is larger than the limit of {max} bytes (setting software_max_installer_bytes)"),
+            format!(
+                "the installer is larger than the limit of {max} bytes (setting software_max_installer_bytes)"
+            ),
         )
     };
     let stored = match state.software.storage.put(&key, Box::pin(body), max).await {
@@ -285,7 +323,10 @@ pub async fn upload(
             return Err(too_large());
         }
         Err(StorageError::Body(err)) => {
-            return Err(bad(Some("installer"), format!("the upload was interrupted: {err}")));
+            return Err(bad(
+                Some("installer"),
+                format!("the upload was interrupted: {err}"),
+            ));
         }
         Err(err @ (StorageError::NotFound | StorageError::BadRange | StorageError::Backend(_))) => {
             return Err(ApiError::internal(&err, true));
@@ -381,7 +422,8 @@ pub async fn remove(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = version_id(&id)?;
-    let authenticated = authorize(&state.graphql, &headers, &peer, Operation::ManageDevices).await?;
+    let authenticated =
+        authorize(&state.graphql, &headers, &peer, Operation::ManageDevices).await?;
     let scope = authenticated.scope;
     let deleted = scope
         .software()
@@ -410,7 +452,8 @@ async fn request(
         site_ids: parse_refs(&body.site_ids, "Site", "siteIds")?,
         team_ids: parse_refs(&body.team_ids, "Team", "teamIds")?,
     };
-    let authenticated = authorize(&state.graphql, &headers, &peer, Operation::ManageDevices).await?;
+    let authenticated =
+        authorize(&state.graphql, &headers, &peer, Operation::ManageDevices).await?;
     let scope = authenticated.scope;
     let requested = scope
         .software()
@@ -430,14 +473,21 @@ async fn request(
     scope.commit().await?;
     if requested.created {
         for execution in &requested.executions {
-            state.plans.notifier.notify(execution.tenant_id, execution.device_id);
+            state
+                .plans
+                .notifier
+                .notify(execution.tenant_id, execution.device_id);
             state
                 .plans
                 .events
                 .publish(PlanEvent::Status(Box::new(execution.clone())));
         }
     }
-    let status = if requested.created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if requested.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((
         status,
         Json(json!({
@@ -478,11 +528,19 @@ pub async fn request_installs(
     peer: Peer,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = Uuid::try_parse(id.trim()).map_err(|_| bad(Some("id"), "must be a request id (UUID)"))?;
+    let id =
+        Uuid::try_parse(id.trim()).map_err(|_| bad(Some("id"), "must be a request id (UUID)"))?;
     let authenticated = authorize(&state.graphql, &headers, &peer, Operation::ViewDevices).await?;
-    let installs = authenticated.scope.software().installs_of_request(id).await?;
+    let installs = authenticated
+        .scope
+        .software()
+        .installs_of_request(id)
+        .await?;
     if installs.is_empty() {
-        return Err(StoreError::NotFound { entity: "install request" }.into());
+        return Err(StoreError::NotFound {
+            entity: "install request",
+        }
+        .into());
     }
     Ok(Json(json!({
         "installs": installs.iter().map(install_body).collect::<Vec<_>>(),

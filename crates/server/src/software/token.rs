@@ -61,7 +61,9 @@ pub fn peek(token: &str) -> Option<DownloadClaims> {
 /// Checks the MAC (in constant time) and the expiry.
 pub fn verify(secret: &[u8; 32], token: &str, now: i64) -> Result<DownloadClaims, &'static str> {
     let claims = peek(token).ok_or("the download URL is malformed")?;
-    let (message, tag) = token.rsplit_once('.').ok_or("the download URL is malformed")?;
+    let (message, tag) = token
+        .rsplit_once('.')
+        .ok_or("the download URL is malformed")?;
     let tag = URL_SAFE_NO_PAD
         .decode(tag)
         .map_err(|_| "the download URL is malformed")?;
@@ -89,7 +91,11 @@ mod tests {
         };
         let token = sign(&secret, &claims);
         assert_eq!(verify(&secret, &token, 999), Ok(claims.clone()));
-        assert!(verify(&secret, &token, 1001).unwrap_err().contains("expired"));
+        assert!(
+            verify(&secret, &token, 1001)
+                .unwrap_err()
+                .contains("expired")
+        );
         assert!(verify(&[8u8; 32], &token, 999).is_err());
         let other = sign(
             &secret,
@@ -98,7 +104,11 @@ mod tests {
                 ..claims.clone()
             },
         );
-        let forged = format!("{}.{}", other.rsplit_once('.').unwrap().0, token.rsplit_once('.').unwrap().1);
+        let forged = format!(
+            "{}.{}",
+            other.rsplit_once('.').unwrap().0,
+            token.rsplit_once('.').unwrap().1
+        );
         assert!(verify(&secret, &forged, 999).is_err());
     }
 }

@@ -17,8 +17,8 @@ mod loaders;
 mod node;
 mod pagination;
 mod plans;
-mod software;
 pub mod signup;
+mod software;
 mod sso;
 mod tenancy;
 

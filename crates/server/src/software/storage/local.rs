@@ -26,9 +26,12 @@ impl LocalStorage {
     /// else is refused rather than joined onto the directory.
     fn path(&self, key: &str) -> Result<PathBuf, StorageError> {
         let safe = !key.is_empty()
-            && key
-                .split('/')
-                .all(|part| !part.is_empty() && part != ".." && part != "." && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+            && key.split('/').all(|part| {
+                !part.is_empty()
+                    && part != ".."
+                    && part != "."
+                    && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            });
         if !safe {
             return Err(StorageError::Backend(format!("unsafe storage key {key:?}")));
         }
@@ -46,7 +49,12 @@ impl InstallerStorage for LocalStorage {
         "local"
     }
 
-    async fn put(&self, key: &str, mut body: ByteStream<'_>, max_bytes: u64) -> Result<Stored, StorageError> {
+    async fn put(
+        &self,
+        key: &str,
+        mut body: ByteStream<'_>,
+        max_bytes: u64,
+    ) -> Result<Stored, StorageError> {
         let path = self.path(key)?;
         let parent = path.parent().unwrap_or(&self.dir).to_path_buf();
         tokio::fs::create_dir_all(&parent).await.map_err(backend)?;
@@ -79,7 +87,9 @@ impl InstallerStorage for LocalStorage {
         let path = self.path(key)?;
         let mut file = match tokio::fs::File::open(&path).await {
             Ok(file) => file,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Err(StorageError::NotFound),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StorageError::NotFound);
+            }
             Err(err) => return Err(backend(err)),
         };
         let total = file.metadata().await.map_err(backend)?.len();

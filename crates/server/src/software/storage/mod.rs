@@ -53,7 +53,12 @@ pub trait InstallerStorage: Send + Sync {
     /// `local` or `s3`, for logs.
     fn backend(&self) -> &'static str;
     /// Stores `body` under `key`; refuses (keeping nothing) past `max_bytes`.
-    async fn put(&self, key: &str, body: ByteStream<'_>, max_bytes: u64) -> Result<Stored, StorageError>;
+    async fn put(
+        &self,
+        key: &str,
+        body: ByteStream<'_>,
+        max_bytes: u64,
+    ) -> Result<Stored, StorageError>;
     /// Reads from byte `start` to the end.
     async fn open(&self, key: &str, start: u64) -> Result<Opened, StorageError>;
     /// Deletes; an absent key is not an error.

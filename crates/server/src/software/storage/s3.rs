@@ -53,7 +53,13 @@ impl S3Storage {
         }
     }
 
-    async fn upload(&self, key: &str, body: &mut ByteStream<'_>, meter: &mut Meter, upload_id: &mut Option<String>) -> Result<(), StorageError> {
+    async fn upload(
+        &self,
+        key: &str,
+        body: &mut ByteStream<'_>,
+        meter: &mut Meter,
+        upload_id: &mut Option<String>,
+    ) -> Result<(), StorageError> {
         let mut part = Vec::with_capacity(PART_BYTES);
         let mut parts = Vec::new();
         loop {
@@ -120,7 +126,11 @@ impl S3Storage {
                     .bucket(&self.bucket)
                     .key(key)
                     .upload_id(&id)
-                    .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+                    .multipart_upload(
+                        CompletedMultipartUpload::builder()
+                            .set_parts(Some(parts))
+                            .build(),
+                    )
                     .send()
                     .await
                     .map_err(|e| backend("complete_multipart_upload", &e))?;
@@ -131,7 +141,10 @@ impl S3Storage {
 }
 
 /// The SDK's error as one line for the log (code and message, no secrets).
-fn backend<E: ProvideErrorMetadata + std::fmt::Debug>(call: &str, err: &aws_sdk_s3::error::SdkError<E>) -> StorageError {
+fn backend<E: ProvideErrorMetadata + std::fmt::Debug>(
+    call: &str,
+    err: &aws_sdk_s3::error::SdkError<E>,
+) -> StorageError {
     let detail = match err.as_service_error() {
         Some(service) => format!(
             "{} {}",
@@ -149,10 +162,18 @@ impl InstallerStorage for S3Storage {
         "s3"
     }
 
-    async fn put(&self, key: &str, mut body: ByteStream<'_>, max_bytes: u64) -> Result<Stored, StorageError> {
+    async fn put(
+        &self,
+        key: &str,
+        mut body: ByteStream<'_>,
+        max_bytes: u64,
+    ) -> Result<Stored, StorageError> {
         let mut meter = Meter::new(max_bytes);
         let mut upload_id = None;
-        match self.upload(key, &mut body, &mut meter, &mut upload_id).await {
+        match self
+            .upload(key, &mut body, &mut meter, &mut upload_id)
+            .await
+        {
             Ok(()) => Ok(meter.finish()),
             Err(err) => {
                 if let Some(id) = upload_id {

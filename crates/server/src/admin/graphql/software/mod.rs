@@ -91,7 +91,9 @@ fn install_node(install: &Install) -> SoftwareInstall {
         request_id: install.request_id.to_string(),
         execution_id: global_id("PlanExecution", install.execution_id),
         action: install.action.clone(),
-        status: mobius_core::software::status_of(install).as_str().to_owned(),
+        status: mobius_core::software::status_of(install)
+            .as_str()
+            .to_owned(),
         bytes_downloaded: install.bytes_downloaded as f64,
         bytes_total: install.bytes_total as f64,
         reason: install.reason.clone(),
@@ -114,7 +116,11 @@ impl SoftwareQuery {
     }
 
     /// A version's installs, one per device and request, newest first.
-    async fn software_installs(&self, ctx: &Context<'_>, version_id: ID) -> Result<Vec<SoftwareInstall>> {
+    async fn software_installs(
+        &self,
+        ctx: &Context<'_>,
+        version_id: ID,
+    ) -> Result<Vec<SoftwareInstall>> {
         let id = parse_id(&version_id, "SoftwareVersion")?;
         let (_, scope) = gate::read(ctx, Operation::ViewDevices, None).await?;
         scope.software().get(id).await.map_err(errors::store)?;
@@ -175,7 +181,9 @@ impl SoftwareMutation {
         scope.commit().await.map_err(errors::store)?;
         if requested.created {
             for execution in &requested.executions {
-                plans.notifier.notify(execution.tenant_id, execution.device_id);
+                plans
+                    .notifier
+                    .notify(execution.tenant_id, execution.device_id);
                 plans
                     .events
                     .publish(PlanEvent::Status(Box::new(execution.clone())));
