@@ -623,32 +623,56 @@ async fn packages_install_a_cut_download_resumes_and_a_corrupt_one_is_refused() 
     );
     assert!(!bad_marker.exists(), "the corrupted installer's script ran");
 
-    // A pre-install condition this agent cannot evaluate fails closed.
-    let (_, created) = fleet
-        .upload(
-            json!({ "name": "Conditional", "version": "1", "installer_kind": "sh", "install_script": "true",
-                    "pre_install_condition": "SELECT 1 FROM os_version WHERE platform = 'ubuntu'" }),
-            "c.sh",
-            b"echo",
-        )
-        .await;
-    let conditional = created["id"].as_str().unwrap().to_owned();
-    let requested = fleet.install(&conditional, &device).await;
-    let install = fleet
-        .wait_install(
-            &conditional,
-            requested["request_id"].as_str().unwrap(),
-            "FAILED",
-            Duration::from_secs(30),
-        )
-        .await;
-    assert!(
-        install["reason"]
-            .as_str()
-            .unwrap()
-            .starts_with("condition not checked"),
-        "{install}"
-    );
+    // A pre-install condition over the host tables: one that answers no
+    // row stops the install before anything runs; one that answers a row
+    // lets it go ahead; a broken one fails closed.
+    let condition_marker = work.path().join("conditional-ran");
+    let conditional = |name: &'static str, sql: &'static str| {
+        let script = format!("touch '{}-{name}'", condition_marker.display());
+        let fleet = &fleet;
+        async move {
+            let (status, created) = fleet
+                .upload(
+                    json!({ "name": name, "version": "1", "installer_kind": "sh", "install_script": script,
+                            "pre_install_condition": sql }),
+                    "c.sh",
+                    b"echo",
+                )
+                .await;
+            assert_eq!(status, 201, "{created}");
+            created["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let unmet = conditional(
+        "Unmet",
+        "SELECT 1 FROM os_version WHERE name = 'no such os'",
+    )
+    .await;
+    let met = conditional("Met", "SELECT 1 FROM os_version").await;
+    let broken = conditional("Broken", "SELECT 1 FROM no_such_table").await;
+    for (version, status, reason) in [
+        (&unmet, "FAILED", Some("condition not met")),
+        (&met, "INSTALLED", None),
+        (&broken, "FAILED", Some("condition not checked")),
+    ] {
+        let requested = fleet.install(version, &device).await;
+        let install = fleet
+            .wait_install(
+                version,
+                requested["request_id"].as_str().unwrap(),
+                status,
+                Duration::from_secs(30),
+            )
+            .await;
+        if let Some(reason) = reason {
+            assert!(
+                install["reason"].as_str().unwrap().starts_with(reason),
+                "{install}"
+            );
+        }
+    }
+    assert!(!Path::new(&format!("{}-Unmet", condition_marker.display())).exists());
+    assert!(Path::new(&format!("{}-Met", condition_marker.display())).exists());
 
     // A .deb, installed into a throwaway dpkg root, then uninstalled.
     let root = work.path().join("dpkg-root");

@@ -141,16 +141,37 @@ fn work_dir(ctx: &Context, request_id: uuid::Uuid) -> PathBuf {
 }
 
 async fn install(job: &Job, p: &InstallSoftwareParams, ctx: &Context) -> Ended {
-    if let Some(condition) = &p.pre_install_condition {
-        // Fail closed: an install whose condition cannot be evaluated
-        // must not run as if it held.
-        ctx.say(
-            "stderr",
-            format!("pre-install condition not evaluated: {condition}"),
-        );
-        return failed(
-            "condition not checked: this agent has no host-table query engine yet, so the pre-install condition cannot be evaluated; remove the condition or update the agent",
-        );
+    if let Some(condition) = p
+        .pre_install_condition
+        .as_ref()
+        .filter(|c| !c.trim().is_empty())
+    {
+        // Like a policy query: the install goes ahead only if the host
+        // tables answer at least one row. A condition that cannot be
+        // evaluated fails closed.
+        let sql = condition.clone();
+        let info = crate::tables::AgentInfo::load(&ctx.dir);
+        let answer = tokio::task::spawn_blocking(move || {
+            crate::tables::run(&sql, &crate::tables::Limits::default(), &info)
+        })
+        .await;
+        match answer {
+            Ok(Ok(answer)) if !answer.rows.is_empty() => ctx.say(
+                "stdout",
+                format!("pre-install condition met ({} rows)", answer.rows.len()),
+            ),
+            Ok(Ok(_)) => {
+                return failed(
+                    "condition not met: the pre-install condition answered no rows on this device; nothing was installed",
+                );
+            }
+            Ok(Err(err)) => {
+                return failed(format!(
+                    "condition not checked: the pre-install condition failed on this device: {err}"
+                ));
+            }
+            Err(err) => return failed(format!("condition not checked: {err}")),
+        }
     }
     let dir = work_dir(ctx, p.request_id);
     if let Err(err) = tokio::fs::create_dir_all(&dir).await {
