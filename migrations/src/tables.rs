@@ -41,6 +41,7 @@ pub const TENANT_TABLES: &[&str] = &[
     "software_titles",
     "software_versions",
     "software_installs",
+    "software_inventory",
 ];
 
 /// Tables without `tenant_id` that the request role may still use, with

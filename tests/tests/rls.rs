@@ -108,6 +108,19 @@ async fn two_populated_tenants(store: &Store) -> (Uuid, Uuid) {
             .report(&actor, device.id, &report, 1 << 20)
             .await
             .unwrap();
+        scope
+            .software()
+            .replace_inventory(
+                &actor,
+                device.id,
+                &[mobius_api::software::InstalledPackage {
+                    source: "deb".into(),
+                    name: "tool".into(),
+                    version: "1.0".into(),
+                }],
+            )
+            .await
+            .unwrap();
         // The software catalog: a title, a version and an install.
         let (_, version) = scope
             .software()

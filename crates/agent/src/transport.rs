@@ -116,6 +116,16 @@ impl DeviceClient {
             .await
     }
 
+    /// Reports the installed packages.
+    pub async fn software_inventory(
+        &self,
+        report: &mobius_api::software::InventoryReport,
+    ) -> Result<(), CallError> {
+        self.post::<_, serde_json::Value>(mobius_api::software::INVENTORY_PATH, report)
+            .await
+            .map(drop)
+    }
+
     /// Reports an install's progress.
     pub async fn software_progress(
         &self,

@@ -235,3 +235,23 @@ pub struct SoftwareInstall {
     pub created_at: String,
     pub updated_at: String,
 }
+
+pub const INVENTORY_PATH: &str = "/api/v1/mobius/device/software/inventory";
+
+/// A package a device has installed.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct InstalledPackage {
+    /// `deb` or `rpm`.
+    pub source: String,
+    pub name: String,
+    pub version: String,
+}
+
+/// What an agent reports: every package it has installed, whole.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InventoryReport {
+    pub packages: Vec<InstalledPackage>,
+}
+
+/// At most this many packages per report (a large server has ~3,000).
+pub const MAX_INVENTORY_PACKAGES: usize = 50_000;

@@ -830,6 +830,44 @@ async fn an_agent_killed_mid_install_ends_interrupted_and_a_retry_succeeds() {
         .await;
     assert_eq!(install["exit_code"], 0);
     assert_eq!(std::fs::read_to_string(&done).unwrap(), "finished\n");
+
+    // The agent reports the host's packages: dpkg itself, at the version
+    // dpkg-query names.
+    let dpkg = Command::new("dpkg-query")
+        .args(["-W", "-f=${Version}", "dpkg"])
+        .output()
+        .unwrap();
+    let dpkg_version = String::from_utf8_lossy(&dpkg.stdout).into_owned();
+    assert!(!dpkg_version.is_empty());
+    let find = async || {
+        fleet
+            .rest(
+                reqwest::Method::GET,
+                &format!("{SOFTWARE}/inventory?name=dpkg"),
+                None,
+            )
+            .await
+            .1
+    };
+    let reported = eventually(Duration::from_secs(20), async || {
+        find().await["packages"]
+            .as_array()
+            .is_some_and(|p| !p.is_empty())
+    })
+    .await;
+    let inventory = find().await;
+    assert!(reported, "no inventory: {inventory}");
+    assert_eq!(
+        inventory["packages"][0]["device_id"],
+        uuid_of(&device).to_string(),
+        "{inventory}"
+    );
+    assert_eq!(
+        inventory["packages"][0]["version"],
+        dpkg_version.as_str(),
+        "{inventory}"
+    );
+    assert_eq!(inventory["packages"][0]["source"], "deb");
     agent.kill();
 }
 

@@ -67,6 +67,12 @@ impl Workload for InstallSoftware {
             output_tail: tail,
         })
         .await;
+        if matches!(
+            status,
+            InstallStatus::Installed | InstallStatus::Uninstalled
+        ) {
+            super::inventory::report(&ctx.dir).await;
+        }
         match status {
             InstallStatus::Installed | InstallStatus::Uninstalled => Outcome {
                 status: ExecutionStatus::Succeeded,

@@ -5,6 +5,7 @@
 //! a time; one that failed, timed out or was cancelled never blocks the next.
 
 mod install;
+mod inventory;
 mod journal;
 mod stream;
 pub mod workloads;
@@ -72,6 +73,7 @@ pub fn start(dir: StateDir, tenant_id: Uuid, device_id: Uuid) -> Result<WorkHand
     let journal = Journal::load(&dir).context("journal.json is unreadable")?;
     let (frames, rx) = mpsc::unbounded_channel();
     tokio::spawn(stream::hold(dir.clone(), frames.clone()));
+    tokio::spawn(inventory::report_periodically(dir.clone()));
     let runner = Runner {
         queries: crate::queries::QueryRunner::new(dir.clone()),
         dir,

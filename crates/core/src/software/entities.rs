@@ -54,6 +54,30 @@ pub(crate) mod version {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+pub(crate) mod inventory {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "software_inventory")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub tenant_id: Uuid,
+        pub device_id: Uuid,
+        pub source: String,
+        pub name: String,
+        pub version: String,
+        pub reported_at: DateTimeUtc,
+        pub created_at: DateTimeUtc,
+        pub updated_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
 pub(crate) mod install {
     use sea_orm::entity::prelude::*;
 

@@ -22,6 +22,7 @@ use sea_orm::{
 use serde_json::json;
 
 pub use entities::install::Model as Install;
+pub use entities::inventory::Model as InventoryRow;
 pub use entities::title::Model as Title;
 pub use entities::version::Model as Version;
 
@@ -30,7 +31,7 @@ use crate::audit::{Actor, AuditRecord};
 use crate::db::entities::device;
 use crate::db::{Store, StoreError, StoreResult, SystemTask, TenantScope};
 use crate::plans::{Execution, OperationSpec, PlanError, PlanSigner, PlanSpec, PlanTargets};
-use entities::{install, title, version};
+use entities::{install, inventory, title, version};
 
 /// Lines of installer output kept with an install.
 pub const OUTPUT_TAIL_BYTES: usize = 4096;
@@ -836,6 +837,100 @@ impl<'s> Software<'s> {
             failed.push(updated);
         }
         Ok(failed)
+    }
+}
+
+impl<'s> Software<'s> {
+    /// Replaces a device's reported packages when they differ from what is
+    /// stored; answers whether anything changed (then audited with the
+    /// counts added and removed).
+    pub async fn replace_inventory(
+        &self,
+        actor: &Actor,
+        device_id: Uuid,
+        packages: &[mobius_api::software::InstalledPackage],
+    ) -> StoreResult<bool> {
+        if packages.len() > mobius_api::software::MAX_INVENTORY_PACKAGES {
+            return Err(StoreError::Invalid {
+                field: "packages",
+                reason: format!(
+                    "at most {} packages per report",
+                    mobius_api::software::MAX_INVENTORY_PACKAGES
+                ),
+            });
+        }
+        let db = self.scope.connection();
+        let clean = |s: &str| head_text(s, 255);
+        let reported: BTreeSet<(String, String, String)> = packages
+            .iter()
+            .filter(|p| !p.name.trim().is_empty() && matches!(p.source.as_str(), "deb" | "rpm"))
+            .map(|p| (p.source.clone(), clean(&p.name), clean(&p.version)))
+            .collect();
+        let stored: BTreeSet<(String, String, String)> = inventory::Entity::find()
+            .filter(inventory::Column::TenantId.eq(self.scope.tenant_id()))
+            .filter(inventory::Column::DeviceId.eq(device_id))
+            .all(db)
+            .await?
+            .into_iter()
+            .map(|r| (r.source, r.name, r.version))
+            .collect();
+        if stored == reported {
+            return Ok(false);
+        }
+        let added = reported.difference(&stored).count();
+        let removed = stored.difference(&reported).count();
+        inventory::Entity::delete_many()
+            .filter(inventory::Column::TenantId.eq(self.scope.tenant_id()))
+            .filter(inventory::Column::DeviceId.eq(device_id))
+            .exec(db)
+            .await?;
+        let now = chrono::Utc::now();
+        let rows: Vec<inventory::ActiveModel> = reported
+            .into_iter()
+            .map(|(source, name, version)| inventory::ActiveModel {
+                id: Set(Uuid::now_v7()),
+                tenant_id: Set(self.scope.tenant_id()),
+                device_id: Set(device_id),
+                source: Set(source),
+                name: Set(name),
+                version: Set(version),
+                reported_at: Set(now),
+                created_at: Set(now),
+                updated_at: Set(now),
+            })
+            .collect();
+        let mut rows = rows.into_iter().peekable();
+        while rows.peek().is_some() {
+            let chunk: Vec<_> = rows.by_ref().take(1000).collect();
+            inventory::Entity::insert_many(chunk)
+                .exec_without_returning(db)
+                .await?;
+        }
+        self.scope
+            .audit()
+            .record(
+                actor,
+                AuditRecord::new("software.inventory_changed", "device", Some(device_id))
+                    .with_details(json!({ "added": added, "removed": removed })),
+            )
+            .await?;
+        Ok(true)
+    }
+
+    /// Which devices have a package named `name` (every package when
+    /// `None`), by name, then device.
+    pub async fn inventory(&self, name: Option<&str>) -> StoreResult<Vec<InventoryRow>> {
+        let mut query = inventory::Entity::find()
+            .filter(inventory::Column::TenantId.eq(self.scope.tenant_id()));
+        if let Some(name) = name {
+            query = query.filter(inventory::Column::Name.eq(name));
+        }
+        Ok(query
+            .order_by_asc(inventory::Column::Name)
+            .order_by_asc(inventory::Column::DeviceId)
+            .limit(100_000)
+            .all(self.scope.connection())
+            .await?)
     }
 }
 

@@ -79,6 +79,12 @@ pub fn router(state: DeviceState) -> Router {
             mobius_api::software::PROGRESS_PATH,
             post(crate::software::device::progress),
         )
+        .route(
+            mobius_api::software::INVENTORY_PATH,
+            post(crate::software::device::inventory).layer(DefaultBodyLimit::max(
+                crate::software::device::MAX_INVENTORY_BODY_BYTES,
+            )),
+        )
         .fallback(|| async {
             errors::error(
                 StatusCode::NOT_FOUND,

@@ -199,3 +199,28 @@ pub async fn progress(
     scope.commit().await?;
     Ok(Json(serde_json::json!({})))
 }
+
+/// Inventory reports list every package of a host: far above the device
+/// listener's 64 KiB, well below what a report can reach.
+pub const MAX_INVENTORY_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// `POST /api/v1/mobius/device/software/inventory`.
+pub async fn inventory(
+    State(state): State<DeviceState>,
+    device: DeviceScope,
+    body: Result<Json<mobius_api::software::InventoryReport>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(report) = body.map_err(bad_body)?;
+    let identity = &device.identity;
+    let scope = state.store.begin(identity).await?;
+    let changed = scope
+        .software()
+        .replace_inventory(
+            &device_actor(identity),
+            identity.device_id(),
+            &report.packages,
+        )
+        .await?;
+    scope.commit().await?;
+    Ok(Json(serde_json::json!({ "changed": changed })))
+}

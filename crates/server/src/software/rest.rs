@@ -75,6 +75,7 @@ pub fn router(state: SoftwareRestState) -> Router {
             "/api/v1/mobius/software/requests/{id}",
             get(request_installs),
         )
+        .route("/api/v1/mobius/software/inventory", get(inventory))
         .layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
@@ -408,9 +409,46 @@ pub async fn show(
     let software = authenticated.scope.software();
     let (title, version) = software.get(id).await?;
     let installs = software.installs_of_version(id).await?;
+    // What devices report having under this title's name, any version.
+    let installed = software.inventory(Some(&title.name)).await?;
     Ok(Json(json!({
         "version": version_body(&title, &version),
         "installs": installs.iter().map(install_body).collect::<Vec<_>>(),
+        "installed_on": installed.iter().map(inventory_body).collect::<Vec<_>>(),
+    })))
+}
+
+fn inventory_body(row: &mobius_core::software::InventoryRow) -> Value {
+    json!({
+        "device_id": row.device_id,
+        "source": row.source,
+        "name": row.name,
+        "version": row.version,
+        "reported_at": time(row.reported_at),
+    })
+}
+
+#[derive(serde::Deserialize)]
+pub struct InventoryQuery {
+    name: Option<String>,
+}
+
+/// `GET /api/v1/mobius/software/inventory?name=...`: which devices report
+/// which version of a package (of every package without `name`).
+pub async fn inventory(
+    State(state): State<SoftwareRestState>,
+    headers: HeaderMap,
+    peer: Peer,
+    query: axum::extract::Query<InventoryQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let authenticated = authorize(&state.graphql, &headers, &peer, Operation::ViewDevices).await?;
+    let rows = authenticated
+        .scope
+        .software()
+        .inventory(query.name.as_deref())
+        .await?;
+    Ok(Json(json!({
+        "packages": rows.iter().map(inventory_body).collect::<Vec<_>>(),
     })))
 }
 
