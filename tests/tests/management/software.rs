@@ -819,17 +819,89 @@ async fn an_agent_killed_mid_install_ends_interrupted_and_a_retry_succeeds() {
         "{shown}"
     );
 
-    let retry = fleet.install(&version, &device).await;
+    // "Retry failed" requests the failed install again, and it succeeds.
+    let (status, retry) = fleet
+        .rest(
+            reqwest::Method::POST,
+            &format!("{SOFTWARE}/devices/{device}/retry-failed"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{retry}");
+    assert_eq!(retry["installs"].as_array().unwrap().len(), 1, "{retry}");
     let install = fleet
         .wait_install(
             &version,
-            retry["request_id"].as_str().unwrap(),
+            retry["installs"][0]["request_id"].as_str().unwrap(),
             "INSTALLED",
             Duration::from_secs(30),
         )
         .await;
     assert_eq!(install["exit_code"], 0);
     assert_eq!(std::fs::read_to_string(&done).unwrap(), "finished\n");
+
+    // Nothing failed any more: a second retry requests nothing.
+    let (_, retry) = fleet
+        .rest(
+            reqwest::Method::POST,
+            &format!("{SOFTWARE}/devices/{device}/retry-failed"),
+            None,
+        )
+        .await;
+    assert_eq!(retry["installs"], json!([]), "{retry}");
+
+    // "Install all self-service": the newest self-service version not on
+    // the device yet; titles without the flag are left alone.
+    let portal = work.path().join("portal-installed");
+    for (name, version, self_service) in [
+        ("Portal", "1.0", true),
+        ("Portal", "2.0", true),
+        ("Admin only", "1.0", false),
+    ] {
+        let (status, created) = fleet
+            .upload(
+                json!({ "name": name, "version": version, "installer_kind": "sh", "self_service": self_service,
+                        "install_script": format!("echo $SOFTWARE_VERSION >> '{}'", portal.display()) }),
+                "p.sh",
+                b"echo",
+            )
+            .await;
+        assert_eq!(status, 201, "{created}");
+    }
+    let (status, requested) = fleet
+        .rest(
+            reqwest::Method::POST,
+            &format!("{SOFTWARE}/devices/{device}/install-self-service"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{requested}");
+    assert_eq!(
+        requested["installs"].as_array().unwrap().len(),
+        1,
+        "{requested}"
+    );
+    let portal_version = requested["installs"][0]["version_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    fleet
+        .wait_install(
+            &portal_version,
+            requested["installs"][0]["request_id"].as_str().unwrap(),
+            "INSTALLED",
+            Duration::from_secs(30),
+        )
+        .await;
+    assert_eq!(std::fs::read_to_string(&portal).unwrap(), "2.0\n");
+    let (_, again) = fleet
+        .rest(
+            reqwest::Method::POST,
+            &format!("{SOFTWARE}/devices/{device}/install-self-service"),
+            None,
+        )
+        .await;
+    assert_eq!(again["installs"], json!([]), "{again}");
 
     // The agent reports the host's packages: dpkg itself, at the version
     // dpkg-query names.

@@ -228,6 +228,20 @@ mod tests {
 
     use super::*;
 
+    fn install_params(action: &str, kind: &str, script: Option<&str>) -> serde_json::Value {
+        json!({
+            "request_id": "01930000-0000-7000-8000-000000000000",
+            "action": action,
+            "name": "tool",
+            "version": "1",
+            "installer_kind": kind,
+            "file_name": "tool.bin",
+            "size_bytes": 1,
+            "sha256": "0".repeat(64),
+            "install_script": script,
+        })
+    }
+
     #[test]
     fn bad_parameters_name_their_field() {
         let cases = [
@@ -269,12 +283,33 @@ mod tests {
                 "op.params.action",
             ),
             ("reboot", json!({}), "op.kind"),
+            (
+                "install_software",
+                install_params("rm", "sh", Some("true")),
+                "op.params.action",
+            ),
+            (
+                "install_software",
+                install_params("install", "exe", Some("true")),
+                "op.params.installer_kind",
+            ),
+            (
+                "install_software",
+                install_params("install", "sh", None),
+                "op.params.install_script",
+            ),
         ];
         for (kind, params, field) in cases {
             let err = validate(kind, &params, "op").unwrap_err();
             assert_eq!(err.0, field, "{kind} {params}: {}", err.1);
         }
         validate("exec", &json!({"argv": ["true"]}), "op").unwrap();
+        validate(
+            "install_software",
+            &install_params("install", "deb", None),
+            "op",
+        )
+        .unwrap();
         validate(
             "service",
             &json!({"unit": "nginx.service", "action": "restart"}),

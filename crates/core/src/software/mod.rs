@@ -841,6 +841,140 @@ impl<'s> Software<'s> {
 }
 
 impl<'s> Software<'s> {
+    /// Each version's newest install on the device (by request).
+    async fn latest_on_device(&self, device_id: Uuid) -> StoreResult<HashMap<Uuid, Install>> {
+        let rows = install::Entity::find()
+            .filter(install::Column::TenantId.eq(self.scope.tenant_id()))
+            .filter(install::Column::DeviceId.eq(device_id))
+            .order_by_asc(install::Column::Id)
+            .all(self.scope.connection())
+            .await?;
+        let mut latest = HashMap::new();
+        for row in rows {
+            latest.insert(row.version_id, row);
+        }
+        Ok(latest)
+    }
+
+    /// A device the caller may see (NOT_FOUND otherwise), not revoked.
+    async fn visible_device(&self, device_id: Uuid) -> SoftwareResult<device::Model> {
+        let mut query = device::Entity::find_by_id(device_id)
+            .filter(device::Column::TenantId.eq(self.scope.tenant_id()));
+        if let Some(team) = self.scope.team_restriction() {
+            query = query.filter(device::Column::TeamId.eq(team));
+        }
+        let found = query
+            .one(self.scope.connection())
+            .await?
+            .ok_or(StoreError::NotFound { entity: "device" })?;
+        if found.revoked_at.is_some() {
+            return Err(invalid(
+                "deviceId",
+                format!("device {device_id} is revoked"),
+            ));
+        }
+        Ok(found)
+    }
+
+    /// Requests again every install (or uninstall) whose latest attempt on
+    /// the device FAILED.
+    pub async fn retry_failed(
+        &self,
+        actor: &Actor,
+        signer: &PlanSigner,
+        device_id: Uuid,
+    ) -> SoftwareResult<Vec<Requested>> {
+        self.visible_device(device_id).await?;
+        let mut failed: Vec<Install> = self
+            .latest_on_device(device_id)
+            .await?
+            .into_values()
+            .filter(|i| status_of(i) == InstallStatus::Failed)
+            .collect();
+        failed.sort_by_key(|i| i.id);
+        let mut requested = Vec::with_capacity(failed.len());
+        for install in failed {
+            requested.push(
+                self.install(
+                    actor,
+                    signer,
+                    InstallSpec {
+                        version_id: install.version_id,
+                        uninstall: install.action == "uninstall",
+                        targets: PlanTargets {
+                            device_ids: vec![device_id],
+                            ..PlanTargets::default()
+                        },
+                        ..InstallSpec::default()
+                    },
+                )
+                .await?,
+            );
+        }
+        Ok(requested)
+    }
+
+    /// Installs the newest version of every self-service title offered
+    /// where the device is (its site or team) and not installed on it yet
+    /// (nor on its way).
+    pub async fn install_self_service(
+        &self,
+        actor: &Actor,
+        signer: &PlanSigner,
+        device_id: Uuid,
+    ) -> SoftwareResult<Vec<Requested>> {
+        let found = self.visible_device(device_id).await?;
+        let latest = self.latest_on_device(device_id).await?;
+        let mut newest: HashMap<Uuid, (Title, Version)> = HashMap::new();
+        for (title, version) in self.list().await? {
+            if !title.self_service {
+                continue;
+            }
+            let sites = site_ids_of(&title);
+            let teams = team_ids_of(&title);
+            let offered = (sites.is_empty() && teams.is_empty())
+                || sites.contains(&found.site_id)
+                || found.team_id.is_some_and(|t| teams.contains(&t));
+            if !offered {
+                continue;
+            }
+            // `list` is newest first: the first version seen of a title is its newest.
+            newest.entry(title.id).or_insert((title, version));
+        }
+        let mut wanted: Vec<Version> = newest
+            .into_values()
+            // Missing: never installed, uninstalled, or its install failed.
+            .filter(|(_, version)| match latest.get(&version.id) {
+                None => true,
+                Some(i) => matches!(
+                    (i.action.as_str(), status_of(i)),
+                    ("install", InstallStatus::Failed) | ("uninstall", InstallStatus::Uninstalled)
+                ),
+            })
+            .map(|(_, version)| version)
+            .collect();
+        wanted.sort_by_key(|v| v.id);
+        let mut requested = Vec::with_capacity(wanted.len());
+        for version in wanted {
+            requested.push(
+                self.install(
+                    actor,
+                    signer,
+                    InstallSpec {
+                        version_id: version.id,
+                        targets: PlanTargets {
+                            device_ids: vec![device_id],
+                            ..PlanTargets::default()
+                        },
+                        ..InstallSpec::default()
+                    },
+                )
+                .await?,
+            );
+        }
+        Ok(requested)
+    }
+
     /// Replaces a device's reported packages when they differ from what is
     /// stored; answers whether anything changed (then audited with the
     /// counts added and removed).

@@ -76,6 +76,14 @@ pub fn router(state: SoftwareRestState) -> Router {
             get(request_installs),
         )
         .route("/api/v1/mobius/software/inventory", get(inventory))
+        .route(
+            "/api/v1/mobius/software/devices/{device}/retry-failed",
+            post(retry_failed),
+        )
+        .route(
+            "/api/v1/mobius/software/devices/{device}/install-self-service",
+            post(install_self_service),
+        )
         .layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
@@ -557,6 +565,70 @@ pub async fn uninstall(
     body: Result<Json<InstallRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     request(state, headers, peer, id, body, true).await
+}
+
+/// `POST /api/v1/mobius/software/devices/{device}/retry-failed`: every
+/// install whose latest attempt on the device failed, requested again.
+pub async fn retry_failed(
+    State(state): State<SoftwareRestState>,
+    headers: HeaderMap,
+    peer: Peer,
+    Path(device): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    device_action(state, headers, peer, device, false).await
+}
+
+/// `POST /api/v1/mobius/software/devices/{device}/install-self-service`:
+/// the newest version of every self-service title offered to the device
+/// and not on it yet.
+pub async fn install_self_service(
+    State(state): State<SoftwareRestState>,
+    headers: HeaderMap,
+    peer: Peer,
+    Path(device): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    device_action(state, headers, peer, device, true).await
+}
+
+async fn device_action(
+    state: SoftwareRestState,
+    headers: HeaderMap,
+    peer: Peer,
+    device: String,
+    self_service: bool,
+) -> Result<Json<Value>, ApiError> {
+    let device = parse_ref(&device, "Device", "device")?;
+    let authenticated =
+        authorize(&state.graphql, &headers, &peer, Operation::ManageDevices).await?;
+    let scope = authenticated.scope;
+    let actor = authenticated.principal.actor();
+    let software = scope.software();
+    let requested = if self_service {
+        software
+            .install_self_service(&actor, &state.plans.signer, device)
+            .await
+    } else {
+        software
+            .retry_failed(&actor, &state.plans.signer, device)
+            .await
+    }
+    .map_err(software_error)?;
+    scope.commit().await?;
+    let mut installs = Vec::new();
+    for request in &requested {
+        for execution in &request.executions {
+            state
+                .plans
+                .notifier
+                .notify(execution.tenant_id, execution.device_id);
+            state
+                .plans
+                .events
+                .publish(PlanEvent::Status(Box::new(execution.clone())));
+        }
+        installs.extend(request.installs.iter().map(install_body));
+    }
+    Ok(Json(json!({ "installs": installs })))
 }
 
 /// `GET /api/v1/mobius/software/requests/{id}`.
