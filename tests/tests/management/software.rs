@@ -940,6 +940,22 @@ async fn an_agent_killed_mid_install_ends_interrupted_and_a_retry_succeeds() {
         "{inventory}"
     );
     assert_eq!(inventory["packages"][0]["source"], "deb");
+    let shown = fleet
+        .gql(
+            "{ softwareInventory(name: \"dpkg\") { deviceId source version } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        shown["data"]["softwareInventory"][0]["deviceId"],
+        device.as_str(),
+        "{shown}"
+    );
+    assert_eq!(
+        shown["data"]["softwareInventory"][0]["version"],
+        dpkg_version.as_str(),
+        "{shown}"
+    );
     agent.kill();
 }
 

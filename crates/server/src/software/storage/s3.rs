@@ -43,7 +43,16 @@ impl S3Storage {
             .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
             .region(aws_sdk_s3::config::Region::new(config.region))
             .credentials_provider(credentials)
-            .force_path_style(config.path_style);
+            .force_path_style(config.path_style)
+            // Parts are in memory, so a failed call is simply sent again;
+            // a busy store gets a few tries and time to accept the
+            // connection before an upload is given up.
+            .retry_config(aws_sdk_s3::config::retry::RetryConfig::standard().with_max_attempts(4))
+            .timeout_config(
+                aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(std::time::Duration::from_secs(10))
+                    .build(),
+            );
         if let Some(endpoint) = config.endpoint {
             builder = builder.endpoint_url(endpoint);
         }

@@ -103,6 +103,17 @@ fn install_node(install: &Install) -> SoftwareInstall {
     }
 }
 
+/// A package a device reports installed (from its deb or rpm database).
+#[derive(SimpleObject)]
+pub struct InstalledPackage {
+    pub device_id: ID,
+    /// deb or rpm.
+    pub source: String,
+    pub name: String,
+    pub version: String,
+    pub reported_at: DateTime<Utc>,
+}
+
 #[derive(Default)]
 pub struct SoftwareQuery;
 
@@ -113,6 +124,31 @@ impl SoftwareQuery {
         let (_, scope) = gate::read(ctx, Operation::ViewDevices, None).await?;
         let versions = scope.software().list().await.map_err(errors::store)?;
         Ok(versions.iter().map(|(t, v)| version_node(t, v)).collect())
+    }
+
+    /// Which devices report which version of the package `name` (every
+    /// package without it).
+    async fn software_inventory(
+        &self,
+        ctx: &Context<'_>,
+        name: Option<String>,
+    ) -> Result<Vec<InstalledPackage>> {
+        let (_, scope) = gate::read(ctx, Operation::ViewDevices, None).await?;
+        let rows = scope
+            .software()
+            .inventory(name.as_deref())
+            .await
+            .map_err(errors::store)?;
+        Ok(rows
+            .into_iter()
+            .map(|row| InstalledPackage {
+                device_id: global_id("Device", row.device_id),
+                source: row.source,
+                name: row.name,
+                version: row.version,
+                reported_at: row.reported_at,
+            })
+            .collect())
     }
 
     /// A version's installs, one per device and request, newest first.
