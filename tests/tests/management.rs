@@ -5,3 +5,5 @@
 
 #[path = "management/agent_tables.rs"]
 mod agent_tables;
+#[path = "management/software.rs"]
+mod software;

@@ -108,6 +108,55 @@ async fn two_populated_tenants(store: &Store) -> (Uuid, Uuid) {
             .report(&actor, device.id, &report, 1 << 20)
             .await
             .unwrap();
+        scope
+            .software()
+            .replace_inventory(
+                &actor,
+                device.id,
+                &[mobius_api::software::InstalledPackage {
+                    source: "deb".into(),
+                    name: "tool".into(),
+                    version: "1.0".into(),
+                }],
+            )
+            .await
+            .unwrap();
+        // The software catalog: a title, a version and an install.
+        let (_, version) = scope
+            .software()
+            .add_version(
+                &actor,
+                mobius_core::software::NewVersion {
+                    name: "tool".into(),
+                    version: "1.0".into(),
+                    platform: "linux".into(),
+                    installer_kind: "sh".into(),
+                    file_name: "tool.sh".into(),
+                    storage_key: format!("{}/tool", tenant.id.simple()),
+                    size_bytes: 1,
+                    sha256: "0".repeat(64),
+                    install_script: Some("true".into()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        scope
+            .software()
+            .install(
+                &actor,
+                &signer,
+                mobius_core::software::InstallSpec {
+                    version_id: version.id,
+                    targets: mobius_core::plans::PlanTargets {
+                        device_ids: vec![device.id],
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
         scope.devices().revoke(&actor, device.id).await.unwrap();
         let pki = Pki::new(
             Arc::new(LocalSealer::new(&[3u8; 32])),

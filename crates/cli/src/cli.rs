@@ -161,6 +161,9 @@ pub enum Command {
     /// Apply, list, follow and cancel plans (work run by agents)
     #[command(subcommand)]
     Plans(crate::commands::plans::PlansCommand),
+    /// Upload, list and install software (installers in the catalog)
+    #[command(subcommand)]
+    Software(crate::commands::software::SoftwareCommand),
 
     /// Run a command on devices and stream its output; exits with the remote exit status
     Run(crate::commands::plans::RunArgs),

@@ -18,6 +18,7 @@ mod node;
 mod pagination;
 mod plans;
 pub mod signup;
+mod software;
 mod sso;
 mod tenancy;
 
@@ -97,6 +98,7 @@ pub struct QueryRoot(
     licensing::LicenseQuery,
     plans::PlanQuery,
     backbone::BackboneQuery,
+    software::SoftwareQuery,
 );
 
 /// Mutations are split by area and merged.
@@ -111,6 +113,7 @@ pub struct MutationRoot(
     signup::SignUpMutation,
     plans::PlanMutation,
     backbone::BackboneMutation,
+    software::SoftwareMutation,
 );
 
 // Each area's subscriptions, merged.
