@@ -18,7 +18,9 @@ pub mod identity;
 pub mod licensing;
 pub mod pki;
 pub mod plans;
+pub mod policies;
 pub mod platform;
+pub mod queries;
 pub mod tenancy;
 
 pub use db::{Store, StoreError, StoreResult, TenantScope};

@@ -194,6 +194,9 @@ pub struct Settings {
     /// Unauthenticated principal registrations allowed per minute from one
     /// client address.
     pub backbone_registrations_per_minute_per_client: u32,
+    /// Live query campaigns and their answers are deleted this many hours
+    /// after they started.
+    pub live_query_retention_hours: u32,
 }
 
 /// How the SMTP connection is protected.
@@ -267,6 +270,7 @@ impl Default for Settings {
             backbone_tls_cert_file: None,
             backbone_tls_key_file: None,
             backbone_registrations_per_minute_per_client: 10,
+            live_query_retention_hours: 24,
         }
     }
 }
@@ -328,6 +332,7 @@ const SETTING_NAMES: &[&str] = &[
     "backbone_tls_cert_file",
     "backbone_tls_key_file",
     "backbone_registrations_per_minute_per_client",
+    "live_query_retention_hours",
 ];
 
 /// Values given as command-line flags; `None` means "not given".
@@ -467,6 +472,11 @@ impl Settings {
             return Err(SettingsError(
                 "plan_log_cap_bytes must be at least 1024 and plan_log_retention_days at least 1"
                     .into(),
+            ));
+        }
+        if self.live_query_retention_hours == 0 {
+            return Err(SettingsError(
+                "live_query_retention_hours must be at least 1".into(),
             ));
         }
         if self.heartbeat_interval_secs == 0 {

@@ -46,13 +46,22 @@ pub enum JobKind {
     /// Links audit events no server was woken for (the per-replica
     /// chainer links the rest as they commit).
     AuditChainSweep,
+    /// Pushes due policies to online devices (see `queries::jobs`).
+    PolicySchedule,
+    /// Ends overdue live queries, deletes expired ones.
+    LiveQueryMaintenance,
+    /// Posts due policy webhook deliveries.
+    WebhookDelivery,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 3] = [
+    pub const ALL: [JobKind; 6] = [
         JobKind::PurgeExpired,
         JobKind::PruneCluster,
         JobKind::AuditChainSweep,
+        JobKind::PolicySchedule,
+        JobKind::LiveQueryMaintenance,
+        JobKind::WebhookDelivery,
     ];
 
     pub fn name(self) -> &'static str {
@@ -60,6 +69,9 @@ impl JobKind {
             JobKind::PurgeExpired => "purge-expired",
             JobKind::PruneCluster => "prune-cluster",
             JobKind::AuditChainSweep => "audit-chain-sweep",
+            JobKind::PolicySchedule => "policy-schedule",
+            JobKind::LiveQueryMaintenance => "live-query-maintenance",
+            JobKind::WebhookDelivery => "webhook-delivery",
         }
     }
 
@@ -69,6 +81,11 @@ impl JobKind {
             JobKind::PurgeExpired => Duration::from_secs(3600),
             JobKind::PruneCluster => Duration::from_secs(300),
             JobKind::AuditChainSweep => Duration::from_secs(10),
+            JobKind::PolicySchedule => Duration::from_secs(10),
+            JobKind::LiveQueryMaintenance => Duration::from_secs(60),
+            // Retries back off from 2 s: the period bounds how late a
+            // first attempt can be.
+            JobKind::WebhookDelivery => Duration::from_secs(2),
         }
     }
 }
@@ -80,9 +97,17 @@ pub struct Scheduler {
     jobs: Vec<(JobKind, Duration)>,
     revocation_lookback: chrono::Duration,
     metrics: Arc<Metrics>,
+    /// For the query jobs; without it they record that they had nothing to do.
+    queries: Option<(crate::queries::QueryServices, reqwest::Client)>,
 }
 
 impl Scheduler {
+    /// Gives the query jobs what they need.
+    pub fn with_queries(mut self, services: crate::queries::QueryServices) -> Scheduler {
+        self.queries = Some((services, crate::queries::jobs::webhook_client()));
+        self
+    }
+
     /// `periods` overrides default periods by job name (seconds).
     pub fn new(
         store: Store,
@@ -109,6 +134,7 @@ impl Scheduler {
             jobs,
             revocation_lookback,
             metrics,
+            queries: None,
         }
     }
 
@@ -168,6 +194,20 @@ impl Scheduler {
                 .chain_audit_events()
                 .await
                 .map(|linked| format!("linked={linked}")),
+            JobKind::PolicySchedule => match &self.queries {
+                Some((services, _)) => crate::queries::jobs::run_due_policies(services).await,
+                None => Ok("no query services".into()),
+            },
+            JobKind::LiveQueryMaintenance => match &self.queries {
+                Some((services, _)) => crate::queries::jobs::maintain_live_queries(services).await,
+                None => Ok("no query services".into()),
+            },
+            JobKind::WebhookDelivery => match &self.queries {
+                Some((services, client)) => {
+                    crate::queries::jobs::deliver_webhooks(services, client).await
+                }
+                None => Ok("no query services".into()),
+            },
         };
         let outcome = match work {
             Ok(outcome) => outcome,
