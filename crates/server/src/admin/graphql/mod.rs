@@ -17,6 +17,8 @@ mod loaders;
 mod node;
 mod pagination;
 mod plans;
+mod policies;
+mod queries;
 pub mod signup;
 mod sso;
 mod tenancy;
@@ -96,6 +98,8 @@ pub struct QueryRoot(
     licensing::LicenseQuery,
     plans::PlanQuery,
     backbone::BackboneQuery,
+    queries::LiveQueryQuery,
+    policies::PolicyQuery,
 );
 
 /// Mutations are split by area and merged.
@@ -109,12 +113,18 @@ pub struct MutationRoot(
     signup::SignUpMutation,
     plans::PlanMutation,
     backbone::BackboneMutation,
+    queries::LiveQueryMutation,
+    policies::PolicyMutation,
 );
 
 // Each area's subscriptions, merged.
 #[derive(async_graphql::MergedSubscription, Default)]
 #[graphql(name = "Subscription")]
-pub struct SubscriptionRoot(audit::AuditSubscription, plans::PlanSubscription);
+pub struct SubscriptionRoot(
+    audit::AuditSubscription,
+    plans::PlanSubscription,
+    queries::LiveQuerySubscription,
+);
 
 /// Depth 15 admits GraphiQL's introspection query; complexity 1000 admits a
 /// full 500-device page with its sites and teams but not nested abuse.
