@@ -92,7 +92,8 @@ async fn a_policy_fails_on_one_device_passes_on_another_and_the_webhook_is_signe
     // The webhook: http(s) only, never the server itself; the secret once.
     let (url, received) = receiver().await;
     let set = "mutation($url: String!) { setPolicyWebhook(url: $url) { secret webhook { url } } }";
-    for bad in ["ftp://example.com/hook", "not a url", &fleet.server.url("/hook")] {
+    let itself = fleet.server.url("/hook");
+    for bad in ["ftp://example.com/hook", "not a url", itself.as_str()] {
         let refused = fleet.gql(set, json!({ "url": bad })).await;
         assert_eq!(
             refused["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
