@@ -18,8 +18,8 @@ pub mod identity;
 pub mod licensing;
 pub mod pki;
 pub mod plans;
-pub mod policies;
 pub mod platform;
+pub mod policies;
 pub mod queries;
 pub mod tenancy;
 

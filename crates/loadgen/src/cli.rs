@@ -153,6 +153,13 @@ pub enum Command {
     /// the server memory the held streams cost. Needs --admin and
     /// --admin-token (to apply the plan).
     PlanFanout(PlanFanoutArgs),
+    /// Every agent holds its work stream and a report connection; one
+    /// live query goes to all of them and each answers three rows when its
+    /// query frame arrives. Reports the time from runLiveQuery until 99%
+    /// and 100% of results reached the admin's liveQueryResults
+    /// subscription. Needs --admin and --admin-token. Same options as
+    /// plan-fanout.
+    LiveQuery(PlanFanoutArgs),
 }
 
 #[derive(Clone, Debug, Args)]

@@ -30,9 +30,9 @@ use crate::transport::{Connection, Failure, Target};
 use crate::usage::Watch;
 
 /// One agent with its stream open.
-struct Streaming {
-    agent: Agent,
-    body: Option<hyper::body::Incoming>,
+pub(crate) struct Streaming {
+    pub(crate) agent: Agent,
+    pub(crate) body: Option<hyper::body::Incoming>,
 }
 
 pub struct FanoutArgs<'a> {
@@ -51,16 +51,38 @@ pub async fn run(
     identities: &[Identity],
     args: FanoutArgs<'_>,
 ) -> Result<Vec<PhaseReport>> {
+    let count = identities.len();
+    let (mut reports, streaming) = open_streams(
+        target.clone(),
+        trust,
+        identities,
+        args.connect_concurrency,
+        args.server_pid,
+    )
+    .await?;
+    fanout_phase(target, args, count, streaming, &mut reports).await?;
+    Ok(reports)
+}
+
+/// Phases 1 and 2 (shared with the live-query scenario): every agent opens
+/// its work stream, then its report connection.
+pub(crate) async fn open_streams(
+    target: Arc<Target>,
+    trust: &ServerTrust,
+    identities: &[Identity],
+    connect_concurrency: usize,
+    server_pid: Option<u32>,
+) -> Result<(Vec<PhaseReport>, Vec<Streaming>)> {
     let agents = unconnected(trust, identities)?;
     let count = agents.len();
 
     // Phase 1: open every agent's work stream.
     let recorder = Arc::new(Recorder::new()?);
-    let watch = Watch::start(args.server_pid);
+    let watch = Watch::start(server_pid);
     let started = Instant::now();
     let streams: Arc<std::sync::Mutex<Vec<Option<hyper::body::Incoming>>>> =
         Arc::new(std::sync::Mutex::new((0..count).map(|_| None).collect()));
-    let agents = for_each_agent(agents, Some(args.connect_concurrency), |agent| {
+    let agents = for_each_agent(agents, Some(connect_concurrency), |agent| {
         let target = target.clone();
         let recorder = recorder.clone();
         let streams = streams.clone();
@@ -97,9 +119,9 @@ pub async fn run(
 
     // Phase 2: the report connections.
     let recorder = Arc::new(Recorder::new()?);
-    let watch = Watch::start(args.server_pid);
+    let watch = Watch::start(server_pid);
     let started = Instant::now();
-    let agents = for_each_agent(agents, Some(args.connect_concurrency), |mut agent| {
+    let agents = for_each_agent(agents, Some(connect_concurrency), |mut agent| {
         let target = target.clone();
         let recorder = recorder.clone();
         async move {
@@ -135,8 +157,17 @@ pub async fn run(
             Streaming { agent, body }
         })
         .collect();
+    Ok((reports, streaming))
+}
 
-    // Phase 3: one plan to all; each agent answers its execution.
+/// Phase 3: one plan to all; each agent answers its execution.
+async fn fanout_phase(
+    target: Arc<Target>,
+    args: FanoutArgs<'_>,
+    count: usize,
+    streaming: Vec<Streaming>,
+    reports: &mut Vec<PhaseReport>,
+) -> Result<()> {
     let device_ids: Vec<String> = streaming
         .iter()
         .map(|s| URL_SAFE_NO_PAD.encode(format!("Device:{}", s.agent.identity.device_id)))
@@ -198,7 +229,7 @@ pub async fn run(
     let mut fanout = recorder.finish(phase("plan-fanout", &usage_agents, elapsed, None, watch));
     fanout.agents = count;
     reports.push(fanout);
-    Ok(reports)
+    Ok(())
 }
 
 /// Reports SUCCEEDED for the execution (a no-op workload).

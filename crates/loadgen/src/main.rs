@@ -6,6 +6,7 @@ mod enroll;
 mod fanout;
 mod heartbeat;
 mod identity;
+mod live_query;
 mod report;
 mod tls;
 mod transport;
@@ -100,6 +101,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Connect(args) => run.connect(&args, descriptors).await?,
         Command::Reconnect(args) => run.reconnect(&args, descriptors).await?,
         Command::PlanFanout(args) => run.plan_fanout(&args, descriptors).await?,
+        Command::LiveQuery(args) => run.live_query(&args, descriptors).await?,
     }
 
     if run.common.json {
@@ -345,6 +347,44 @@ impl Run {
             &trust,
             &self.fleet.agents[..args.agents],
             fanout::FanoutArgs {
+                admin: &admin,
+                access_token: &access_token,
+                connect_concurrency: args.connect_concurrency,
+                wait: Duration::from_secs_f64(args.wait.max(1.0)),
+                server_pid: self.common.server_pid,
+            },
+        )
+        .await?;
+        self.report.phases.extend(phases);
+        Ok(())
+    }
+
+    async fn live_query(&mut self, args: &PlanFanoutArgs, descriptors: u64) -> Result<()> {
+        let admin = self
+            .common
+            .admin
+            .admin
+            .clone()
+            .context("live-query starts a live query: give --admin URL")?;
+        let access_token = self
+            .common
+            .admin
+            .admin_token
+            .clone()
+            .context("live-query starts a live query: give --admin-token")?;
+        check_descriptors(args.agents * 2, descriptors)?;
+        let trust = self
+            .prepare(args.agents, args.enroll_concurrency, descriptors)
+            .await?;
+        eprintln!(
+            "mobius-loadgen: {} agents open their work streams ({} at once)",
+            args.agents, args.connect_concurrency
+        );
+        let phases = live_query::run(
+            self.target.clone(),
+            &trust,
+            &self.fleet.agents[..args.agents],
+            live_query::LiveQueryArgs {
                 admin: &admin,
                 access_token: &access_token,
                 connect_concurrency: args.connect_concurrency,
