@@ -109,6 +109,14 @@ impl MigrationTrait for Migration {
                 &["campaign_id", "device_id"],
             ))
             .await?;
+        // The campaign watcher counts a campaign's PENDING rows often.
+        manager
+            .create_index(index(
+                "ix_query_campaign_devices_campaign_status",
+                "query_campaign_devices",
+                &["tenant_id", "campaign_id", "status"],
+            ))
+            .await?;
         manager
             .create_index(index(
                 "ix_query_campaign_devices_device_status",

@@ -197,13 +197,15 @@ impl Started {
     }
 }
 
-/// What recording an answer changed, for the caller to announce after
-/// commit.
+/// What a campaign watcher's look found.
 #[derive(Clone, Debug)]
-pub struct Answered {
-    pub device: CampaignDevice,
-    /// Set when this answer was the last one the campaign waited for.
-    pub finished: Option<Campaign>,
+pub enum Watched {
+    /// Devices are still pending.
+    Waiting,
+    /// Ended before (stopped, or timed out).
+    AlreadyEnded,
+    /// This look ended it: every online target had answered.
+    Finished(Box<Campaign>, Vec<CampaignDevice>),
 }
 
 /// The request a device gets for a campaign.
@@ -264,21 +266,11 @@ impl<'s> Queries<'s> {
         {
             return Err(invalid("targets", "name at least one device, site or team"));
         }
-        let ids = self.scope.plans().resolve_targets(targets).await?;
-        if ids.is_empty() {
+        let devices = self.resolve_targets(targets).await?;
+        if devices.is_empty() {
             return Err(invalid("targets", "match no enrolled device"));
         }
         let db = self.scope.connection();
-        let mut devices = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(5000) {
-            devices.extend(
-                device::Entity::find()
-                    .filter(device::Column::TenantId.eq(self.scope.tenant_id()))
-                    .filter(device::Column::Id.is_in(chunk.to_vec()))
-                    .all(db)
-                    .await?,
-            );
-        }
         let now = chrono::Utc::now();
         let id = Uuid::now_v7();
         let ends_at = now + chrono::Duration::milliseconds(timeout_ms as i64);
@@ -365,6 +357,69 @@ impl<'s> Queries<'s> {
             campaign,
             devices: rows,
         })
+    }
+
+    /// The target devices: the named ones (NOT_FOUND when one is not the
+    /// tenant's or not visible to the caller; refused when revoked), read
+    /// a few thousand per statement, and the unrevoked devices of the named
+    /// sites and teams (as plans resolve them).
+    async fn resolve_targets(
+        &self,
+        targets: &PlanTargets,
+    ) -> Result<Vec<device::Model>, QueryError> {
+        let db = self.scope.connection();
+        let mut found: HashMap<Uuid, device::Model> = HashMap::new();
+        let mut wanted: Vec<Uuid> = targets.device_ids.clone();
+        wanted.sort();
+        wanted.dedup();
+        for chunk in wanted.chunks(5000) {
+            let mut query = device::Entity::find()
+                .filter(device::Column::TenantId.eq(self.scope.tenant_id()))
+                .filter(device::Column::Id.is_in(chunk.to_vec()));
+            if let Some(team) = self.scope.team_restriction() {
+                query = query.filter(device::Column::TeamId.eq(team));
+            }
+            for row in query.all(db).await? {
+                found.insert(row.id, row);
+            }
+        }
+        if found.len() != wanted.len() {
+            return Err(QueryError::Store(StoreError::NotFound { entity: "device" }));
+        }
+        if let Some(revoked) = found.values().find(|d| d.revoked_at.is_some()) {
+            return Err(invalid(
+                "targets.deviceIds",
+                format!("device {} is revoked", revoked.id),
+            ));
+        }
+        if !targets.site_ids.is_empty() || !targets.team_ids.is_empty() {
+            let groups = PlanTargets {
+                device_ids: Vec::new(),
+                site_ids: targets.site_ids.clone(),
+                team_ids: targets.team_ids.clone(),
+            };
+            let ids: Vec<Uuid> = self
+                .scope
+                .plans()
+                .resolve_targets(&groups)
+                .await?
+                .into_iter()
+                .filter(|id| !found.contains_key(id))
+                .collect();
+            for chunk in ids.chunks(5000) {
+                for row in device::Entity::find()
+                    .filter(device::Column::TenantId.eq(self.scope.tenant_id()))
+                    .filter(device::Column::Id.is_in(chunk.to_vec()))
+                    .all(db)
+                    .await?
+                {
+                    found.insert(row.id, row);
+                }
+            }
+        }
+        let mut devices: Vec<device::Model> = found.into_values().collect();
+        devices.sort_by_key(|d| d.id);
+        Ok(devices)
     }
 
     pub async fn get(&self, id: Uuid) -> StoreResult<Campaign> {
@@ -464,28 +519,23 @@ impl<'s> Queries<'s> {
         Ok(campaigns.iter().map(request_of).collect())
     }
 
-    /// Stores a device's answer to a campaign. `None` when the campaign
-    /// does not wait on this device any more (ended, already answered, or
-    /// not a target): late and repeated answers are dropped quietly.
+    /// Stores a device's answer to a campaign: one conditional UPDATE of
+    /// the device's row while it is PENDING (ending a campaign turns every
+    /// PENDING row into ERROR, so an answer to an ended campaign changes
+    /// nothing). `None` when the campaign does not wait on this device any
+    /// more (ended, already answered, or not a target): late and repeated
+    /// answers are dropped quietly. Whether that was the last answer is
+    /// the campaign watcher's question ([`Queries::pending_count`]), so
+    /// answers never contend on the campaign's row.
     pub async fn record(
         &self,
         device_id: Uuid,
         result: &QueryResult,
-    ) -> StoreResult<Option<Answered>> {
-        let db = self.scope.connection();
-        let Some(row) = self.device_row(result.query_id, device_id).await? else {
-            return Ok(None);
-        };
-        if DeviceQueryStatus::of(&row) != DeviceQueryStatus::Pending {
-            return Ok(None);
-        }
-        let campaign = self.get(result.query_id).await?;
-        if CampaignStatus::of(&campaign) != CampaignStatus::Running {
-            return Ok(None);
-        }
+    ) -> StoreResult<Option<CampaignDevice>> {
+        use sea_orm::sea_query::Expr;
         let now = chrono::Utc::now();
         let mut truncated = result.truncated;
-        let mut update = row.into_active_model();
+        let mut update = campaign_device::Entity::update_many();
         match result.outcome {
             QueryOutcome::Ok => {
                 let mut rows = result.rows.clone();
@@ -499,12 +549,18 @@ impl<'s> Queries<'s> {
                         crate::db::no_nul("rows", value)?;
                     }
                 }
-                update.status = Set(DeviceQueryStatus::Answered.as_str().to_owned());
-                update.row_count = Set(i32::try_from(rows.len()).unwrap_or(i32::MAX));
-                update.rows = Set(Some(
-                    serde_json::to_value(&rows)
-                        .map_err(StoreError::internal("serializing query rows"))?,
-                ));
+                let rows_json = serde_json::to_value(&rows)
+                    .map_err(StoreError::internal("serializing query rows"))?;
+                update = update
+                    .col_expr(
+                        campaign_device::Column::Status,
+                        Expr::value(DeviceQueryStatus::Answered.as_str()),
+                    )
+                    .col_expr(
+                        campaign_device::Column::RowCount,
+                        Expr::value(i32::try_from(rows.len()).unwrap_or(i32::MAX)),
+                    )
+                    .col_expr(campaign_device::Column::Rows, Expr::value(rows_json));
             }
             QueryOutcome::Error => {
                 let message = result
@@ -512,31 +568,58 @@ impl<'s> Queries<'s> {
                     .as_deref()
                     .unwrap_or("the query failed")
                     .replace('\0', "");
-                update.status = Set(DeviceQueryStatus::Error.as_str().to_owned());
-                update.error = Set(Some(truncate(&message, MAX_ERROR_BYTES)));
+                update = update
+                    .col_expr(
+                        campaign_device::Column::Status,
+                        Expr::value(DeviceQueryStatus::Error.as_str()),
+                    )
+                    .col_expr(
+                        campaign_device::Column::Error,
+                        Expr::value(truncate(&message, MAX_ERROR_BYTES)),
+                    );
             }
         }
-        update.truncated = Set(truncated);
-        update.duration_ms = Set(Some(i64::try_from(result.duration_ms).unwrap_or(i64::MAX)));
-        update.answered_at = Set(Some(now));
-        update.updated_at = Set(now);
-        let device = update.update(db).await?;
-        let left = campaign_device::Entity::find()
-            .filter(campaign_device::Column::TenantId.eq(self.scope.tenant_id()))
-            .filter(campaign_device::Column::CampaignId.eq(campaign.id))
-            .filter(campaign_device::Column::Status.eq(DeviceQueryStatus::Pending.as_str()))
-            .count(db)
-            .await?;
-        let finished = if left == 0 {
-            Some(
-                self.end(campaign, CampaignStatus::Finished, NO_ANSWER)
-                    .await?
-                    .0,
+        let updated = update
+            .col_expr(campaign_device::Column::Truncated, Expr::value(truncated))
+            .col_expr(
+                campaign_device::Column::DurationMs,
+                Expr::value(i64::try_from(result.duration_ms).unwrap_or(i64::MAX)),
             )
-        } else {
-            None
-        };
-        Ok(Some(Answered { device, finished }))
+            .col_expr(campaign_device::Column::AnsweredAt, Expr::value(now))
+            .col_expr(campaign_device::Column::UpdatedAt, Expr::value(now))
+            .filter(campaign_device::Column::TenantId.eq(self.scope.tenant_id()))
+            .filter(campaign_device::Column::CampaignId.eq(result.query_id))
+            .filter(campaign_device::Column::DeviceId.eq(device_id))
+            .filter(campaign_device::Column::Status.eq(DeviceQueryStatus::Pending.as_str()))
+            .exec_with_returning(self.scope.connection())
+            .await?;
+        Ok(updated.into_iter().next())
+    }
+
+    /// Devices a campaign still waits on.
+    pub async fn pending_count(&self, campaign_id: Uuid) -> StoreResult<u64> {
+        Ok(campaign_device::Entity::find()
+            .filter(campaign_device::Column::TenantId.eq(self.scope.tenant_id()))
+            .filter(campaign_device::Column::CampaignId.eq(campaign_id))
+            .filter(campaign_device::Column::Status.eq(DeviceQueryStatus::Pending.as_str()))
+            .count(self.scope.connection())
+            .await?)
+    }
+
+    /// Ends the campaign when it is running and waits on no device any
+    /// more (every online target answered).
+    pub async fn finish_if_answered(&self, id: Uuid) -> StoreResult<Watched> {
+        let campaign = self.get(id).await?;
+        if CampaignStatus::of(&campaign) != CampaignStatus::Running {
+            return Ok(Watched::AlreadyEnded);
+        }
+        if self.pending_count(id).await? > 0 {
+            return Ok(Watched::Waiting);
+        }
+        let (campaign, changed) = self
+            .end(campaign, CampaignStatus::Finished, NO_ANSWER)
+            .await?;
+        Ok(Watched::Finished(Box::new(campaign), changed))
     }
 
     /// Ends a running campaign: devices still pending become ERROR with

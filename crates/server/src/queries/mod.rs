@@ -38,12 +38,16 @@ use mobius_core::crypto::sealing::SecretSealer;
 use mobius_core::db::TenantProof;
 use mobius_core::devices::Device;
 use mobius_core::devices::presence::Presence;
-use mobius_core::queries::{Campaign, CampaignDevice, QueryError, Started};
+use mobius_core::queries::{Campaign, CampaignDevice, QueryError, Started, Watched};
 use mobius_core::{Store, StoreError, Uuid};
 use tokio::sync::broadcast;
 
 use crate::cluster::Bus;
 use crate::device::WorkNotifier;
+
+/// How often a running campaign's watcher counts its pending devices:
+/// the campaign ends at most this long after its last answer.
+const WATCH_INTERVAL: Duration = Duration::from_millis(100);
 
 pub mod topics {
     pub const LIVE_PUSH: &str = "query.live_push";
@@ -155,14 +159,43 @@ impl QueryServices {
             tracing::warn!(error = %err, "cluster bus: cannot publish a live query");
         }
         let services = self.clone();
-        let (tenant, id) = (campaign.tenant_id, campaign.id);
-        let wait = (campaign.ends_at - chrono::Utc::now())
-            .to_std()
-            .unwrap_or_default();
-        tokio::spawn(async move {
-            tokio::time::sleep(wait + Duration::from_millis(50)).await;
-            services.finish_if_due(tenant, id).await;
-        });
+        let (tenant, id, ends_at) = (campaign.tenant_id, campaign.id, campaign.ends_at);
+        tokio::spawn(async move { services.watch(tenant, id, ends_at).await });
+    }
+
+    /// The campaign's watcher, on the replica that started it: ends it
+    /// when no device is pending any more (answers arrive on any replica;
+    /// counting here keeps them from contending on the campaign's row) or
+    /// at its timeout. If this replica goes away the maintenance job ends
+    /// it at its timeout.
+    async fn watch(&self, tenant: Uuid, id: Uuid, ends_at: chrono::DateTime<chrono::Utc>) {
+        let task = mobius_core::db::SystemTask::new("live query watcher", tenant);
+        loop {
+            tokio::time::sleep(WATCH_INTERVAL).await;
+            if chrono::Utc::now() >= ends_at {
+                self.finish_if_due(tenant, id).await;
+                return;
+            }
+            let finished = async {
+                let scope = self.store.begin(&task).await?;
+                let finished = scope.queries().finish_if_answered(id).await?;
+                scope.commit().await?;
+                Ok::<_, StoreError>(finished)
+            }
+            .await;
+            match finished {
+                Ok(Watched::Finished(campaign, changed)) => {
+                    self.announce_ended(*campaign, changed).await;
+                    return;
+                }
+                Ok(Watched::Waiting) => {}
+                // Stopped or deleted: nothing left to watch.
+                Ok(Watched::AlreadyEnded) | Err(StoreError::NotFound { .. }) => return,
+                Err(err) => {
+                    tracing::warn!(error = %err, campaign_id = %id, "could not check a live query");
+                }
+            }
+        }
     }
 
     /// Ends the campaign if it is still running and due, and announces it.
@@ -268,21 +301,15 @@ pub async fn record_query_result(
         QueryKind::Live => {
             let answered = scope.queries().record(device_id, result).await?;
             scope.commit().await?;
-            let Some(answered) = answered else {
+            let Some(row) = answered else {
                 return Ok(());
             };
-            let payload = format!(
-                "{} {} {}",
-                answered.device.tenant_id, answered.device.campaign_id, answered.device.device_id
-            );
-            services
-                .events
-                .publish(QueryEvent::Device(Box::new(answered.device)));
-            if let Err(err) = services.bus.publish(topics::LIVE_RESULT, &payload).await {
+            let payload = format!("{} {} {}", row.tenant_id, row.campaign_id, row.device_id);
+            services.events.publish(QueryEvent::Device(Box::new(row)));
+            if services.bus.is_shared()
+                && let Err(err) = services.bus.publish(topics::LIVE_RESULT, &payload).await
+            {
                 tracing::warn!(error = %err, "cluster bus: cannot publish a live query answer");
-            }
-            if let Some(campaign) = answered.finished {
-                services.announce_ended(campaign, Vec::new()).await;
             }
         }
         QueryKind::Policy => {
