@@ -227,6 +227,7 @@ impl Server {
             heartbeat_interval_secs: settings.heartbeat_interval_secs,
             last_seen_write_after_secs: settings.last_seen_write_after_secs,
             retention_hours: settings.live_query_retention_hours,
+            answers: crate::queries::answers::AnswerWriter::start(store.clone()),
             own_addresses: Arc::new(own_addresses(
                 settings,
                 &[

@@ -24,6 +24,7 @@
 //!
 //! [`QUERY_RESULTS_PATH`]: mobius_api::queries::QUERY_RESULTS_PATH
 
+pub mod answers;
 pub mod device;
 pub mod jobs;
 pub mod relay;
@@ -107,6 +108,8 @@ pub struct QueryServices {
     /// `host:port` forms the server answers on, which a webhook URL may
     /// not name (the server would call itself).
     pub own_addresses: Arc<Vec<String>>,
+    /// Live-query answers are written in batches through this.
+    pub answers: answers::AnswerWriter,
 }
 
 impl QueryServices {
@@ -296,11 +299,19 @@ pub async fn record_query_result(
     device_id: Uuid,
     result: &QueryResult,
 ) -> Result<(), QueryError> {
-    let scope = services.store.begin(proof).await?;
     match result.kind {
         QueryKind::Live => {
-            let answered = scope.queries().record(device_id, result).await?;
-            scope.commit().await?;
+            // Batched with other devices' answers; the tenant is the one
+            // `proof` established, refused while blocked as `begin` would.
+            if !proof.enters_blocked_tenants()
+                && let Some(block) = services.store.tenant_block(proof.tenant_id())
+            {
+                return Err(StoreError::TenantBlocked(block).into());
+            }
+            let answered = services
+                .answers
+                .record(proof.tenant_id(), device_id, result.clone())
+                .await?;
             let Some(row) = answered else {
                 return Ok(());
             };
@@ -313,6 +324,7 @@ pub async fn record_query_result(
             }
         }
         QueryKind::Policy => {
+            let scope = services.store.begin(proof).await?;
             scope
                 .policies()
                 .record(&device_actor(device_id), device_id, result)
