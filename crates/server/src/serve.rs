@@ -66,6 +66,7 @@ struct ClusterSide {
     metrics: Arc<Metrics>,
     role: crate::settings::ServerRole,
     job_periods_secs: std::collections::BTreeMap<String, u64>,
+    osquery_log_retention_days: u32,
 }
 
 /// The device listener and what runs beside it.
@@ -207,6 +208,9 @@ impl Server {
         let presence = Arc::new(Presence::new(std::time::Duration::from_secs(
             settings.last_seen_write_after_secs,
         )));
+        // Created before the device side: the agent options hub listens on it.
+        let bus = crate::cluster::Bus::new(store.clone());
+        let options = crate::osquery::OptionsHub::start(bus.clone());
         let device_state = DeviceState {
             store: store.clone(),
             pki: pki.clone(),
@@ -223,6 +227,7 @@ impl Server {
                 ))
             }),
             plans: plans.clone(),
+            options: options.clone(),
         };
         let device_listener = TcpListener::bind(settings.device_listen)
             .await
@@ -303,6 +308,7 @@ impl Server {
                 entitlements: services.entitlements.clone(),
                 signup: signup.clone(),
                 plans,
+                options: options.clone(),
             })),
             store: store.clone(),
             identity,
@@ -319,7 +325,16 @@ impl Server {
             identity_for_sso,
             services.sealer.clone(),
             settings,
-        )?);
+        )?)
+        .merge(crate::osquery::router(
+            crate::osquery::OsqueryState::new(
+                store.clone(),
+                services.entitlements.clone(),
+                options,
+                settings.osquery_requests_per_minute_per_node,
+            ),
+            settings.osquery_body_limit_bytes,
+        ));
         let platform = match (
             &settings.platform_operator_token_sha256,
             services.platform_operator,
@@ -346,7 +361,6 @@ impl Server {
         };
         let router = router::router_with(state, settings, Some(graphql), rest, tenant_routes)
             .merge(services.routes);
-        let bus = crate::cluster::Bus::new(store.clone());
         Ok(Server {
             store,
             _data_dir_lock: data_dir_lock,
@@ -364,6 +378,7 @@ impl Server {
                 metrics,
                 role: settings.role,
                 job_periods_secs: settings.job_periods_secs.clone(),
+                osquery_log_retention_days: settings.osquery_log_retention_days,
             },
         })
     }
@@ -488,7 +503,8 @@ impl Server {
                 &cluster.job_periods_secs,
                 devices.revocation_lookback,
                 cluster.metrics.clone(),
-            );
+            )
+            .with_osquery_log_retention(cluster.osquery_log_retention_days);
             background.push(tokio::spawn(scheduler.run()));
         }
         tracing::info!(role = ?cluster.role, shared_bus = cluster.bus.is_shared(), "cluster role");

@@ -194,6 +194,14 @@ pub struct Settings {
     /// Unauthenticated principal registrations allowed per minute from one
     /// client address.
     pub backbone_registrations_per_minute_per_client: u32,
+    /// osquery result and status logs are deleted after this many days.
+    pub osquery_log_retention_days: u32,
+    /// Requests one osquery node (node key) may make per minute on one
+    /// server; beyond it, 429 with `Retry-After`.
+    pub osquery_requests_per_minute_per_node: u32,
+    /// Largest osquery request body, in bytes (the admin listener's
+    /// `request_body_limit_bytes` applies too).
+    pub osquery_body_limit_bytes: usize,
 }
 
 /// How the SMTP connection is protected.
@@ -267,6 +275,9 @@ impl Default for Settings {
             backbone_tls_cert_file: None,
             backbone_tls_key_file: None,
             backbone_registrations_per_minute_per_client: 10,
+            osquery_log_retention_days: 7,
+            osquery_requests_per_minute_per_node: 600,
+            osquery_body_limit_bytes: 1024 * 1024,
         }
     }
 }
@@ -328,6 +339,9 @@ const SETTING_NAMES: &[&str] = &[
     "backbone_tls_cert_file",
     "backbone_tls_key_file",
     "backbone_registrations_per_minute_per_client",
+    "osquery_log_retention_days",
+    "osquery_requests_per_minute_per_node",
+    "osquery_body_limit_bytes",
 ];
 
 /// Values given as command-line flags; `None` means "not given".
@@ -466,6 +480,15 @@ impl Settings {
         if self.plan_log_cap_bytes < 1024 || self.plan_log_retention_days == 0 {
             return Err(SettingsError(
                 "plan_log_cap_bytes must be at least 1024 and plan_log_retention_days at least 1"
+                    .into(),
+            ));
+        }
+        if self.osquery_log_retention_days == 0
+            || self.osquery_requests_per_minute_per_node == 0
+            || self.osquery_body_limit_bytes < 4096
+        {
+            return Err(SettingsError(
+                "osquery_log_retention_days and osquery_requests_per_minute_per_node must be at least 1, osquery_body_limit_bytes at least 4096"
                     .into(),
             ));
         }

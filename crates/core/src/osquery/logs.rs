@@ -366,3 +366,24 @@ mod tests {
         assert_eq!(entries[0].logged_at.timestamp(), 1484078931);
     }
 }
+
+/// Deletes every tenant's osquery log entries stored before `before` (the
+/// retention job): finds the tenants through the named lookup, then
+/// deletes in a scope of each. Returns the rows removed.
+pub async fn purge_expired_logs(
+    store: &crate::Store,
+    before: chrono::DateTime<chrono::Utc>,
+) -> StoreResult<u64> {
+    let mut removed = 0;
+    for tenant in store.osquery_log_tenants(before).await? {
+        let scope = store
+            .begin(&crate::db::SystemTask::new(
+                "osquery-log-retention",
+                tenant.id(),
+            ))
+            .await?;
+        removed += scope.osquery().purge_logs(before).await?;
+        scope.commit().await?;
+    }
+    Ok(removed)
+}

@@ -16,7 +16,9 @@ pub use enroll::{
     EnrollSecret, NewEnrollSecret, NodeEnrolled, Osquery, OsqueryEnrollRequest, OsqueryNode, enroll_host,
     open_node,
 };
-pub use logs::{ResultLogEntry, StatusLogEntry, parse_result_logs, parse_status_logs};
+pub use logs::{
+    ResultLogEntry, StatusLogEntry, parse_result_logs, parse_status_logs, purge_expired_logs,
+};
 pub use options::{AgentOptionLayers, MergedOptions, OptionLayer, merge, validate_document};
 
 use crate::StoreError;

@@ -56,6 +56,9 @@ pub struct DeviceState {
     /// (`enrollment_attempts_per_minute_per_client`; unset: no limit).
     pub enrollment_limit: Option<Arc<crate::cluster::limits::EnrollmentLimiter>>,
     pub plans: PlanServices,
+    /// The merged agent options, sent first on every work stream and
+    /// again when they change.
+    pub options: Arc<crate::osquery::OptionsHub>,
 }
 
 pub fn router(state: DeviceState) -> Router {

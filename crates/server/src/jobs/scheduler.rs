@@ -46,13 +46,17 @@ pub enum JobKind {
     /// Links audit events no server was woken for (the per-replica
     /// chainer links the rest as they commit).
     AuditChainSweep,
+    /// osquery result and status logs older than
+    /// `osquery_log_retention_days`.
+    OsqueryLogRetention,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 3] = [
+    pub const ALL: [JobKind; 4] = [
         JobKind::PurgeExpired,
         JobKind::PruneCluster,
         JobKind::AuditChainSweep,
+        JobKind::OsqueryLogRetention,
     ];
 
     pub fn name(self) -> &'static str {
@@ -60,6 +64,7 @@ impl JobKind {
             JobKind::PurgeExpired => "purge-expired",
             JobKind::PruneCluster => "prune-cluster",
             JobKind::AuditChainSweep => "audit-chain-sweep",
+            JobKind::OsqueryLogRetention => "osquery-log-retention",
         }
     }
 
@@ -69,6 +74,7 @@ impl JobKind {
             JobKind::PurgeExpired => Duration::from_secs(3600),
             JobKind::PruneCluster => Duration::from_secs(300),
             JobKind::AuditChainSweep => Duration::from_secs(10),
+            JobKind::OsqueryLogRetention => Duration::from_secs(3600),
         }
     }
 }
@@ -80,6 +86,8 @@ pub struct Scheduler {
     jobs: Vec<(JobKind, Duration)>,
     revocation_lookback: chrono::Duration,
     metrics: Arc<Metrics>,
+    /// How long osquery logs are kept.
+    osquery_log_retention: chrono::Duration,
 }
 
 impl Scheduler {
@@ -109,7 +117,14 @@ impl Scheduler {
             jobs,
             revocation_lookback,
             metrics,
+            osquery_log_retention: chrono::Duration::days(7),
         }
+    }
+
+    /// Keeps osquery logs for `days` (default 7).
+    pub fn with_osquery_log_retention(mut self, days: u32) -> Scheduler {
+        self.osquery_log_retention = chrono::Duration::days(i64::from(days.max(1)));
+        self
     }
 
     pub async fn run(self) {
@@ -168,6 +183,14 @@ impl Scheduler {
                 .chain_audit_events()
                 .await
                 .map(|linked| format!("linked={linked}")),
+            // Idempotent deletes in each tenant's own scope (not in the
+            // claim's transaction, which has no tenant).
+            JobKind::OsqueryLogRetention => mobius_core::osquery::purge_expired_logs(
+                &self.store,
+                now - self.osquery_log_retention,
+            )
+            .await
+            .map(|removed| format!("removed={removed}")),
         };
         let outcome = match work {
             Ok(outcome) => outcome,

@@ -145,6 +145,8 @@ pub struct Services {
     /// Self sign-up, where the edition and settings turn it on.
     pub signup: Option<Arc<signup::SignUpService>>,
     pub plans: crate::device::PlanServices,
+    /// The agent options cache and push.
+    pub options: Arc<crate::osquery::OptionsHub>,
 }
 
 /// The device side, as the admin API needs it.
@@ -181,7 +183,8 @@ pub fn schema(services: Option<Services>) -> MobiusSchema {
             .data(services.devices)
             .data(sso::SsoSealer(services.sealer))
             .data(services.entitlements)
-            .data(services.plans);
+            .data(services.plans)
+            .data(services.options);
         if let Some(signup) = services.signup {
             builder = builder.data(signup);
         }
