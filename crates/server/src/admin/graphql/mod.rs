@@ -2,6 +2,7 @@
 //! mutations, GET for GraphiQL, and graphql-ws subscriptions on the same
 //! path.
 
+mod agent_options;
 mod audit;
 mod backbone;
 mod billing;
@@ -15,6 +16,7 @@ pub mod ids;
 mod licensing;
 mod loaders;
 mod node;
+mod osquery;
 mod pagination;
 mod plans;
 pub mod signup;
@@ -96,6 +98,8 @@ pub struct QueryRoot(
     licensing::LicenseQuery,
     plans::PlanQuery,
     backbone::BackboneQuery,
+    agent_options::AgentOptionsQuery,
+    osquery::OsqueryQuery,
 );
 
 /// Mutations are split by area and merged.
@@ -109,6 +113,8 @@ pub struct MutationRoot(
     signup::SignUpMutation,
     plans::PlanMutation,
     backbone::BackboneMutation,
+    agent_options::AgentOptionsMutation,
+    osquery::OsqueryMutation,
 );
 
 // Each area's subscriptions, merged.
