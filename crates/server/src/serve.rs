@@ -466,10 +466,6 @@ impl Server {
                 self.license_watch.0.clone(),
                 self.license_watch.1,
             )),
-            tokio::spawn(jobs::plan_logs::purge_periodically(
-                self.store.clone(),
-                devices.plan_log_retention_days,
-            )),
             tokio::spawn({
                 // Work streams never finish on their own: end them at the
                 // stop signal so the device listener drains at once.
@@ -501,7 +497,10 @@ impl Server {
                 self.store.clone(),
                 node_name(addr),
                 &cluster.job_periods_secs,
-                devices.revocation_lookback,
+                jobs::scheduler::Retention {
+                    revocation_lookback: devices.revocation_lookback,
+                    plan_logs: chrono::Duration::days(i64::from(devices.plan_log_retention_days)),
+                },
                 cluster.metrics.clone(),
             )
             .with_osquery_log_retention(cluster.osquery_log_retention_days);

@@ -174,7 +174,8 @@ pub struct Settings {
     pub role: ServerRole,
     /// Scheduled job periods in seconds by job name, overriding the
     /// defaults (`purge-expired` 3600, `prune-cluster` 300,
-    /// `audit-chain-sweep` 10), e.g. `{ purge-expired = 600 }`.
+    /// `audit-chain-sweep` 10, `purge-plan-logs` 3600), e.g.
+    /// `{ purge-expired = 600 }`.
     pub job_periods_secs: std::collections::BTreeMap<String, u64>,
     /// Output kept per plan execution, in bytes; beyond it the oldest
     /// lines are dropped (the tail is kept) and the drop is marked.
