@@ -38,6 +38,13 @@ pub const TENANT_TABLES: &[&str] = &[
     "backbone_service_tokens",
     "backbone_principals",
     "backbone_grants",
+    // Live queries and policies (m20261208_000001_queries).
+    "query_campaigns",
+    "query_campaign_devices",
+    "policies",
+    "policy_results",
+    "policy_webhooks",
+    "webhook_deliveries",
     // m20261209_000001_osquery
     "agent_option_layers",
     "osquery_enroll_secrets",

@@ -107,6 +107,16 @@ impl DeviceClient {
             .await
     }
 
+    /// Answers a live query or policy check; the server answers 204.
+    pub async fn submit_query_result(
+        &self,
+        result: &mobius_api::queries::QueryResult,
+    ) -> Result<(), CallError> {
+        self.post_bytes(mobius_api::queries::QUERY_RESULTS_PATH, result)
+            .await
+            .map(drop)
+    }
+
     /// Opens a long-lived response (the work stream): no overall timeout,
     /// the caller watches for silence instead.
     pub async fn open_stream(&self, path: &str) -> Result<reqwest::Response, CallError> {
@@ -133,6 +143,18 @@ impl DeviceClient {
         path: &str,
         body: &Req,
     ) -> Result<Resp, CallError> {
+        let bytes = self.post_bytes(path, body).await?;
+        serde_json::from_slice(&bytes).map_err(|err| {
+            CallError::Unreachable(format!("unexpected answer from {}{path}: {err}", self.base))
+        })
+    }
+
+    /// A successful answer's body, whatever it holds (204s hold nothing).
+    async fn post_bytes<Req: Serialize>(
+        &self,
+        path: &str,
+        body: &Req,
+    ) -> Result<Vec<u8>, CallError> {
         let url = format!("{}{path}", self.base);
         let response = self
             .http
@@ -147,9 +169,7 @@ impl DeviceClient {
             .await
             .map_err(|err| classify_transport_error(&err))?;
         if status.is_success() {
-            return serde_json::from_slice(&bytes).map_err(|err| {
-                CallError::Unreachable(format!("unexpected answer from {url}: {err}"))
-            });
+            return Ok(bytes.to_vec());
         }
         let (code, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
             Ok(body) => (body.error.code, body.error.message),

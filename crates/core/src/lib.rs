@@ -19,7 +19,9 @@ pub mod licensing;
 pub mod osquery;
 pub mod pki;
 pub mod plans;
+pub mod policies;
 pub mod platform;
+pub mod queries;
 pub mod tenancy;
 
 pub use db::{Store, StoreError, StoreResult, TenantScope};

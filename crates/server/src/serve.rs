@@ -80,6 +80,7 @@ struct DeviceSide {
     revocation_lookback: chrono::Duration,
     plans: crate::device::PlanServices,
     plan_log_retention_days: u32,
+    queries: crate::queries::QueryServices,
 }
 
 impl Server {
@@ -208,8 +209,19 @@ impl Server {
         let presence = Arc::new(Presence::new(std::time::Duration::from_secs(
             settings.last_seen_write_after_secs,
         )));
-        // Created before the device side: the agent options hub listens on it.
         let bus = crate::cluster::Bus::new(store.clone());
+        let queries = crate::queries::QueryServices {
+            store: store.clone(),
+            bus: bus.clone(),
+            notifier: plans.notifier.clone(),
+            presence: presence.clone(),
+            events: crate::queries::QueryEvents::default(),
+            sealer: services.sealer.clone(),
+            heartbeat_interval_secs: settings.heartbeat_interval_secs,
+            last_seen_write_after_secs: settings.last_seen_write_after_secs,
+            retention_hours: settings.live_query_retention_hours,
+            own_addresses: Arc::new(own_addresses(settings)),
+        };
         let options = crate::osquery::OptionsHub::start(bus.clone());
         let device_state = DeviceState {
             store: store.clone(),
@@ -227,6 +239,7 @@ impl Server {
                 ))
             }),
             plans: plans.clone(),
+            queries: queries.clone(),
             options: options.clone(),
         };
         let device_listener = TcpListener::bind(settings.device_listen)
@@ -247,6 +260,7 @@ impl Server {
             revocation_lookback: certificate_ttl,
             plans: plans.clone(),
             plan_log_retention_days: settings.plan_log_retention_days,
+            queries: queries.clone(),
         };
         let signup = match (settings.signup_enabled, services.self_signup) {
             (true, true) => {
@@ -308,6 +322,7 @@ impl Server {
                 entitlements: services.entitlements.clone(),
                 signup: signup.clone(),
                 plans,
+                queries: queries.clone(),
                 options: options.clone(),
             })),
             store: store.clone(),
@@ -331,6 +346,7 @@ impl Server {
                 store.clone(),
                 services.entitlements.clone(),
                 options,
+                queries,
                 settings.osquery_requests_per_minute_per_node,
             ),
             settings.osquery_body_limit_bytes,
@@ -478,6 +494,9 @@ impl Server {
             }),
         ];
         let cluster = self.cluster;
+        background.push(tokio::spawn(crate::queries::relay::run(
+            devices.queries.clone(),
+        )));
         if cluster.bus.is_shared() {
             background.push(tokio::spawn(cluster.bus.clone().run()));
             background.push(tokio::spawn(crate::cluster::relay::announce_commits(
@@ -503,6 +522,7 @@ impl Server {
                 },
                 cluster.metrics.clone(),
             )
+            .with_queries(devices.queries.clone())
             .with_osquery_log_retention(cluster.osquery_log_retention_days);
             background.push(tokio::spawn(scheduler.run()));
         }
@@ -829,4 +849,22 @@ fn app_role_password(settings: &Settings) -> anyhow::Result<SecretString> {
     write_private_file(&path, &generated)
         .with_context(|| format!("storing the request role's password in {}", path.display()))?;
     Ok(SecretString::from(generated))
+}
+
+/// The `host:port` forms this server answers on, which a policy webhook
+/// may not name.
+fn own_addresses(settings: &Settings) -> Vec<String> {
+    let mut own = vec![
+        settings.listen.to_string(),
+        settings.device_listen.to_string(),
+    ];
+    if let Some(url) = settings
+        .public_url
+        .as_deref()
+        .and_then(|u| url::Url::parse(u).ok())
+        && let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default())
+    {
+        own.push(format!("{host}:{port}"));
+    }
+    own
 }

@@ -195,6 +195,9 @@ pub struct Settings {
     /// Unauthenticated principal registrations allowed per minute from one
     /// client address.
     pub backbone_registrations_per_minute_per_client: u32,
+    /// Live query campaigns and their answers are deleted this many hours
+    /// after they started.
+    pub live_query_retention_hours: u32,
     /// osquery result and status logs are deleted after this many days.
     pub osquery_log_retention_days: u32,
     /// Requests one osquery node (node key) may make per minute on one
@@ -276,6 +279,7 @@ impl Default for Settings {
             backbone_tls_cert_file: None,
             backbone_tls_key_file: None,
             backbone_registrations_per_minute_per_client: 10,
+            live_query_retention_hours: 24,
             osquery_log_retention_days: 7,
             osquery_requests_per_minute_per_node: 600,
             osquery_body_limit_bytes: 1024 * 1024,
@@ -340,6 +344,7 @@ const SETTING_NAMES: &[&str] = &[
     "backbone_tls_cert_file",
     "backbone_tls_key_file",
     "backbone_registrations_per_minute_per_client",
+    "live_query_retention_hours",
     "osquery_log_retention_days",
     "osquery_requests_per_minute_per_node",
     "osquery_body_limit_bytes",
@@ -482,6 +487,11 @@ impl Settings {
             return Err(SettingsError(
                 "plan_log_cap_bytes must be at least 1024 and plan_log_retention_days at least 1"
                     .into(),
+            ));
+        }
+        if self.live_query_retention_hours == 0 {
+            return Err(SettingsError(
+                "live_query_retention_hours must be at least 1".into(),
             ));
         }
         if self.osquery_log_retention_days == 0

@@ -72,6 +72,7 @@ pub fn start(dir: StateDir, tenant_id: Uuid, device_id: Uuid) -> Result<WorkHand
     let (frames, rx) = mpsc::unbounded_channel();
     tokio::spawn(stream::hold(dir.clone(), frames.clone()));
     let runner = Runner {
+        queries: crate::queries::QueryRunner::new(dir.clone()),
         dir,
         tenant_id,
         device_id,
@@ -99,6 +100,8 @@ struct Current {
 }
 
 struct Runner {
+    /// Live queries and options: handled beside executions, not queued.
+    queries: crate::queries::QueryRunner,
     dir: StateDir,
     tenant_id: Uuid,
     device_id: Uuid,
@@ -200,8 +203,9 @@ impl Runner {
         match frame {
             WorkFrame::Work(work) => self.accept(work),
             WorkFrame::Cancel { execution_id } => self.cancel(execution_id),
-            // Host-table queries and options are the queries issue's.
-            WorkFrame::Query(_) | WorkFrame::Options(_) | WorkFrame::KeepAlive => {}
+            WorkFrame::Query(request) => self.queries.answer(request),
+            WorkFrame::Options(options) => self.queries.apply_options(options),
+            WorkFrame::KeepAlive => {}
         }
     }
 

@@ -9,6 +9,8 @@ mod enrollment_tokens;
 pub mod graphql;
 pub mod license;
 pub mod plans;
+pub mod policies;
+pub mod queries;
 pub mod session;
 pub mod sites_and_teams;
 pub mod sso;
@@ -143,6 +145,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Backbone(command) => backbone::run(&ctx, command).await,
         Command::Graphql(args) => graphql::run(&ctx, args).await,
         Command::Plans(command) => plans::run(&ctx, command).await,
+        Command::Query(command) => queries::run(&ctx, command).await,
+        Command::Policies(command) => policies::run(&ctx, command).await,
         Command::Run(args) => {
             let code = plans::run_command(&ctx, args).await?;
             use std::io::Write;

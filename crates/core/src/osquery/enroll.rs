@@ -30,7 +30,7 @@ use crate::authz::Entitlements;
 use crate::crypto::secrets;
 use crate::db::entities::device;
 use crate::db::locks::TenantLock;
-use crate::db::{SecretKind, Store, no_nul};
+use crate::db::{FoundTenant, SecretKind, Store, no_nul};
 use crate::devices::HostFingerprint;
 use crate::{StoreError, StoreResult, TenantScope, Uuid};
 
@@ -285,12 +285,13 @@ impl<'s> Osquery<'s> {
     }
 }
 
-/// Opens a scope for the node a presented key names; unknown keys, keys of
+/// Opens a scope for the node a presented key names (and answers the
+/// tenant proof, for work in further transactions); unknown keys, keys of
 /// revoked or deleted devices: [`OsqueryError::NodeInvalid`].
 pub async fn open_node(
     store: &Store,
     node_key: &str,
-) -> Result<(TenantScope, OsqueryNode), OsqueryError> {
+) -> Result<(TenantScope, OsqueryNode, FoundTenant), OsqueryError> {
     if node_key.is_empty() || node_key.len() > 256 {
         return Err(OsqueryError::NodeInvalid);
     }
@@ -305,7 +306,7 @@ pub async fn open_node(
         .node(&hash)
         .await?
         .ok_or(OsqueryError::NodeInvalid)?;
-    Ok((scope, node))
+    Ok((scope, node, owner))
 }
 
 fn detail<'v>(details: &'v Value, table: &str, column: &str) -> Option<&'v str> {

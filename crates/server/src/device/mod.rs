@@ -4,7 +4,7 @@
 //! never shares this path.
 
 mod enroll;
-mod errors;
+pub(crate) mod errors;
 pub mod listener;
 pub mod peer;
 mod ping;
@@ -56,6 +56,7 @@ pub struct DeviceState {
     /// (`enrollment_attempts_per_minute_per_client`; unset: no limit).
     pub enrollment_limit: Option<Arc<crate::cluster::limits::EnrollmentLimiter>>,
     pub plans: PlanServices,
+    pub queries: crate::queries::QueryServices,
     /// The merged agent options, sent first on every work stream and
     /// again when they change.
     pub options: Arc<crate::osquery::OptionsHub>,
@@ -69,6 +70,12 @@ pub fn router(state: DeviceState) -> Router {
         .route(RENEW_PATH, post(renew::renew))
         .route(WORK_STREAM_PATH, get(work::stream))
         .route(WORK_REPORT_PATH, post(work::report))
+        .route(
+            mobius_api::queries::QUERY_RESULTS_PATH,
+            post(crate::queries::device::results).layer(DefaultBodyLimit::max(
+                crate::queries::device::MAX_RESULT_BODY_BYTES,
+            )),
+        )
         .fallback(|| async {
             errors::error(
                 StatusCode::NOT_FOUND,

@@ -7,7 +7,10 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use mobius_api::queries::{QueryKind, QueryOutcome, QueryResult};
 use mobius_core::TenantScope;
+use mobius_core::db::FoundTenant;
+use mobius_core::queries::QueryError;
 use mobius_core::crypto::secrets;
 use mobius_core::osquery::{
     OsqueryEnrollRequest, OsqueryError, OsqueryNode, enroll_host, open_node, parse_result_logs,
@@ -16,6 +19,29 @@ use mobius_core::osquery::{
 use serde_json::{Value, json};
 
 use super::OsqueryState;
+use crate::queries::{pending_queries_for, record_query_result};
+
+/// How long osquery polls quickly after a read that carried a live query.
+const ACCELERATE_SECS: u64 = 60;
+const LIVE_PREFIX: &str = "mobius_live_";
+const POLICY_PREFIX: &str = "mobius_policy_";
+
+/// The name a query gets in `distributed/read`, which osquery echoes in
+/// `distributed/write`: it carries the kind and the id.
+fn query_name(kind: QueryKind, id: mobius_core::Uuid) -> String {
+    match kind {
+        QueryKind::Live => format!("{LIVE_PREFIX}{id}"),
+        QueryKind::Policy => format!("{POLICY_PREFIX}{id}"),
+    }
+}
+
+fn parse_query_name(name: &str) -> Option<(QueryKind, mobius_core::Uuid)> {
+    if let Some(id) = name.strip_prefix(LIVE_PREFIX) {
+        return Some((QueryKind::Live, id.parse().ok()?));
+    }
+    let id = name.strip_prefix(POLICY_PREFIX)?;
+    Some((QueryKind::Policy, id.parse().ok()?))
+}
 use crate::http::errors::{ApiError, ErrorCode};
 
 /// `{"error": {code, message, field}}` like every Mobius error, plus
@@ -119,7 +145,7 @@ fn parse_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Resul
 async fn authenticate(
     state: &OsqueryState,
     body: &Value,
-) -> Result<(TenantScope, OsqueryNode), Response> {
+) -> Result<(TenantScope, OsqueryNode, FoundTenant), Response> {
     let Some(node_key) = body.get("node_key").and_then(Value::as_str) else {
         return Err(node_invalid("node_key is missing"));
     };
@@ -139,9 +165,15 @@ async fn authenticate(
             .insert(header::RETRY_AFTER, header::HeaderValue::from_static("10"));
         return Err(response);
     }
-    open_node(&state.store, node_key)
+    let (scope, node, tenant) = open_node(&state.store, node_key)
         .await
-        .map_err(osquery_error)
+        .map_err(osquery_error)?;
+    // Seen: live queries count the host online while it polls.
+    state
+        .queries
+        .presence
+        .record(scope.tenant_id(), node.device_id);
+    Ok((scope, node, tenant))
 }
 
 async fn commit(scope: TenantScope) -> Result<(), Response> {
@@ -205,7 +237,7 @@ pub(super) async fn config(
 ) -> Response {
     let result = async {
         let body = parse_body(&headers, body)?;
-        let (scope, node) = authenticate(&state, &body).await?;
+        let (scope, node, _) = authenticate(&state, &body).await?;
         let merged = state
             .options
             .merged(&scope, node.team_id)
@@ -235,10 +267,24 @@ pub(super) async fn distributed_read(
 ) -> Response {
     let result = async {
         let body = parse_body(&headers, body)?;
-        let (scope, _node) = authenticate(&state, &body).await?;
+        let (scope, node, tenant) = authenticate(&state, &body).await?;
         commit(scope).await?;
-        // Live queries and policies are wired in with the queries area.
-        Ok::<_, Response>(Json(json!({"queries": {}, "node_invalid": false})).into_response())
+        let requests = pending_queries_for(&state.store, &tenant, node.device_id)
+            .await
+            .map_err(|err| ApiError::from(err).into_response())?;
+        let mut queries = serde_json::Map::new();
+        let mut live = false;
+        for request in requests {
+            live |= request.kind == QueryKind::Live;
+            queries.insert(query_name(request.kind, request.query_id), Value::String(request.sql));
+        }
+        let mut answer = json!({"queries": queries, "node_invalid": false});
+        if live {
+            // osquery polls every few seconds for this long while a live
+            // query runs, instead of every --distributed_interval.
+            answer["accelerate"] = json!(ACCELERATE_SECS);
+        }
+        Ok::<_, Response>(Json(answer).into_response())
     }
     .await;
     result.unwrap_or_else(|response| response)
@@ -254,12 +300,46 @@ pub(super) async fn distributed_write(
 ) -> Response {
     let result = async {
         let body = parse_body(&headers, body)?;
-        let (scope, _node) = authenticate(&state, &body).await?;
+        let (scope, node, tenant) = authenticate(&state, &body).await?;
         let answers = distributed_answers(&body).map_err(osquery_error)?;
-        // Nothing asks osquery hosts for live queries yet: answers are
-        // checked and dropped.
-        tracing::debug!(answers = answers.len(), "osquery distributed write");
         commit(scope).await?;
+        for answer in answers {
+            // Names this server did not hand out (another server's, or
+            // hand-made) are not ours to record.
+            let Some((kind, query_id)) = parse_query_name(&answer.id) else {
+                tracing::debug!(name = %answer.id, "osquery answered a query name it was not given");
+                continue;
+            };
+            let ok = answer.status == 0;
+            let result = QueryResult {
+                query_id,
+                kind,
+                outcome: if ok { QueryOutcome::Ok } else { QueryOutcome::Error },
+                rows: if ok { answer.rows } else { Vec::new() },
+                error: (!ok).then(|| {
+                    answer
+                        .message
+                        .unwrap_or_else(|| format!("osquery status {}", answer.status))
+                }),
+                truncated: false,
+                duration_ms: 0,
+            };
+            if let Err(err) =
+                record_query_result(&state.queries, &tenant, node.device_id, &result).await
+            {
+                return Err(match err {
+                    QueryError::Invalid { field, reason } => error(
+                        StatusCode::BAD_REQUEST,
+                        ErrorCode::BadUserInput,
+                        &format!("invalid {field}: {reason}"),
+                        Some(&field),
+                    ),
+                    // Late answers to an ended campaign are no error for osquery.
+                    QueryError::AlreadyEnded => continue,
+                    QueryError::Store(err) => ApiError::from(err).into_response(),
+                });
+            }
+        }
         Ok::<_, Response>(Json(json!({"node_invalid": false})).into_response())
     }
     .await;
@@ -344,7 +424,7 @@ pub(super) async fn log(
 ) -> Response {
     let result = async {
         let body = parse_body(&headers, body)?;
-        let (scope, node) = authenticate(&state, &body).await?;
+        let (scope, node, _) = authenticate(&state, &body).await?;
         let data = body.get("data").cloned().unwrap_or(Value::Array(Vec::new()));
         // Some osquery versions send `data` as a JSON string of the list.
         let data = match data {

@@ -40,6 +40,9 @@ pub struct OsqueryState {
     pub options: Arc<OptionsHub>,
     /// Requests per node key (by its hash), on this replica.
     pub limiter: Arc<DefaultKeyedRateLimiter<[u8; 32]>>,
+    /// Live queries and policies: osquery hosts answer them through
+    /// distributed read/write exactly as agents do over the work stream.
+    pub queries: crate::queries::QueryServices,
 }
 
 impl OsqueryState {
@@ -47,6 +50,7 @@ impl OsqueryState {
         store: Store,
         entitlements: Arc<dyn Entitlements>,
         options: Arc<OptionsHub>,
+        queries: crate::queries::QueryServices,
         requests_per_minute_per_node: u32,
     ) -> OsqueryState {
         let per_minute = NonZeroU32::new(requests_per_minute_per_node.max(1)).unwrap_or(NonZeroU32::MIN);
@@ -55,6 +59,7 @@ impl OsqueryState {
             entitlements,
             options,
             limiter: Arc::new(RateLimiter::keyed(Quota::per_minute(per_minute))),
+            queries,
         }
     }
 }

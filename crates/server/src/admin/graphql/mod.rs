@@ -19,6 +19,8 @@ mod node;
 mod osquery;
 mod pagination;
 mod plans;
+mod policies;
+mod queries;
 pub mod signup;
 mod sso;
 mod tenancy;
@@ -98,6 +100,8 @@ pub struct QueryRoot(
     licensing::LicenseQuery,
     plans::PlanQuery,
     backbone::BackboneQuery,
+    queries::LiveQueryQuery,
+    policies::PolicyQuery,
     agent_options::AgentOptionsQuery,
     osquery::OsqueryQuery,
 );
@@ -113,6 +117,8 @@ pub struct MutationRoot(
     signup::SignUpMutation,
     plans::PlanMutation,
     backbone::BackboneMutation,
+    queries::LiveQueryMutation,
+    policies::PolicyMutation,
     agent_options::AgentOptionsMutation,
     osquery::OsqueryMutation,
 );
@@ -120,7 +126,11 @@ pub struct MutationRoot(
 // Each area's subscriptions, merged.
 #[derive(async_graphql::MergedSubscription, Default)]
 #[graphql(name = "Subscription")]
-pub struct SubscriptionRoot(audit::AuditSubscription, plans::PlanSubscription);
+pub struct SubscriptionRoot(
+    audit::AuditSubscription,
+    plans::PlanSubscription,
+    queries::LiveQuerySubscription,
+);
 
 /// Depth 15 admits GraphiQL's introspection query; complexity 1000 admits a
 /// full 500-device page with its sites and teams but not nested abuse.
@@ -151,6 +161,7 @@ pub struct Services {
     /// Self sign-up, where the edition and settings turn it on.
     pub signup: Option<Arc<signup::SignUpService>>,
     pub plans: crate::device::PlanServices,
+    pub queries: crate::queries::QueryServices,
     /// The agent options cache and push.
     pub options: Arc<crate::osquery::OptionsHub>,
 }
@@ -190,6 +201,7 @@ pub fn schema(services: Option<Services>) -> MobiusSchema {
             .data(sso::SsoSealer(services.sealer))
             .data(services.entitlements)
             .data(services.plans)
+            .data(services.queries)
             .data(services.options);
         if let Some(signup) = services.signup {
             builder = builder.data(signup);
