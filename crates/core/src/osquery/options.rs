@@ -140,6 +140,13 @@ fn positive_int(field: &str, value: &Value, max: u64) -> Result<(), OsqueryError
     }
 }
 
+fn agent_int(field: &str, value: &Value, max: u64) -> Result<(), OsqueryError> {
+    if !value.is_number() {
+        return Err(invalid(field, format!("must be a number from 1 to {max}")));
+    }
+    positive_int(field, value, max)
+}
+
 fn validate_schedule(at: &str, value: &Value) -> Result<(), OsqueryError> {
     for (name, query) in object(at, value)? {
         let path = format!("{at}.{name}");
@@ -194,12 +201,11 @@ fn validate_agent(value: &Value) -> Result<(), OsqueryError> {
                     ));
                 }
             },
-            "query_timeout_ms" => positive_int(&path, setting, 600_000)?,
-            "row_cap" | "query_row_cap" => positive_int(&path, setting, 1_000_000)?,
-            "byte_cap" | "query_byte_cap" => positive_int(&path, setting, 64 * 1024 * 1024)?,
-            "query_interval_secs" | "policy_interval_secs" => {
-                positive_int(&path, setting, 604_800)?
-            }
+            // What `mobius-agent` reads (crates/agent/src/queries/options.rs):
+            // JSON numbers only, as the agent ignores anything else.
+            "query_timeout_ms" => agent_int(&path, setting, 600_000)?,
+            "query_max_rows" => agent_int(&path, setting, 1_000_000)?,
+            "query_max_bytes" => agent_int(&path, setting, 64 * 1024 * 1024)?,
             _ => {}
         }
     }
@@ -431,6 +437,10 @@ mod tests {
             err(json!({"packs": {"it": {"queries": {"q": {"query": "", "interval": 5}}}}})),
             "packs.it.queries.q.query"
         );
-        assert!(validate_document(&json!({"options": {"a": 1}, "agent": {"row_cap": "100"}})).is_ok());
+        assert_eq!(err(json!({"agent": {"query_max_rows": "100"}})), "agent.query_max_rows");
+        assert!(
+            validate_document(&json!({"options": {"a": "1"}, "agent": {"query_max_rows": 100, "future_key": true}}))
+                .is_ok()
+        );
     }
 }
