@@ -7,3 +7,7 @@
 mod osquery;
 #[path = "management/agent_options.rs"]
 mod agent_options;
+#[path = "management/policies.rs"]
+mod policies;
+#[path = "management/queries.rs"]
+mod queries;

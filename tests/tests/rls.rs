@@ -154,6 +154,73 @@ async fn two_populated_tenants(store: &Store) -> (Uuid, Uuid) {
             .report(&actor, device.id, &report, 1 << 20)
             .await
             .unwrap();
+        // A live query answered, and a failing policy result whose
+        // transition queued a webhook delivery.
+        let started = scope
+            .queries()
+            .start(
+                &actor,
+                mobius_core::queries::LiveQuerySpec {
+                    sql: "SELECT 1".into(),
+                    targets: mobius_core::plans::PlanTargets {
+                        device_ids: vec![device.id],
+                        ..Default::default()
+                    },
+                    timeout_ms: None,
+                },
+                |_| true,
+            )
+            .await
+            .unwrap();
+        let answer = |query_id, kind| mobius_api::queries::QueryResult {
+            query_id,
+            kind,
+            outcome: mobius_api::queries::QueryOutcome::Ok,
+            rows: Vec::new(),
+            error: None,
+            truncated: false,
+            duration_ms: 1,
+        };
+        scope
+            .queries()
+            .record(
+                device.id,
+                &answer(started.campaign.id, mobius_api::queries::QueryKind::Live),
+            )
+            .await
+            .unwrap();
+        let policy = scope
+            .policies()
+            .create(
+                &actor,
+                mobius_core::policies::PolicySpec {
+                    name: "p".into(),
+                    sql: "SELECT 1".into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        scope
+            .webhooks()
+            .set(
+                &actor,
+                &LocalSealer::new(&[3u8; 32]),
+                &"https://hooks.example.com/mobius".parse().unwrap(),
+            )
+            .await
+            .unwrap();
+        let recorded = scope
+            .policies()
+            .record(
+                &actor,
+                device.id,
+                &answer(policy.id, mobius_api::queries::QueryKind::Policy),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(recorded.delivery.is_some());
         scope.devices().revoke(&actor, device.id).await.unwrap();
         let pki = Pki::new(
             Arc::new(LocalSealer::new(&[3u8; 32])),

@@ -209,6 +209,14 @@ impl Server {
         let presence = Arc::new(Presence::new(std::time::Duration::from_secs(
             settings.last_seen_write_after_secs,
         )));
+        let device_listener = TcpListener::bind(settings.device_listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} (setting `device_listen`)",
+                    settings.device_listen
+                )
+            })?;
         let bus = crate::cluster::Bus::new(store.clone());
         let queries = crate::queries::QueryServices {
             store: store.clone(),
@@ -220,7 +228,10 @@ impl Server {
             heartbeat_interval_secs: settings.heartbeat_interval_secs,
             last_seen_write_after_secs: settings.last_seen_write_after_secs,
             retention_hours: settings.live_query_retention_hours,
-            own_addresses: Arc::new(own_addresses(settings)),
+            own_addresses: Arc::new(own_addresses(
+                settings,
+                &[listener.local_addr().ok(), device_listener.local_addr().ok()],
+            )),
         };
         let options = crate::osquery::OptionsHub::start(bus.clone());
         let device_state = DeviceState {
@@ -242,14 +253,6 @@ impl Server {
             queries: queries.clone(),
             options: options.clone(),
         };
-        let device_listener = TcpListener::bind(settings.device_listen)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot listen on {} (setting `device_listen`)",
-                    settings.device_listen
-                )
-            })?;
         let devices = DeviceSide {
             listener: device_listener,
             tls: tls::server_config(&server_identity, verifier)?,
@@ -851,13 +854,12 @@ fn app_role_password(settings: &Settings) -> anyhow::Result<SecretString> {
     Ok(SecretString::from(generated))
 }
 
-/// The `host:port` forms this server answers on, which a policy webhook
-/// may not name.
-fn own_addresses(settings: &Settings) -> Vec<String> {
-    let mut own = vec![
-        settings.listen.to_string(),
-        settings.device_listen.to_string(),
-    ];
+/// The `host:port` forms this server answers on (its bound listeners and
+/// `public_url`), which a policy webhook may not name.
+fn own_addresses(settings: &Settings, bound: &[Option<SocketAddr>]) -> Vec<String> {
+    let mut own: Vec<String> = bound.iter().flatten().map(ToString::to_string).collect();
+    own.push(settings.listen.to_string());
+    own.push(settings.device_listen.to_string());
     if let Some(url) = settings
         .public_url
         .as_deref()

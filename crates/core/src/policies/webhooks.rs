@@ -287,3 +287,23 @@ impl<'s> Webhooks<'s> {
         Ok(row.update(self.scope.connection()).await?)
     }
 }
+
+/// Re-seals the tenant's webhook signing secret under the new sealer (the
+/// `reseal` command visits every area's sealed secrets).
+pub(crate) async fn reseal_webhook_secret(
+    scope: &TenantScope,
+    rewrap: &crate::crypto::reseal::Rewrap<'_>,
+    report: &mut crate::crypto::reseal::ResealReport,
+) -> StoreResult<()> {
+    let Some(found) = scope.webhooks().get().await? else {
+        return Ok(());
+    };
+    let context = SealContext::tenant(scope.tenant_id(), SEAL_PURPOSE, found.id);
+    if let Some(sealed) = rewrap.value(report, &context, &found.sealed_secret).await? {
+        let mut row = found.into_active_model();
+        row.sealed_secret = Set(sealed);
+        row.updated_at = Set(chrono::Utc::now());
+        row.update(scope.connection()).await?;
+    }
+    Ok(())
+}
