@@ -175,3 +175,77 @@ async fn a_team_override_beats_global_and_reaches_a_running_agent_without_a_rest
     assert_eq!(saved(&fleet).unwrap()["options_version"], global2_version);
     let _ = device;
 }
+
+/// `mobius ARGS` against the fleet's server as its admin.
+fn mobius(fleet: &Fleet, config: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(mobius_tests::workspace_binary("mobius"))
+        .args(["--config-dir", config.to_str().unwrap()])
+        .args(args)
+        .env("MOBIUS_SERVER", fleet.server.url(""))
+        .env("MOBIUS_TOKEN", &fleet.token)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn mobius_config_sets_and_gets_layers_from_yaml_with_a_dry_run_diff() {
+    let fleet = Fleet::start(&[]).await;
+    fleet
+        .gql(r#"mutation { createTeam(input: { name: "edge" }) { id } }"#, json!({}))
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let global = dir.path().join("global.yaml");
+    std::fs::write(
+        &global,
+        "options:\n  distributed_interval: 60\n  logger_tls_period: 10\nschedule:\n  processes:\n    query: SELECT pid FROM processes\n    interval: 300\n",
+    )
+    .unwrap();
+    let out = mobius(&fleet, dir.path(), &["config", "set", "-f", global.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("agent options set"), "{stdout}");
+    assert!(stdout.contains("+ options.distributed_interval: 60"), "{stdout}");
+
+    // A dry run of a team override prints the change and stores nothing.
+    let team = dir.path().join("team.yaml");
+    std::fs::write(&team, "options:\n  distributed_interval: 10\nschedule:\n  processes: null\n").unwrap();
+    let out = mobius(
+        &fleet,
+        dir.path(),
+        &["config", "set", "-f", team.to_str().unwrap(), "--team", "edge", "--dry-run"],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("dry run"), "{stdout}");
+    assert!(stdout.contains("- options.distributed_interval: 60"), "{stdout}");
+    assert!(stdout.contains("+ options.distributed_interval: 10"), "{stdout}");
+    assert!(stdout.contains("- schedule.processes.query: \"SELECT pid FROM processes\""), "{stdout}");
+    let out = mobius(&fleet, dir.path(), &["config", "get", "--team", "edge"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("version 0"), "nothing stored: {stdout}");
+
+    // Stored for real, then read back as YAML: the layer and the merged view.
+    let out = mobius(&fleet, dir.path(), &["config", "set", "-f", team.to_str().unwrap(), "--team", "edge"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = mobius(&fleet, dir.path(), &["config", "get", "--team", "edge", "--merged"]);
+    let merged: Value = serde_norway::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    // The team removed the only scheduled query (an empty schedule is kept).
+    assert_eq!(
+        merged,
+        json!({"options": {"distributed_interval": 10, "logger_tls_period": 10}, "schedule": {}})
+    );
+    let out = mobius(&fleet, dir.path(), &["--output", "json", "config", "get"]);
+    let global: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(global["layer"]["schedule"]["processes"]["interval"], 300);
+
+    // A bad file: the server's BAD_USER_INPUT reaches the user, naming the key.
+    std::fs::write(&team, "optoins:\n  x: 1\n").unwrap();
+    let out = mobius(&fleet, dir.path(), &["config", "set", "-f", team.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("optoins"), "{stderr}");
+    // An unknown team is named.
+    let out = mobius(&fleet, dir.path(), &["config", "get", "--team", "nope"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
+}
