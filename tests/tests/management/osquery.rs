@@ -472,3 +472,81 @@ async fn a_node_key_or_enroll_secret_of_another_tenant_is_useless() {
     let (_, config) = own_host.config().await;
     assert_eq!(config["options"]["distributed_interval"], 42, "{config}");
 }
+
+/// A CA and a server certificate it signed for 127.0.0.1 and localhost:
+/// (CA PEM, certificate PEM, key PEM).
+fn server_pki(ca_name: &str) -> (String, String, String) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, ca_name);
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut params =
+        CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+/// What `--tls_server_certs` does: trust this CA only.
+fn trusting(ca_pem: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap()])
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn osquery_enrolls_over_tls_when_it_trusts_the_server_ca_and_not_otherwise() {
+    use secrecy::ExposeSecret;
+    let db = mobius_tests::TestDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = server_pki("Mobius server CA");
+    std::fs::write(dir.path().join("server.crt"), &cert).unwrap();
+    std::fs::write(dir.path().join("server.key"), &key).unwrap();
+    let cert_file = dir.path().join("server.crt");
+    let key_file = dir.path().join("server.key");
+    let server = mobius_tests::ServerProcess::start(
+        dir.path(),
+        &["--database-url", db.owner_url().expose_secret()],
+        &[
+            ("MOBIUS_TLS_CERT_FILE", cert_file.to_str().unwrap()),
+            ("MOBIUS_TLS_KEY_FILE", key_file.to_str().unwrap()),
+        ],
+    );
+    // An enroll secret of the server's tenant, made behind its back.
+    let store = db.app_store().await;
+    let tenant = store.default_tenant().await.unwrap().expect("the default tenant");
+    let scope = store.begin(&tenant).await.unwrap();
+    let secret = scope
+        .osquery()
+        .create_enroll_secret(&Actor::system(), "tls", None, None)
+        .await
+        .unwrap();
+    scope.commit().await.unwrap();
+
+    let base = format!("https://127.0.0.1:{}", server.addr.port());
+    let mut host = OsqueryPeer::with_client(trusting(&ca), &base, "tls-host");
+    let (status, answer) = host.enroll(&secret.secret).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let (status, config) = host.config().await;
+    assert_eq!(status, StatusCode::OK, "{config}");
+    assert_eq!(config["node_invalid"], false);
+
+    // A host pinned to another CA refuses to talk to this server.
+    let (other_ca, _, _) = server_pki("Some other CA");
+    let refused = trusting(&other_ca)
+        .post(format!("{base}/api/osquery/enroll"))
+        .json(&json!({"enroll_secret": secret.secret, "host_identifier": "x"}))
+        .send()
+        .await;
+    let err = refused.expect_err("the server's certificate does not chain to the pinned CA");
+    assert!(format!("{err:?}").contains("UnknownIssuer"), "{err:?}");
+}
