@@ -75,12 +75,7 @@ impl MigrationTrait for Migration {
                     .col(ColumnDef::new("status").string().not_null())
                     .col(ColumnDef::new("error").text().null())
                     .col(ColumnDef::new("rows").json_binary().null())
-                    .col(
-                        ColumnDef::new("row_count")
-                            .integer()
-                            .not_null()
-                            .default(0),
-                    )
+                    .col(ColumnDef::new("row_count").integer().not_null().default(0))
                     .col(
                         ColumnDef::new("truncated")
                             .boolean()
@@ -160,11 +155,7 @@ impl MigrationTrait for Migration {
             .create_index(tenant_unique("policies", &["name"]))
             .await?;
         manager
-            .create_index(index(
-                "ix_policies_next_run",
-                "policies",
-                &["next_run_at"],
-            ))
+            .create_index(index("ix_policies_next_run", "policies", &["next_run_at"]))
             .await?;
         manager
             .create_table(
@@ -191,10 +182,7 @@ impl MigrationTrait for Migration {
             )
             .await?;
         manager
-            .create_index(tenant_unique(
-                "policy_results",
-                &["policy_id", "device_id"],
-            ))
+            .create_index(tenant_unique("policy_results", &["policy_id", "device_id"]))
             .await?;
         manager
             .create_index(index(
@@ -229,12 +217,7 @@ impl MigrationTrait for Migration {
                     .col(ColumnDef::new("body").text().not_null())
                     // PENDING (to be tried at next_attempt_at), DELIVERED, FAILED.
                     .col(ColumnDef::new("status").string().not_null())
-                    .col(
-                        ColumnDef::new("attempts")
-                            .integer()
-                            .not_null()
-                            .default(0),
-                    )
+                    .col(ColumnDef::new("attempts").integer().not_null().default(0))
                     .col(timestamp("next_attempt_at"))
                     .col(
                         ColumnDef::new("last_attempt_at")

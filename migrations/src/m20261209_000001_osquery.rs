@@ -10,7 +10,9 @@
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DbBackend;
 
-use crate::tables::{isolate, owner_lookup, same_tenant_fk, tenant_table, tenant_unique, timestamp};
+use crate::tables::{
+    isolate, owner_lookup, same_tenant_fk, tenant_table, tenant_unique, timestamp,
+};
 
 pub(crate) const OSQUERY_TABLES: &[&str] = &[
     "agent_option_layers",

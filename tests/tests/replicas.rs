@@ -1169,7 +1169,11 @@ async fn agent_options_set_on_one_replica_reach_an_agent_and_an_osquery_host_on_
     let enrolled = agent_on_b(&["enroll", "--server", &server_b, "--token", &enrollment])
         .output()
         .unwrap();
-    assert!(enrolled.status.success(), "{}", String::from_utf8_lossy(&enrolled.stderr));
+    assert!(
+        enrolled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&enrolled.stderr)
+    );
     let mut running = agent_on_b(&["run", "--log-format", "json"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -1180,7 +1184,10 @@ async fn agent_options_set_on_one_replica_reach_an_agent_and_an_osquery_host_on_
     let (connected_tx, connected_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
             if line.contains("work stream connected") {
                 let _ = connected_tx.send(());
             }

@@ -35,7 +35,9 @@ fn tenant_column(table: &str) -> &'static str {
 
 /// A row in each osquery table (and the option layers) of `tenant`.
 async fn osquery_rows(store: &Store, tenant: Uuid, team: Uuid) {
-    use mobius_core::osquery::{OsqueryEnrollRequest, enroll_host, parse_result_logs, parse_status_logs};
+    use mobius_core::osquery::{
+        OsqueryEnrollRequest, enroll_host, parse_result_logs, parse_status_logs,
+    };
     let actor = Actor::system();
     let scope = store.begin(&SystemTask::new("test", tenant)).await.unwrap();
     scope
@@ -73,9 +75,18 @@ async fn osquery_rows(store: &Store, tenant: Uuid, team: Uuid) {
         {"name": "q", "unixTime": 1, "columns": {"c": "v"}, "action": "added"}
     ]))
     .unwrap();
-    scope.osquery().store_result_logs(node.device_id, results).await.unwrap();
-    let statuses = parse_status_logs(&serde_json::json!([{"severity": "0", "message": "m"}])).unwrap();
-    scope.osquery().store_status_logs(node.device_id, statuses).await.unwrap();
+    scope
+        .osquery()
+        .store_result_logs(node.device_id, results)
+        .await
+        .unwrap();
+    let statuses =
+        parse_status_logs(&serde_json::json!([{"severity": "0", "message": "m"}])).unwrap();
+    scope
+        .osquery()
+        .store_status_logs(node.device_id, statuses)
+        .await
+        .unwrap();
     scope.commit().await.unwrap();
 }
 
@@ -732,7 +743,10 @@ async fn cross_tenant_lookups_return_only_ids() {
     log_tenants.sort();
     assert_eq!(log_tenants, expected);
     for kind in [SecretKind::OsqueryEnrollSecret, SecretKind::OsqueryNodeKey] {
-        assert_eq!(store.tenant_by_secret_hash(kind, &[9u8; 32]).await.unwrap(), None);
+        assert_eq!(
+            store.tenant_by_secret_hash(kind, &[9u8; 32]).await.unwrap(),
+            None
+        );
     }
     let today = chrono::Utc::now().date_naive();
     assert_eq!(store.billing_usage(today, today).await.unwrap().len(), 2);

@@ -19,8 +19,8 @@ pub mod licensing;
 pub mod osquery;
 pub mod pki;
 pub mod plans;
-pub mod policies;
 pub mod platform;
+pub mod policies;
 pub mod queries;
 pub mod tenancy;
 

@@ -230,7 +230,10 @@ impl Server {
             retention_hours: settings.live_query_retention_hours,
             own_addresses: Arc::new(own_addresses(
                 settings,
-                &[listener.local_addr().ok(), device_listener.local_addr().ok()],
+                &[
+                    listener.local_addr().ok(),
+                    device_listener.local_addr().ok(),
+                ],
             )),
         };
         let options = crate::osquery::OptionsHub::start(bus.clone());

@@ -38,10 +38,16 @@ async fn enroll_secret(fleet: &Fleet, team: Option<&str>) -> (String, String) {
         .as_str()
         .unwrap_or_else(|| panic!("{created}"))
         .to_owned();
-    assert!(secret.starts_with("mob_oqes_") && secret.len() > 40, "{secret}");
+    assert!(
+        secret.starts_with("mob_oqes_") && secret.len() > 40,
+        "{secret}"
+    );
     assert!(secret.starts_with(payload["enrollSecret"]["prefix"].as_str().unwrap()));
     assert_eq!(payload["enrollSecret"]["teamId"].as_str(), team);
-    (secret, payload["enrollSecret"]["id"].as_str().unwrap().to_owned())
+    (
+        secret,
+        payload["enrollSecret"]["id"].as_str().unwrap().to_owned(),
+    )
 }
 
 async fn set_options(fleet: &Fleet, team: Option<&str>, document: Value) -> Value {
@@ -99,7 +105,10 @@ async fn an_osquery_host_enrolls_with_a_team_secret_gets_the_merged_config_and_s
         .gql("{ osqueryEnrollSecrets { prefix name } }", json!({}))
         .await;
     assert!(!listed.to_string().contains(&secret), "{listed}");
-    assert_eq!(listed["data"]["osqueryEnrollSecrets"][0]["name"], "linux servers");
+    assert_eq!(
+        listed["data"]["osqueryEnrollSecrets"][0]["name"],
+        "linux servers"
+    );
 
     let mut host = OsqueryPeer::new(&fleet.server.url(""), "web-01");
     let (status, enrolled) = host.enroll(&secret).await;
@@ -115,15 +124,19 @@ async fn an_osquery_host_enrolls_with_a_team_secret_gets_the_merged_config_and_s
             json!({ "id": device }),
         )
         .await;
-    assert_eq!(shown["data"]["device"]["hostname"], "web-01.example.test", "{shown}");
+    assert_eq!(
+        shown["data"]["device"]["hostname"], "web-01.example.test",
+        "{shown}"
+    );
     assert_eq!(shown["data"]["device"]["osName"], "Ubuntu");
     assert_eq!(shown["data"]["device"]["team"]["id"], team.as_str());
     let mut db = fleet.owner_connection().await;
-    let managed_by: Option<String> =
-        sqlx::query_scalar("SELECT managed_by FROM devices WHERE host_fingerprint = 'osquery:web-01'")
-            .fetch_one(&mut db)
-            .await
-            .unwrap();
+    let managed_by: Option<String> = sqlx::query_scalar(
+        "SELECT managed_by FROM devices WHERE host_fingerprint = 'osquery:web-01'",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
     assert_eq!(managed_by.as_deref(), Some("osquery"));
     // Stored as a hash only.
     let stored: i64 = sqlx::query_scalar(
@@ -142,7 +155,10 @@ async fn an_osquery_host_enrolls_with_a_team_secret_gets_the_merged_config_and_s
     assert_eq!(config["options"]["logger_tls_period"], 10);
     assert!(config["schedule"]["processes"]["query"].is_string());
     assert!(config["schedule"]["mounts"]["snapshot"] == true);
-    assert!(config["schedule"].get("users").is_none(), "the team removed it: {config}");
+    assert!(
+        config["schedule"].get("users").is_none(),
+        "the team removed it: {config}"
+    );
     assert!(config["decorators"]["load"].is_array());
     assert_eq!(config["node_invalid"], false);
 
@@ -153,14 +169,25 @@ async fn an_osquery_host_enrolls_with_a_team_secret_gets_the_merged_config_and_s
     assert!(read.get("accelerate").is_none());
 
     // Result logs in all three forms, and status logs.
-    let event_added = host.event("pack_it_processes", "added", json!({"pid": "1", "name": "systemd"}));
-    let event_removed = host.event("pack_it_processes", "removed", json!({"pid": "77", "name": "sleep"}));
+    let event_added = host.event(
+        "pack_it_processes",
+        "added",
+        json!({"pid": "1", "name": "systemd"}),
+    );
+    let event_removed = host.event(
+        "pack_it_processes",
+        "removed",
+        json!({"pid": "77", "name": "sleep"}),
+    );
     let batch = host.batch(
         "users",
         json!([{"username": "alice"}, {"username": "bob"}]),
         json!([{"username": "mallory"}]),
     );
-    let snapshot = host.snapshot("mounts", json!([{"path": "/", "type": "ext4"}, {"path": "/boot", "type": "vfat"}]));
+    let snapshot = host.snapshot(
+        "mounts",
+        json!([{"path": "/", "type": "ext4"}, {"path": "/boot", "type": "vfat"}]),
+    );
     let (status, logged) = host
         .log("result", vec![event_added, event_removed, batch, snapshot])
         .await;
@@ -178,10 +205,17 @@ async fn an_osquery_host_enrolls_with_a_team_secret_gets_the_merged_config_and_s
             json!({ "d": device }),
         )
         .await;
-    let rows = results["data"]["osqueryResultLogs"].as_array().unwrap_or_else(|| panic!("{results}"));
+    let rows = results["data"]["osqueryResultLogs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{results}"));
     let mut seen: Vec<(String, String)> = rows
         .iter()
-        .map(|r| (r["name"].as_str().unwrap().to_owned(), r["action"].as_str().unwrap().to_owned()))
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap().to_owned(),
+                r["action"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
     seen.sort();
     assert_eq!(
@@ -204,16 +238,26 @@ async fn an_osquery_host_enrolls_with_a_team_secret_gets_the_merged_config_and_s
         .await;
     let users = users["data"]["osqueryResultLogs"].as_array().unwrap();
     assert_eq!(users.len(), 3);
-    assert!(users.iter().any(|r| r["columns"]["username"] == "mallory" && r["action"] == "removed"));
+    assert!(
+        users
+            .iter()
+            .any(|r| r["columns"]["username"] == "mallory" && r["action"] == "removed")
+    );
     let statuses = fleet
         .gql(
             "query($d: ID!) { osqueryStatusLogs(deviceId: $d) { severity line message version } }",
             json!({ "d": device }),
         )
         .await;
-    let statuses = statuses["data"]["osqueryStatusLogs"].as_array().unwrap_or_else(|| panic!("{statuses}"));
+    let statuses = statuses["data"]["osqueryStatusLogs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{statuses}"));
     assert_eq!(statuses.len(), 2);
-    assert!(statuses.iter().any(|s| s["severity"] == 1 && s["line"] == 68 && s["version"] == "5.12.1"));
+    assert!(
+        statuses
+            .iter()
+            .any(|s| s["severity"] == 1 && s["line"] == 68 && s["version"] == "5.12.1")
+    );
 
     // Client mistakes: clear 400s, never a 500.
     let (status, bad) = host.log("nonsense", vec![]).await;
@@ -229,7 +273,9 @@ async fn an_osquery_host_enrolls_with_a_team_secret_gets_the_merged_config_and_s
         .await
         .unwrap();
     assert_eq!(raw.status(), StatusCode::BAD_REQUEST);
-    let (status, bad) = host.distributed_write_raw(json!({"queries": {"x": 7}})).await;
+    let (status, bad) = host
+        .distributed_write_raw(json!({"queries": {"x": 7}}))
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
     // A body over the limit is refused before it is read.
     let big = host.status_line(0, &"x".repeat(2 * 1024 * 1024));
@@ -246,21 +292,33 @@ async fn an_osquery_host_enrolls_with_a_team_secret_gets_the_merged_config_and_s
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(answer["node_invalid"], true);
     let (status, answer) = stranger.distributed_read().await;
-    assert_eq!((status, answer["node_invalid"].clone()), (StatusCode::UNAUTHORIZED, json!(true)));
+    assert_eq!(
+        (status, answer["node_invalid"].clone()),
+        (StatusCode::UNAUTHORIZED, json!(true))
+    );
 
     // The audit log tells what happened.
     let mut db = fleet.owner_connection().await;
-    let actions: Vec<String> = sqlx::query_scalar("SELECT action FROM audit_events ORDER BY created_at")
-        .fetch_all(&mut db)
-        .await
-        .unwrap();
-    for action in ["agent_options.updated", "osquery.enroll_secret_created", "osquery.host_enrolled"] {
-        assert!(actions.iter().any(|a| a == action), "{action} not in {actions:?}");
+    let actions: Vec<String> =
+        sqlx::query_scalar("SELECT action FROM audit_events ORDER BY created_at")
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
+    for action in [
+        "agent_options.updated",
+        "osquery.enroll_secret_created",
+        "osquery.host_enrolled",
+    ] {
+        assert!(
+            actions.iter().any(|a| a == action),
+            "{action} not in {actions:?}"
+        );
     }
 }
 
 #[tokio::test]
-async fn a_revoked_device_gets_node_invalid_and_re_enrolls_after_deletion_and_a_revoked_secret_is_refused() {
+async fn a_revoked_device_gets_node_invalid_and_re_enrolls_after_deletion_and_a_revoked_secret_is_refused()
+ {
     let fleet = Fleet::start(&[]).await;
     let (secret, secret_id) = enroll_secret(&fleet, None).await;
     let mut host = OsqueryPeer::new(&fleet.server.url(""), "db-01");
@@ -280,24 +338,45 @@ async fn a_revoked_device_gets_node_invalid_and_re_enrolls_after_deletion_and_a_
 
     // Revoking the device revokes its node key at once.
     let revoked = fleet
-        .gql("mutation($id: ID!) { revokeDevice(id: $id) { status } }", json!({ "id": device }))
+        .gql(
+            "mutation($id: ID!) { revokeDevice(id: $id) { status } }",
+            json!({ "id": device }),
+        )
         .await;
-    assert_eq!(revoked["data"]["revokeDevice"]["status"], "REVOKED", "{revoked}");
+    assert_eq!(
+        revoked["data"]["revokeDevice"]["status"], "REVOKED",
+        "{revoked}"
+    );
     let (status, answer) = host.config().await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(answer["node_invalid"], true);
-    assert!(host.node_key.is_none(), "the peer forgets its key as osquery does");
+    assert!(
+        host.node_key.is_none(),
+        "the peer forgets its key as osquery does"
+    );
     let line = host.status_line(0, "x");
     let (status, answer) = host.log("status", vec![line]).await;
-    assert_eq!((status, answer["node_invalid"].clone()), (StatusCode::UNAUTHORIZED, json!(true)));
+    assert_eq!(
+        (status, answer["node_invalid"].clone()),
+        (StatusCode::UNAUTHORIZED, json!(true))
+    );
     // osquery enrolls again: refused while the revoked device exists.
     let (status, answer) = host.enroll(&secret).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
-    assert!(answer["error"]["message"].as_str().unwrap().contains("revoked"), "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("revoked"),
+        "{answer}"
+    );
 
     // Once an admin deletes it, the host enrolls again as a new device.
     let deleted = fleet
-        .gql("mutation($id: ID!) { deleteDevice(id: $id) }", json!({ "id": device }))
+        .gql(
+            "mutation($id: ID!) { deleteDevice(id: $id) }",
+            json!({ "id": device }),
+        )
         .await;
     assert!(deleted["errors"].is_null(), "{deleted}");
     let (status, answer) = host.enroll(&secret).await;
@@ -312,7 +391,10 @@ async fn a_revoked_device_gets_node_invalid_and_re_enrolls_after_deletion_and_a_
             json!({ "id": secret_id }),
         )
         .await;
-    assert!(revoked["data"]["revokeOsqueryEnrollSecret"]["revokedAt"].is_string(), "{revoked}");
+    assert!(
+        revoked["data"]["revokeOsqueryEnrollSecret"]["revokedAt"].is_string(),
+        "{revoked}"
+    );
     let mut newcomer = OsqueryPeer::new(&fleet.server.url(""), "db-02");
     let (status, answer) = newcomer.enroll(&secret).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
@@ -382,9 +464,18 @@ async fn an_osquery_host_answers_a_live_query_through_distributed_read_and_write
             json!({ "i": { "sql": "SELECT * FROM no_such_table", "targets": { "deviceIds": [device] } } }),
         )
         .await;
-    let failing = started["data"]["runLiveQuery"]["id"].as_str().unwrap().to_owned();
+    let failing = started["data"]["runLiveQuery"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let (_, read) = host.distributed_read().await;
-    let name = read["queries"].as_object().unwrap().keys().next().unwrap().clone();
+    let name = read["queries"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
     let (status, _) = host
         .distributed_write(
             json!({ name.clone(): "" }),
@@ -413,12 +504,23 @@ async fn an_osquery_host_answers_a_live_query_through_distributed_read_and_write
 async fn a_node_key_or_enroll_secret_of_another_tenant_is_useless() {
     let fleet = Fleet::start(&[]).await;
     let (own_secret, _) = enroll_secret(&fleet, None).await;
-    set_options(&fleet, None, json!({"options": {"distributed_interval": 42}})).await;
+    set_options(
+        &fleet,
+        None,
+        json!({"options": {"distributed_interval": 42}}),
+    )
+    .await;
 
     // Tenant Bravo, with its own secret, options and an enrolled host.
     let store = fleet.db.app_store().await;
-    let bravo = store.create_tenant(&Actor::system(), "Bravo", "bravo").await.unwrap();
-    let scope = store.begin(&SystemTask::new("test", bravo.id)).await.unwrap();
+    let bravo = store
+        .create_tenant(&Actor::system(), "Bravo", "bravo")
+        .await
+        .unwrap();
+    let scope = store
+        .begin(&SystemTask::new("test", bravo.id))
+        .await
+        .unwrap();
     let bravo_secret = scope
         .osquery()
         .create_enroll_secret(&Actor::system(), "bravo", None, None)
@@ -426,13 +528,20 @@ async fn a_node_key_or_enroll_secret_of_another_tenant_is_useless() {
         .unwrap();
     scope
         .agent_options()
-        .set(&Actor::system(), None, json!({"options": {"distributed_interval": 7}}))
+        .set(
+            &Actor::system(),
+            None,
+            json!({"options": {"distributed_interval": 7}}),
+        )
         .await
         .unwrap();
     scope.commit().await.unwrap();
 
     let mut bravo_host = OsqueryPeer::new(&fleet.server.url(""), "bravo-host");
-    assert_eq!(bravo_host.enroll(&bravo_secret.secret).await.0, StatusCode::OK);
+    assert_eq!(
+        bravo_host.enroll(&bravo_secret.secret).await.0,
+        StatusCode::OK
+    );
     // Bravo's node key answers Bravo's configuration, never ours.
     let (_, config) = bravo_host.config().await;
     assert_eq!(config["options"]["distributed_interval"], 7, "{config}");
@@ -440,11 +549,17 @@ async fn a_node_key_or_enroll_secret_of_another_tenant_is_useless() {
     assert_eq!(bravo_host.log("result", vec![line]).await.0, StatusCode::OK);
     // Bravo's host is not one of our devices, and its logs are not ours.
     let listed = fleet
-        .gql("{ devices(first: 100, hostnameSearch: \"bravo\") { nodes { id } } }", json!({}))
+        .gql(
+            "{ devices(first: 100, hostnameSearch: \"bravo\") { nodes { id } } }",
+            json!({}),
+        )
         .await;
     assert_eq!(listed["data"]["devices"]["nodes"], json!([]), "{listed}");
     let bravo_device: mobius_core::Uuid = {
-        let scope = store.begin(&SystemTask::new("test", bravo.id)).await.unwrap();
+        let scope = store
+            .begin(&SystemTask::new("test", bravo.id))
+            .await
+            .unwrap();
         let devices = scope.devices().list().await.unwrap();
         devices[0].id
     };
@@ -454,7 +569,10 @@ async fn a_node_key_or_enroll_secret_of_another_tenant_is_useless() {
             json!({ "d": global_id("Device", bravo_device) }),
         )
         .await;
-    assert_eq!(logs["errors"][0]["extensions"]["code"], "NOT_FOUND", "{logs}");
+    assert_eq!(
+        logs["errors"][0]["extensions"]["code"], "NOT_FOUND",
+        "{logs}"
+    );
     // Bravo's secret cannot be revoked from here.
     let revoke = fleet
         .gql(
@@ -462,9 +580,20 @@ async fn a_node_key_or_enroll_secret_of_another_tenant_is_useless() {
             json!({ "id": global_id("OsqueryEnrollSecret", bravo_secret.record.id) }),
         )
         .await;
-    assert_eq!(revoke["errors"][0]["extensions"]["code"], "NOT_FOUND", "{revoke}");
-    let listed = fleet.gql("{ osqueryEnrollSecrets { id } }", json!({})).await;
-    assert_eq!(listed["data"]["osqueryEnrollSecrets"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        revoke["errors"][0]["extensions"]["code"], "NOT_FOUND",
+        "{revoke}"
+    );
+    let listed = fleet
+        .gql("{ osqueryEnrollSecrets { id } }", json!({}))
+        .await;
+    assert_eq!(
+        listed["data"]["osqueryEnrollSecrets"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 
     // Our host gets our configuration.
     let mut own_host = OsqueryPeer::new(&fleet.server.url(""), "alpha-host");
@@ -483,7 +612,9 @@ fn server_pki(ca_name: &str) -> (String, String, String) {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, ca_name);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, ca_name);
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let issuer = Issuer::new(ca_params, ca_key);
@@ -523,7 +654,11 @@ async fn osquery_enrolls_over_tls_when_it_trusts_the_server_ca_and_not_otherwise
     );
     // An enroll secret of the server's tenant, made behind its back.
     let store = db.app_store().await;
-    let tenant = store.default_tenant().await.unwrap().expect("the default tenant");
+    let tenant = store
+        .default_tenant()
+        .await
+        .unwrap()
+        .expect("the default tenant");
     let scope = store.begin(&tenant).await.unwrap();
     let secret = scope
         .osquery()

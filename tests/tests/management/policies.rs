@@ -107,7 +107,10 @@ async fn a_policy_fails_on_one_device_passes_on_another_and_the_webhook_is_signe
         .to_owned();
     let shown = fleet.gql("{ policyWebhook { url } }", json!({})).await;
     assert_eq!(shown["data"]["policyWebhook"]["url"], url.as_str());
-    assert!(!shown.to_string().contains(&secret), "the secret is shown once");
+    assert!(
+        !shown.to_string().contains(&secret),
+        "the secret is shown once"
+    );
 
     // A policy only the first device passes.
     let create = "mutation($i: CreatePolicyInput!) { createPolicy(input: $i) { id passing failing unknown } }";
@@ -134,13 +137,22 @@ async fn a_policy_fails_on_one_device_passes_on_another_and_the_webhook_is_signe
         "no results yet: {created}"
     );
     let duplicate = fleet
-        .gql(create, json!({ "i": { "name": "Is the first device", "sql": "SELECT 1" } }))
+        .gql(
+            create,
+            json!({ "i": { "name": "Is the first device", "sql": "SELECT 1" } }),
+        )
         .await;
-    assert_eq!(duplicate["errors"][0]["extensions"]["code"], "CONFLICT", "{duplicate}");
+    assert_eq!(
+        duplicate["errors"][0]["extensions"]["code"], "CONFLICT",
+        "{duplicate}"
+    );
 
     let ran_at = Instant::now();
     let run = fleet
-        .gql("mutation($id: ID!) { runPolicy(id: $id) { id } }", json!({ "id": policy }))
+        .gql(
+            "mutation($id: ID!) { runPolicy(id: $id) { id } }",
+            json!({ "id": policy }),
+        )
         .await;
     assert!(run["errors"].is_null(), "{run}");
     let counts = "query($id: ID!) { policy(id: $id) { passing failing unknown failingDevices { totalCount nodes { deviceId passes } } } }";
@@ -201,8 +213,14 @@ async fn a_policy_fails_on_one_device_passes_on_another_and_the_webhook_is_signe
         json!({ "event": "policy.newly_failing", "status": "DELIVERED", "attempts": 2, "responseStatus": 204 })
     );
     let audit = fleet
-        .gql("{ auditEvents(first: 200) { nodes { action } } }", json!({}))
+        .gql(
+            "{ auditEvents(first: 200) { nodes { action } } }",
+            json!({}),
+        )
         .await;
-    assert!(audit.to_string().contains("policy.newly_failing"), "{audit}");
+    assert!(
+        audit.to_string().contains("policy.newly_failing"),
+        "{audit}"
+    );
     drop(agents);
 }

@@ -43,7 +43,10 @@ async fn a_live_query_returns_each_agents_rows_in_the_subscription_and_the_cli()
 
     let started_at = Instant::now();
     let run = fleet
-        .gql(RUN, run_input("SELECT device_id, version FROM mobius_agent", &ids))
+        .gql(
+            RUN,
+            run_input("SELECT device_id, version FROM mobius_agent", &ids),
+        )
         .await;
     let id = run["data"]["runLiveQuery"]["id"]
         .as_str()
@@ -85,7 +88,11 @@ async fn a_live_query_returns_each_agents_rows_in_the_subscription_and_the_cli()
             uuid_of(device).to_string(),
             "each agent answers about itself: {item}"
         );
-        assert!(item["rows"][0]["version"].as_str().is_some_and(|v| !v.is_empty()));
+        assert!(
+            item["rows"][0]["version"]
+                .as_str()
+                .is_some_and(|v| !v.is_empty())
+        );
     }
     assert_eq!(last[&ids[2]]["status"], "OFFLINE");
     assert!(
@@ -107,9 +114,21 @@ async fn a_live_query_returns_each_agents_rows_in_the_subscription_and_the_cli()
         let ids = ids.clone();
         move || {
             Command::new(workspace_binary("mobius"))
-                .args(["--config-dir", config.path().to_str().unwrap(), "--output", "json"])
-                .args(["query", "run", "--sql", "SELECT device_id FROM mobius_agent"])
-                .args(["--device", &ids[0], "--device", &ids[1], "--device", &ids[2]])
+                .args([
+                    "--config-dir",
+                    config.path().to_str().unwrap(),
+                    "--output",
+                    "json",
+                ])
+                .args([
+                    "query",
+                    "run",
+                    "--sql",
+                    "SELECT device_id FROM mobius_agent",
+                ])
+                .args([
+                    "--device", &ids[0], "--device", &ids[1], "--device", &ids[2],
+                ])
                 .args(["--timeout", "20s"])
                 .env("MOBIUS_SERVER", server.trim_end_matches('/'))
                 .env("MOBIUS_TOKEN", token)
@@ -131,10 +150,8 @@ async fn a_live_query_returns_each_agents_rows_in_the_subscription_and_the_cli()
         .collect();
     for device in &ids[..2] {
         assert!(
-            lines
-                .iter()
-                .any(|l| l["deviceId"] == device.as_str()
-                    && l["row"]["device_id"] == uuid_of(device).to_string()),
+            lines.iter().any(|l| l["deviceId"] == device.as_str()
+                && l["row"]["device_id"] == uuid_of(device).to_string()),
             "no row from {device}: {stdout}"
         );
     }
@@ -144,7 +161,12 @@ async fn a_live_query_returns_each_agents_rows_in_the_subscription_and_the_cli()
         .as_array()
         .unwrap()
         .iter()
-        .map(|d| (d["deviceId"].as_str().unwrap(), d["status"].as_str().unwrap()))
+        .map(|d| {
+            (
+                d["deviceId"].as_str().unwrap(),
+                d["status"].as_str().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(statuses[ids[0].as_str()], "ANSWERED");
     assert_eq!(statuses[ids[1].as_str()], "ANSWERED");
@@ -152,7 +174,10 @@ async fn a_live_query_returns_each_agents_rows_in_the_subscription_and_the_cli()
 
     // Both runs are in the audit log.
     let audit = fleet
-        .gql("{ auditEvents(first: 200) { nodes { action } } }", json!({}))
+        .gql(
+            "{ auditEvents(first: 200) { nodes { action } } }",
+            json!({}),
+        )
         .await;
     assert!(
         audit.to_string().matches("query.live_started").count() >= 2,
@@ -170,9 +195,15 @@ async fn a_refused_write_comes_back_as_error_with_the_agents_message_and_stop_en
     agent.connected().await;
 
     let run = fleet
-        .gql(RUN, run_input("DELETE FROM users", std::slice::from_ref(&device)))
+        .gql(
+            RUN,
+            run_input("DELETE FROM users", std::slice::from_ref(&device)),
+        )
         .await;
-    let id = run["data"]["runLiveQuery"]["id"].as_str().unwrap().to_owned();
+    let id = run["data"]["runLiveQuery"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let mut subscription = fleet
         .subscribe(
             "subscription($id: ID!) { liveQueryResults(id: $id) { status error } }",
@@ -192,19 +223,30 @@ async fn a_refused_write_comes_back_as_error_with_the_agents_message_and_stop_en
     );
 
     // Bad input is refused with a code, not a 500.
-    let empty = fleet.gql(RUN, run_input("  ", std::slice::from_ref(&device))).await;
-    assert_eq!(empty["errors"][0]["extensions"]["code"], "BAD_USER_INPUT", "{empty}");
+    let empty = fleet
+        .gql(RUN, run_input("  ", std::slice::from_ref(&device)))
+        .await;
+    assert_eq!(
+        empty["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+        "{empty}"
+    );
     let no_targets = fleet
         .gql(RUN, json!({ "i": { "sql": "SELECT 1", "targets": {} } }))
         .await;
-    assert_eq!(no_targets["errors"][0]["extensions"]["code"], "BAD_USER_INPUT");
+    assert_eq!(
+        no_targets["errors"][0]["extensions"]["code"],
+        "BAD_USER_INPUT"
+    );
     let long = fleet
         .gql(
             RUN,
             json!({ "i": { "sql": "SELECT 1", "targets": { "deviceIds": [device] }, "timeoutSecs": 100000 } }),
         )
         .await;
-    assert_eq!(long["errors"][0]["extensions"]["field"], "timeoutSecs", "{long}");
+    assert_eq!(
+        long["errors"][0]["extensions"]["field"], "timeoutSecs",
+        "{long}"
+    );
 
     // A campaign on a device that does not answer in time is stopped by
     // the admin: its pending device becomes ERROR, stopping again is CONFLICT.
@@ -219,13 +261,25 @@ async fn a_refused_write_comes_back_as_error_with_the_agents_message_and_stop_en
         .await
         .unwrap();
     let run = fleet.gql(RUN, run_input("SELECT 1", &[silent])).await;
-    let id = run["data"]["runLiveQuery"]["id"].as_str().unwrap().to_owned();
+    let id = run["data"]["runLiveQuery"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let stop = "mutation($id: ID!) { stopLiveQuery(id: $id) { status results { status error } } }";
     let stopped = fleet.gql(stop, json!({ "id": id })).await;
-    assert_eq!(stopped["data"]["stopLiveQuery"]["status"], "STOPPED", "{stopped}");
-    assert_eq!(stopped["data"]["stopLiveQuery"]["results"][0]["status"], "ERROR");
+    assert_eq!(
+        stopped["data"]["stopLiveQuery"]["status"], "STOPPED",
+        "{stopped}"
+    );
+    assert_eq!(
+        stopped["data"]["stopLiveQuery"]["results"][0]["status"],
+        "ERROR"
+    );
     let again = fleet.gql(stop, json!({ "id": id })).await;
-    assert_eq!(again["errors"][0]["extensions"]["code"], "CONFLICT", "{again}");
+    assert_eq!(
+        again["errors"][0]["extensions"]["code"], "CONFLICT",
+        "{again}"
+    );
 }
 
 #[tokio::test]
@@ -284,10 +338,16 @@ async fn another_tenants_live_query_and_policy_ids_are_not_found() {
     let policy = global_id("Policy", policy.id);
     for (query, id) in [
         ("query($id: ID!) { liveQuery(id: $id) { id } }", &campaign),
-        ("mutation($id: ID!) { stopLiveQuery(id: $id) { id } }", &campaign),
+        (
+            "mutation($id: ID!) { stopLiveQuery(id: $id) { id } }",
+            &campaign,
+        ),
         ("query($id: ID!) { policy(id: $id) { id } }", &policy),
         ("mutation($id: ID!) { runPolicy(id: $id) { id } }", &policy),
-        ("mutation($id: ID!) { deletePolicy(id: $id) { id } }", &policy),
+        (
+            "mutation($id: ID!) { deletePolicy(id: $id) { id } }",
+            &policy,
+        ),
         (
             "mutation($id: ID!) { updatePolicy(id: $id, input: { name: \"x\" }) { id } }",
             &policy,
@@ -308,7 +368,10 @@ async fn another_tenants_live_query_and_policy_ids_are_not_found() {
     let refused = subscription.next(Duration::from_secs(10)).await.unwrap();
     assert!(refused.to_string().contains("NOT_FOUND"), "{refused}");
     let listed = fleet
-        .gql("{ liveQueries { totalCount } policies { totalCount } }", json!({}))
+        .gql(
+            "{ liveQueries { totalCount } policies { totalCount } }",
+            json!({}),
+        )
         .await;
     assert_eq!(listed["data"]["liveQueries"]["totalCount"], 0, "{listed}");
     assert_eq!(listed["data"]["policies"]["totalCount"], 0, "{listed}");

@@ -141,12 +141,19 @@ pub async fn run(ctx: &Context, command: ConfigCommand) -> Result<()> {
                 return ctx.output.raw_json(&options);
             }
             let (what, document, version) = if args.merged {
-                ("merged view", &options["merged"], &options["optionsVersion"])
+                (
+                    "merged view",
+                    &options["merged"],
+                    &options["optionsVersion"],
+                )
             } else {
                 ("layer", &options["layer"], &options["layerVersion"])
             };
             let layer = if team.is_some() { "team" } else { "global" };
-            print!("# {layer} agent options ({what}), version {version}\n{}", yaml(document)?);
+            print!(
+                "# {layer} agent options ({what}), version {version}\n{}",
+                yaml(document)?
+            );
             Ok(())
         }
         ConfigCommand::Set(args) => {
@@ -165,7 +172,10 @@ pub async fn run(ctx: &Context, command: ConfigCommand) -> Result<()> {
                     .with_context(|| format!("{} is not a YAML or JSON document", args.file))?
             };
             if !document.is_object() {
-                bail!("{} must hold a mapping (options, schedule, packs, agent, ...)", args.file);
+                bail!(
+                    "{} must hold a mapping (options, schedule, packs, agent, ...)",
+                    args.file
+                );
             }
             let team = team_id(&mut client, args.team.as_deref()).await?;
             let current: Value = client

@@ -72,7 +72,9 @@ struct PolicyRow {
 
 impl Tabular for PolicyRow {
     fn columns() -> &'static [&'static str] {
-        &["ID", "NAME", "TEAM", "PLATFORM", "INTERVAL", "PASSING", "FAILING", "UNKNOWN"]
+        &[
+            "ID", "NAME", "TEAM", "PLATFORM", "INTERVAL", "PASSING", "FAILING", "UNKNOWN",
+        ]
     }
 
     fn cells(&self) -> Vec<String> {

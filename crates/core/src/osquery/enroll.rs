@@ -144,15 +144,16 @@ impl<'s> Osquery<'s> {
         }
         let site_id = match site {
             Some(site) => self.scope.sites().get(site).await?.id,
-            None => self
-                .scope
-                .sites()
-                .list()
-                .await?
-                .into_iter()
-                .min_by_key(|site| (site.created_at, site.id))
-                .ok_or(StoreError::NotFound { entity: "site" })?
-                .id,
+            None => {
+                self.scope
+                    .sites()
+                    .list()
+                    .await?
+                    .into_iter()
+                    .min_by_key(|site| (site.created_at, site.id))
+                    .ok_or(StoreError::NotFound { entity: "site" })?
+                    .id
+            }
         };
         if let Some(team) = team {
             self.scope.teams().get(team).await?;
@@ -392,14 +393,18 @@ pub async fn enroll_host(
         }
         active.os_name = Set(clip(detail(details, "os_version", "name")));
         active.os_version = Set(clip(detail(details, "os_version", "version")));
-        active.architecture = Set(clip(
-            detail(details, "os_version", "arch").or(detail(details, "system_info", "cpu_type")),
-        ));
+        active.architecture = Set(clip(detail(details, "os_version", "arch").or(detail(
+            details,
+            "system_info",
+            "cpu_type",
+        ))));
         active.cpu_model = Set(clip(detail(details, "system_info", "cpu_brand")));
-        active.cpu_cores = Set(detail(details, "system_info", "cpu_logical_cores")
-            .and_then(|v| v.parse::<i32>().ok()));
-        active.memory_bytes = Set(detail(details, "system_info", "physical_memory")
-            .and_then(|v| v.parse::<i64>().ok()));
+        active.cpu_cores =
+            Set(detail(details, "system_info", "cpu_logical_cores")
+                .and_then(|v| v.parse::<i32>().ok()));
+        active.memory_bytes =
+            Set(detail(details, "system_info", "physical_memory")
+                .and_then(|v| v.parse::<i64>().ok()));
         active.hardware_uuid = Set(clip(detail(details, "system_info", "uuid")));
         active.agent_version = Set(detail(details, "osquery_info", "version")
             .map(|v| format!("osquery {}", v.chars().take(60).collect::<String>())));

@@ -281,7 +281,11 @@ impl super::enroll::Osquery<'_> {
     }
 
     /// A device's status lines, newest first.
-    pub async fn status_logs(&self, device_id: Uuid, limit: u64) -> StoreResult<Vec<StatusLogEntry>> {
+    pub async fn status_logs(
+        &self,
+        device_id: Uuid,
+        limit: u64,
+    ) -> StoreResult<Vec<StatusLogEntry>> {
         Ok(status_log::Entity::find()
             .filter(status_log::Column::TenantId.eq(self.scope().tenant_id()))
             .filter(status_log::Column::DeviceId.eq(device_id))
@@ -317,6 +321,27 @@ impl super::enroll::Osquery<'_> {
             .await?;
         Ok(results.rows_affected + statuses.rows_affected)
     }
+}
+
+/// Deletes every tenant's osquery log entries stored before `before` (the
+/// retention job): finds the tenants through the named lookup, then
+/// deletes in a scope of each. Returns the rows removed.
+pub async fn purge_expired_logs(
+    store: &crate::Store,
+    before: chrono::DateTime<chrono::Utc>,
+) -> StoreResult<u64> {
+    let mut removed = 0;
+    for tenant in store.osquery_log_tenants(before).await? {
+        let scope = store
+            .begin(&crate::db::SystemTask::new(
+                "osquery-log-retention",
+                tenant.id(),
+            ))
+            .await?;
+        removed += scope.osquery().purge_logs(before).await?;
+        scope.commit().await?;
+    }
+    Ok(removed)
 }
 
 #[cfg(test)]
@@ -365,25 +390,4 @@ mod tests {
         assert_eq!(entries[0].line, 68);
         assert_eq!(entries[0].logged_at.timestamp(), 1484078931);
     }
-}
-
-/// Deletes every tenant's osquery log entries stored before `before` (the
-/// retention job): finds the tenants through the named lookup, then
-/// deletes in a scope of each. Returns the rows removed.
-pub async fn purge_expired_logs(
-    store: &crate::Store,
-    before: chrono::DateTime<chrono::Utc>,
-) -> StoreResult<u64> {
-    let mut removed = 0;
-    for tenant in store.osquery_log_tenants(before).await? {
-        let scope = store
-            .begin(&crate::db::SystemTask::new(
-                "osquery-log-retention",
-                tenant.id(),
-            ))
-            .await?;
-        removed += scope.osquery().purge_logs(before).await?;
-        scope.commit().await?;
-    }
-    Ok(removed)
 }

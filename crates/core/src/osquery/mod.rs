@@ -7,14 +7,14 @@
 //! - [`logs`]: result logs (event, batched and snapshot forms) and status
 //!   logs as osquery's TLS logger ships them.
 
-pub(crate) mod entities;
 pub mod enroll;
+pub(crate) mod entities;
 pub mod logs;
 pub mod options;
 
 pub use enroll::{
-    EnrollSecret, NewEnrollSecret, NodeEnrolled, Osquery, OsqueryEnrollRequest, OsqueryNode, enroll_host,
-    open_node,
+    EnrollSecret, NewEnrollSecret, NodeEnrolled, Osquery, OsqueryEnrollRequest, OsqueryNode,
+    enroll_host, open_node,
 };
 pub use logs::{
     ResultLogEntry, StatusLogEntry, parse_result_logs, parse_status_logs, purge_expired_logs,

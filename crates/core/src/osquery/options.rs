@@ -79,12 +79,16 @@ pub fn validate_document(document: &Value) -> Result<(), OsqueryError> {
             format!("must be at most {MAX_DOCUMENT_BYTES} bytes"),
         ));
     }
-    no_nul_in_json("document", document).map_err(|_| invalid("document", "holds a NUL character"))?;
+    no_nul_in_json("document", document)
+        .map_err(|_| invalid("document", "holds a NUL character"))?;
     for (key, value) in top {
         if !TOP_LEVEL_KEYS.contains(&key.as_str()) {
             return Err(invalid(
                 key.clone(),
-                format!("unknown top-level key (known: {})", TOP_LEVEL_KEYS.join(", ")),
+                format!(
+                    "unknown top-level key (known: {})",
+                    TOP_LEVEL_KEYS.join(", ")
+                ),
             ));
         }
         // `null` removes the key in an override: always allowed.
@@ -96,12 +100,19 @@ pub fn validate_document(document: &Value) -> Result<(), OsqueryError> {
             "schedule" => validate_schedule("schedule", value)?,
             "packs" => validate_packs(value)?,
             "agent" => validate_agent(value)?,
-            "decorators" | "file_paths" | "file_accesses" | "events" | "yara" | "views"
-            | "prometheus_targets" | "auto_table_construction" | "feature_vectors"
-            | "exclude_paths" => {
-                if !value.is_object() && !value.is_array() {
-                    return Err(invalid(key.clone(), "must be an object"));
-                }
+            "decorators"
+            | "file_paths"
+            | "file_accesses"
+            | "events"
+            | "yara"
+            | "views"
+            | "prometheus_targets"
+            | "auto_table_construction"
+            | "feature_vectors"
+            | "exclude_paths"
+                if !value.is_object() && !value.is_array() =>
+            {
+                return Err(invalid(key.clone(), "must be an object"));
             }
             _ => {}
         }
@@ -136,7 +147,10 @@ fn positive_int(field: &str, value: &Value, max: u64) -> Result<(), OsqueryError
     };
     match number {
         Some(n) if (1..=max).contains(&n) => Ok(()),
-        _ => Err(invalid(field, format!("must be a whole number from 1 to {max}"))),
+        _ => Err(invalid(
+            field,
+            format!("must be a whole number from 1 to {max}"),
+        )),
     }
 }
 
@@ -156,7 +170,12 @@ fn validate_schedule(at: &str, value: &Value) -> Result<(), OsqueryError> {
         let query = object(&path, query)?;
         match query.get("query") {
             Some(Value::String(sql)) if !sql.trim().is_empty() => {}
-            _ => return Err(invalid(format!("{path}.query"), "must be a non-empty SQL string")),
+            _ => {
+                return Err(invalid(
+                    format!("{path}.query"),
+                    "must be a non-empty SQL string",
+                ));
+            }
         }
         match query.get("interval") {
             Some(interval) => positive_int(&format!("{path}.interval"), interval, 604_800)?,
@@ -431,13 +450,22 @@ mod tests {
             err(json!({"schedule": {"p": {"query": "SELECT 1", "interval": 0}}})),
             "schedule.p.interval"
         );
-        assert_eq!(err(json!({"schedule": {"p": {"interval": 5}}})), "schedule.p.query");
-        assert_eq!(err(json!({"agent": {"log_level": "loud"}})), "agent.log_level");
+        assert_eq!(
+            err(json!({"schedule": {"p": {"interval": 5}}})),
+            "schedule.p.query"
+        );
+        assert_eq!(
+            err(json!({"agent": {"log_level": "loud"}})),
+            "agent.log_level"
+        );
         assert_eq!(
             err(json!({"packs": {"it": {"queries": {"q": {"query": "", "interval": 5}}}}})),
             "packs.it.queries.q.query"
         );
-        assert_eq!(err(json!({"agent": {"query_max_rows": "100"}})), "agent.query_max_rows");
+        assert_eq!(
+            err(json!({"agent": {"query_max_rows": "100"}})),
+            "agent.query_max_rows"
+        );
         assert!(
             validate_document(&json!({"options": {"a": "1"}, "agent": {"query_max_rows": 100, "future_key": true}}))
                 .is_ok()

@@ -180,7 +180,9 @@ pub fn device_platform(device: &device::Model) -> &'static str {
 /// to all), its platform filter, and not revoked.
 pub fn applies_to(policy: &Policy, device: &device::Model) -> bool {
     device.revoked_at.is_none()
-        && policy.team_id.is_none_or(|team| device.team_id == Some(team))
+        && policy
+            .team_id
+            .is_none_or(|team| device.team_id == Some(team))
         && policy
             .platform
             .as_deref()
@@ -197,7 +199,10 @@ pub fn request_of(policy: &Policy) -> QueryRequest {
     }
 }
 
-fn jittered_next(now: chrono::DateTime<chrono::Utc>, interval_secs: i64) -> chrono::DateTime<chrono::Utc> {
+fn jittered_next(
+    now: chrono::DateTime<chrono::Utc>,
+    interval_secs: i64,
+) -> chrono::DateTime<chrono::Utc> {
     let jitter = rand::rng().random_range(0..=(interval_secs / 10).max(0));
     now + chrono::Duration::seconds(interval_secs + jitter)
 }
@@ -562,22 +567,20 @@ impl<'s> Policies<'s> {
                 row.updated_at = Set(now);
                 row.update(db).await?
             }
-            None => {
-                result::ActiveModel {
-                    id: Set(Uuid::now_v7()),
-                    tenant_id: Set(self.scope.tenant_id()),
-                    policy_id: Set(found.id),
-                    device_id: Set(device_id),
-                    passes: Set(passes),
-                    error: Set(error),
-                    checked_at: Set(now),
-                    created_at: Set(now),
-                    updated_at: Set(now),
-                }
-                .insert(db)
-                .await
-                .map_err(crate::db::conflict_on("policy result", "device"))?
+            None => result::ActiveModel {
+                id: Set(Uuid::now_v7()),
+                tenant_id: Set(self.scope.tenant_id()),
+                policy_id: Set(found.id),
+                device_id: Set(device_id),
+                passes: Set(passes),
+                error: Set(error),
+                checked_at: Set(now),
+                created_at: Set(now),
+                updated_at: Set(now),
             }
+            .insert(db)
+            .await
+            .map_err(crate::db::conflict_on("policy result", "device"))?,
         };
         let count = |v: Option<bool>, want: bool| i64::from(v == Some(want));
         let passing_delta = count(passes, true) - count(before, true);

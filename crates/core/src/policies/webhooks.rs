@@ -175,7 +175,10 @@ impl<'s> Webhooks<'s> {
     }
 
     /// The URL and the opened signing secret, for the delivery job.
-    pub async fn target(&self, sealer: &dyn SecretSealer) -> StoreResult<Option<(String, Vec<u8>)>> {
+    pub async fn target(
+        &self,
+        sealer: &dyn SecretSealer,
+    ) -> StoreResult<Option<(String, Vec<u8>)>> {
         let Some(found) = self.get().await? else {
             return Ok(None);
         };

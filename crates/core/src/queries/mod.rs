@@ -254,10 +254,7 @@ impl<'s> Queries<'s> {
         if !(1000..=MAX_TIMEOUT_MS).contains(&timeout_ms) {
             return Err(invalid(
                 "timeout",
-                format!(
-                    "must be between 1 s and {} s",
-                    MAX_TIMEOUT_MS / 1000
-                ),
+                format!("must be between 1 s and {} s", MAX_TIMEOUT_MS / 1000),
             ));
         }
         let targets = &spec.targets;
@@ -504,9 +501,10 @@ impl<'s> Queries<'s> {
                 }
                 update.status = Set(DeviceQueryStatus::Answered.as_str().to_owned());
                 update.row_count = Set(i32::try_from(rows.len()).unwrap_or(i32::MAX));
-                update.rows = Set(Some(serde_json::to_value(&rows).map_err(
-                    StoreError::internal("serializing query rows"),
-                )?));
+                update.rows = Set(Some(
+                    serde_json::to_value(&rows)
+                        .map_err(StoreError::internal("serializing query rows"))?,
+                ));
             }
             QueryOutcome::Error => {
                 let message = result
@@ -530,7 +528,11 @@ impl<'s> Queries<'s> {
             .count(db)
             .await?;
         let finished = if left == 0 {
-            Some(self.end(campaign, CampaignStatus::Finished, NO_ANSWER).await?.0)
+            Some(
+                self.end(campaign, CampaignStatus::Finished, NO_ANSWER)
+                    .await?
+                    .0,
+            )
         } else {
             None
         };
@@ -570,9 +572,7 @@ impl<'s> Queries<'s> {
                 )
                 .filter(campaign_device::Column::TenantId.eq(self.scope.tenant_id()))
                 .filter(campaign_device::Column::CampaignId.eq(campaign.id))
-                .filter(
-                    campaign_device::Column::Status.eq(DeviceQueryStatus::Pending.as_str()),
-                )
+                .filter(campaign_device::Column::Status.eq(DeviceQueryStatus::Pending.as_str()))
                 .exec(db)
                 .await?;
             for mut row in pending {
@@ -605,9 +605,8 @@ impl<'s> Queries<'s> {
             .audit()
             .record(
                 actor,
-                AuditRecord::new("query.live_stopped", "live_query", Some(id)).with_details(
-                    json!({ "unanswered": ended.1.len() }),
-                ),
+                AuditRecord::new("query.live_stopped", "live_query", Some(id))
+                    .with_details(json!({ "unanswered": ended.1.len() })),
             )
             .await?;
         Ok(ended)

@@ -9,13 +9,13 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use mobius_api::queries::{QueryKind, QueryOutcome, QueryResult};
 use mobius_core::TenantScope;
-use mobius_core::db::FoundTenant;
-use mobius_core::queries::QueryError;
 use mobius_core::crypto::secrets;
+use mobius_core::db::FoundTenant;
 use mobius_core::osquery::{
     OsqueryEnrollRequest, OsqueryError, OsqueryNode, enroll_host, open_node, parse_result_logs,
     parse_status_logs,
 };
+use mobius_core::queries::QueryError;
 use serde_json::{Value, json};
 
 use super::OsqueryState;
@@ -100,6 +100,9 @@ fn osquery_error(err: OsqueryError) -> Response {
 
 /// The body as JSON. osquery sends plain JSON unless
 /// `--logger_tls_compress` is on, which is refused with a clear message.
+// The error is the handler's answer itself, returned at once: boxing it
+// would only add an allocation to every refusal.
+#[allow(clippy::result_large_err)]
 fn parse_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Value, Response> {
     let body = match body {
         Ok(body) => body,
@@ -149,11 +152,7 @@ async fn authenticate(
     let Some(node_key) = body.get("node_key").and_then(Value::as_str) else {
         return Err(node_invalid("node_key is missing"));
     };
-    if state
-        .limiter
-        .check_key(&secrets::sha256(node_key))
-        .is_err()
-    {
+    if state.limiter.check_key(&secrets::sha256(node_key)).is_err() {
         let mut response = error(
             StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::RateLimited,
@@ -276,7 +275,10 @@ pub(super) async fn distributed_read(
         let mut live = false;
         for request in requests {
             live |= request.kind == QueryKind::Live;
-            queries.insert(query_name(request.kind, request.query_id), Value::String(request.sql));
+            queries.insert(
+                query_name(request.kind, request.query_id),
+                Value::String(request.sql),
+            );
         }
         let mut answer = json!({"queries": queries, "node_invalid": false});
         if live {
@@ -425,7 +427,10 @@ pub(super) async fn log(
     let result = async {
         let body = parse_body(&headers, body)?;
         let (scope, node, _) = authenticate(&state, &body).await?;
-        let data = body.get("data").cloned().unwrap_or(Value::Array(Vec::new()));
+        let data = body
+            .get("data")
+            .cloned()
+            .unwrap_or(Value::Array(Vec::new()));
         // Some osquery versions send `data` as a JSON string of the list.
         let data = match data {
             Value::String(text) => serde_json::from_str(&text).map_err(|_| {

@@ -53,7 +53,8 @@ impl OsqueryState {
         queries: crate::queries::QueryServices,
         requests_per_minute_per_node: u32,
     ) -> OsqueryState {
-        let per_minute = NonZeroU32::new(requests_per_minute_per_node.max(1)).unwrap_or(NonZeroU32::MIN);
+        let per_minute =
+            NonZeroU32::new(requests_per_minute_per_node.max(1)).unwrap_or(NonZeroU32::MIN);
         OsqueryState {
             store,
             entitlements,

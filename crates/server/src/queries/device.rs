@@ -10,8 +10,8 @@ use mobius_api::queries::QueryResult;
 use mobius_core::StoreError;
 use mobius_core::queries::QueryError;
 
-use crate::device::DeviceState;
 use crate::device::DeviceScope;
+use crate::device::DeviceState;
 use crate::device::errors::{body_error, error, revoked};
 use crate::http::errors::{ApiError, ErrorCode};
 
@@ -29,8 +29,7 @@ pub(crate) async fn results(
         Err(rejection) => return body_error(rejection),
     };
     let identity = &device.identity;
-    match super::record_query_result(&state.queries, identity, identity.device_id(), &result)
-        .await
+    match super::record_query_result(&state.queries, identity, identity.device_id(), &result).await
     {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(QueryError::Invalid { field, reason }) => error(

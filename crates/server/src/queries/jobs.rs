@@ -11,9 +11,9 @@
 
 use std::time::Duration;
 
+use mobius_core::StoreResult;
 use mobius_core::db::SystemTask;
 use mobius_core::policies::webhooks::{Attempt, SIGNATURE_HEADER, signature};
-use mobius_core::StoreResult;
 
 use super::QueryServices;
 
@@ -32,8 +32,7 @@ pub async fn run_due_policies(services: &QueryServices) -> StoreResult<String> {
 }
 
 pub async fn maintain_live_queries(services: &QueryServices) -> StoreResult<String> {
-    let cutoff =
-        chrono::Utc::now() - chrono::Duration::hours(i64::from(services.retention_hours));
+    let cutoff = chrono::Utc::now() - chrono::Duration::hours(i64::from(services.retention_hours));
     let (ended, deleted) = services.store.maintain_live_queries(cutoff).await?;
     let count = ended.len();
     for (campaign, changed) in ended {
@@ -135,4 +134,3 @@ async fn post(client: &reqwest::Client, url: &str, secret: &[u8], body: &str) ->
         },
     }
 }
-

@@ -170,7 +170,10 @@ impl QueryServices {
         let ended = async {
             let scope = self
                 .store
-                .begin(&mobius_core::db::SystemTask::new("live query timeout", tenant))
+                .begin(&mobius_core::db::SystemTask::new(
+                    "live query timeout",
+                    tenant,
+                ))
                 .await?;
             let ended = scope.queries().finish_if_due(id).await?;
             scope.commit().await?;
@@ -180,7 +183,9 @@ impl QueryServices {
         match ended {
             Ok(Some((campaign, changed))) => self.announce_ended(campaign, changed).await,
             Ok(None) => {}
-            Err(err) => tracing::warn!(error = %err, campaign_id = %id, "could not end a live query"),
+            Err(err) => {
+                tracing::warn!(error = %err, campaign_id = %id, "could not end a live query")
+            }
         }
     }
 

@@ -27,14 +27,17 @@ pub struct AgentOptions {
 
 fn options_error(err: OsqueryError) -> async_graphql::Error {
     match err {
-        OsqueryError::Invalid { field, reason } => {
-            errors::bad_input(&format!("document.{field}").replace("document.document", "document"), reason)
-        }
+        OsqueryError::Invalid { field, reason } => errors::bad_input(
+            &format!("document.{field}").replace("document.document", "document"),
+            reason,
+        ),
         OsqueryError::Store(err) => errors::store(err),
         OsqueryError::UnknownSecret
         | OsqueryError::NodeInvalid
         | OsqueryError::DeviceRevoked
-        | OsqueryError::DeviceLimit { .. } => errors::coded(ErrorCode::Internal, "unexpected", None),
+        | OsqueryError::DeviceLimit { .. } => {
+            errors::coded(ErrorCode::Internal, "unexpected", None)
+        }
     }
 }
 
@@ -42,7 +45,12 @@ fn team_arg(team_id: Option<ID>) -> Result<Option<Uuid>> {
     team_id.map(|id| parse_id(&id, "Team")).transpose()
 }
 
-fn view(layer: OptionLayer, merged_version: i64, merged: serde_json::Value, dry_run: bool) -> AgentOptions {
+fn view(
+    layer: OptionLayer,
+    merged_version: i64,
+    merged: serde_json::Value,
+    dry_run: bool,
+) -> AgentOptions {
     AgentOptions {
         team_id: layer.team_id.map(|id| global_id("Team", id)),
         layer: Json(layer.document),
@@ -107,12 +115,20 @@ impl AgentOptionsMutation {
                 .map_err(errors::store)?;
             let merged = match team {
                 Some(_) => {
-                    let global = scope.agent_options().layer(None).await.map_err(errors::store)?;
+                    let global = scope
+                        .agent_options()
+                        .layer(None)
+                        .await
+                        .map_err(errors::store)?;
                     merge(&merge(&serde_json::json!({}), &global.document), &document)
                 }
                 None => merge(&serde_json::json!({}), &document),
             };
-            let current = scope.agent_options().merged(team).await.map_err(errors::store)?;
+            let current = scope
+                .agent_options()
+                .merged(team)
+                .await
+                .map_err(errors::store)?;
             layer.document = document;
             return Ok(view(layer, current.version, merged, true));
         }

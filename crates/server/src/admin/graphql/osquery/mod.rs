@@ -105,7 +105,9 @@ fn osquery_error(err: OsqueryError) -> async_graphql::Error {
         OsqueryError::UnknownSecret
         | OsqueryError::NodeInvalid
         | OsqueryError::DeviceRevoked
-        | OsqueryError::DeviceLimit { .. } => errors::coded(ErrorCode::Internal, "unexpected", None),
+        | OsqueryError::DeviceLimit { .. } => {
+            errors::coded(ErrorCode::Internal, "unexpected", None)
+        }
     }
 }
 
@@ -115,7 +117,10 @@ pub struct OsqueryQuery;
 #[Object]
 impl OsqueryQuery {
     /// The tenant's osquery enroll secrets, newest first (prefixes only).
-    async fn osquery_enroll_secrets(&self, ctx: &Context<'_>) -> Result<Vec<OsqueryEnrollSecretNode>> {
+    async fn osquery_enroll_secrets(
+        &self,
+        ctx: &Context<'_>,
+    ) -> Result<Vec<OsqueryEnrollSecretNode>> {
         let (_, scope) = gate::read(ctx, Operation::ManageEnrollmentTokens, None).await?;
         Ok(scope
             .osquery()
@@ -138,7 +143,11 @@ impl OsqueryQuery {
     ) -> Result<Vec<OsqueryResultLog>> {
         let device_id = parse_id(&device_id, "Device")?;
         let (_, scope) = gate::read(ctx, Operation::ViewDevices, None).await?;
-        scope.devices().get(device_id).await.map_err(errors::store)?;
+        scope
+            .devices()
+            .get(device_id)
+            .await
+            .map_err(errors::store)?;
         let limit = first.clamp(1, MAX_PAGE) as u64;
         Ok(scope
             .osquery()
@@ -159,7 +168,11 @@ impl OsqueryQuery {
     ) -> Result<Vec<OsqueryStatusLog>> {
         let device_id = parse_id(&device_id, "Device")?;
         let (_, scope) = gate::read(ctx, Operation::ViewDevices, None).await?;
-        scope.devices().get(device_id).await.map_err(errors::store)?;
+        scope
+            .devices()
+            .get(device_id)
+            .await
+            .map_err(errors::store)?;
         let limit = first.clamp(1, MAX_PAGE) as u64;
         Ok(scope
             .osquery()

@@ -295,7 +295,9 @@ pub struct UpdatePolicyInput {
 
 fn interval(value: Option<i32>) -> Result<Option<u64>> {
     value
-        .map(|v| u64::try_from(v).map_err(|_| errors::bad_input("intervalSecs", "must be positive")))
+        .map(|v| {
+            u64::try_from(v).map_err(|_| errors::bad_input("intervalSecs", "must be positive"))
+        })
         .transpose()
 }
 
@@ -386,7 +388,11 @@ pub struct PolicyMutation;
 
 #[Object]
 impl PolicyMutation {
-    async fn create_policy(&self, ctx: &Context<'_>, input: CreatePolicyInput) -> Result<PolicyNode> {
+    async fn create_policy(
+        &self,
+        ctx: &Context<'_>,
+        input: CreatePolicyInput,
+    ) -> Result<PolicyNode> {
         let team = input.team_id.map(|t| parse_id(&t, "Team")).transpose()?;
         let spec = PolicySpec {
             name: input.name,
@@ -427,7 +433,12 @@ impl PolicyMutation {
         };
         let team = {
             let (_, reads) = gate::read(ctx, Operation::ViewDevices, None).await?;
-            reads.policies().get(id).await.map_err(errors::store)?.team_id
+            reads
+                .policies()
+                .get(id)
+                .await
+                .map_err(errors::store)?
+                .team_id
         };
         let (principal, scope) = gate::write(ctx, Operation::ManageDevices, team).await?;
         let updated = scope
@@ -444,7 +455,12 @@ impl PolicyMutation {
         let id = parse_id(&id, "Policy")?;
         let team = {
             let (_, reads) = gate::read(ctx, Operation::ViewDevices, None).await?;
-            reads.policies().get(id).await.map_err(errors::store)?.team_id
+            reads
+                .policies()
+                .get(id)
+                .await
+                .map_err(errors::store)?
+                .team_id
         };
         let (principal, scope) = gate::write(ctx, Operation::ManageDevices, team).await?;
         let deleted = scope
@@ -462,7 +478,12 @@ impl PolicyMutation {
         let services = ctx.data::<QueryServices>()?;
         let team = {
             let (_, reads) = gate::read(ctx, Operation::ViewDevices, None).await?;
-            reads.policies().get(id).await.map_err(errors::store)?.team_id
+            reads
+                .policies()
+                .get(id)
+                .await
+                .map_err(errors::store)?
+                .team_id
         };
         let (principal, scope) = gate::write(ctx, Operation::ManageDevices, team).await?;
         let policy = scope

@@ -6,8 +6,8 @@ use async_graphql::Subscription;
 use futures_util::{Stream, StreamExt};
 use mobius_core::plans::PlanTargets;
 use mobius_core::queries::{
-    Campaign, CampaignDevice, CampaignStatus, DeviceQueryStatus as CoreDeviceStatus,
-    LiveQuerySpec, QueryError,
+    Campaign, CampaignDevice, CampaignStatus, DeviceQueryStatus as CoreDeviceStatus, LiveQuerySpec,
+    QueryError,
 };
 use tokio_stream::wrappers::BroadcastStream;
 
@@ -350,7 +350,9 @@ impl LiveQuerySubscription {
         let live = BroadcastStream::new(feed)
             .filter_map(move |event| {
                 let out = match event {
-                    Ok(QueryEvent::Device(row)) if row.tenant_id == tenant && row.campaign_id == id => {
+                    Ok(QueryEvent::Device(row))
+                        if row.tenant_id == tenant && row.campaign_id == id =>
+                    {
                         Some(vec![Some(*row)])
                     }
                     Ok(QueryEvent::Ended { campaign, changed })
