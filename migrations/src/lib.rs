@@ -20,6 +20,7 @@ mod m20261205_000001_backbone;
 mod m20261206_000001_billing;
 mod m20261207_000001_cluster;
 mod m20261208_000001_queries;
+mod m20261209_000001_osquery;
 mod tables;
 
 pub use tables::{LOOKUP_FUNCTION_SIGNATURES, SHARED_TABLES, TENANT_TABLES};
@@ -48,6 +49,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000001_billing::Migration),
             Box::new(m20261207_000001_cluster::Migration),
             Box::new(m20261208_000001_queries::Migration),
+            Box::new(m20261209_000001_osquery::Migration),
         ]
     }
 }

@@ -3,6 +3,10 @@
 //! policies, layered agent options, the osquery TLS API and software.
 //! One test binary with a module per area, so the server is linked once.
 
+#[path = "management/agent_options.rs"]
+mod agent_options;
+#[path = "management/osquery.rs"]
+mod osquery;
 #[path = "management/policies.rs"]
 mod policies;
 #[path = "management/queries.rs"]

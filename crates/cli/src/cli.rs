@@ -170,6 +170,10 @@ pub enum Command {
     /// Policies: SQL checks devices pass or fail, with counts
     #[command(subcommand)]
     Policies(crate::commands::policies::PoliciesCommand),
+    /// Agent options: the global layer and team overrides (osquery options,
+    /// schedule, packs, Mobius agent settings), as YAML
+    #[command(subcommand)]
+    Config(crate::commands::config::ConfigCommand),
     /// Backbone service tokens (reverse tunnels to services on devices)
     #[command(subcommand)]
     Backbone(crate::commands::backbone::BackboneCommand),

@@ -16,6 +16,7 @@ pub mod devices;
 pub mod enrollment;
 pub mod identity;
 pub mod licensing;
+pub mod osquery;
 pub mod pki;
 pub mod plans;
 pub mod platform;

@@ -66,6 +66,7 @@ struct ClusterSide {
     metrics: Arc<Metrics>,
     role: crate::settings::ServerRole,
     job_periods_secs: std::collections::BTreeMap<String, u64>,
+    osquery_log_retention_days: u32,
 }
 
 /// The device listener and what runs beside it.
@@ -236,6 +237,7 @@ impl Server {
                 ],
             )),
         };
+        let options = crate::osquery::OptionsHub::start(bus.clone());
         let device_state = DeviceState {
             store: store.clone(),
             pki: pki.clone(),
@@ -253,6 +255,7 @@ impl Server {
             }),
             plans: plans.clone(),
             queries: queries.clone(),
+            options: options.clone(),
         };
         let devices = DeviceSide {
             listener: device_listener,
@@ -326,7 +329,8 @@ impl Server {
                 entitlements: services.entitlements.clone(),
                 signup: signup.clone(),
                 plans,
-                queries,
+                queries: queries.clone(),
+                options: options.clone(),
             })),
             store: store.clone(),
             identity,
@@ -343,7 +347,17 @@ impl Server {
             identity_for_sso,
             services.sealer.clone(),
             settings,
-        )?);
+        )?)
+        .merge(crate::osquery::router(
+            crate::osquery::OsqueryState::new(
+                store.clone(),
+                services.entitlements.clone(),
+                options,
+                queries,
+                settings.osquery_requests_per_minute_per_node,
+            ),
+            settings.osquery_body_limit_bytes,
+        ));
         let platform = match (
             &settings.platform_operator_token_sha256,
             services.platform_operator,
@@ -387,6 +401,7 @@ impl Server {
                 metrics,
                 role: settings.role,
                 job_periods_secs: settings.job_periods_secs.clone(),
+                osquery_log_retention_days: settings.osquery_log_retention_days,
             },
         })
     }
@@ -474,10 +489,6 @@ impl Server {
                 self.license_watch.0.clone(),
                 self.license_watch.1,
             )),
-            tokio::spawn(jobs::plan_logs::purge_periodically(
-                self.store.clone(),
-                devices.plan_log_retention_days,
-            )),
             tokio::spawn({
                 // Work streams never finish on their own: end them at the
                 // stop signal so the device listener drains at once.
@@ -512,10 +523,14 @@ impl Server {
                 self.store.clone(),
                 node_name(addr),
                 &cluster.job_periods_secs,
-                devices.revocation_lookback,
+                jobs::scheduler::Retention {
+                    revocation_lookback: devices.revocation_lookback,
+                    plan_logs: chrono::Duration::days(i64::from(devices.plan_log_retention_days)),
+                },
                 cluster.metrics.clone(),
             )
-            .with_queries(devices.queries.clone());
+            .with_queries(devices.queries.clone())
+            .with_osquery_log_retention(cluster.osquery_log_retention_days);
             background.push(tokio::spawn(scheduler.run()));
         }
         tracing::info!(role = ?cluster.role, shared_bus = cluster.bus.is_shared(), "cluster role");

@@ -174,7 +174,8 @@ pub struct Settings {
     pub role: ServerRole,
     /// Scheduled job periods in seconds by job name, overriding the
     /// defaults (`purge-expired` 3600, `prune-cluster` 300,
-    /// `audit-chain-sweep` 10), e.g. `{ purge-expired = 600 }`.
+    /// `audit-chain-sweep` 10, `purge-plan-logs` 3600), e.g.
+    /// `{ purge-expired = 600 }`.
     pub job_periods_secs: std::collections::BTreeMap<String, u64>,
     /// Output kept per plan execution, in bytes; beyond it the oldest
     /// lines are dropped (the tail is kept) and the drop is marked.
@@ -197,6 +198,14 @@ pub struct Settings {
     /// Live query campaigns and their answers are deleted this many hours
     /// after they started.
     pub live_query_retention_hours: u32,
+    /// osquery result and status logs are deleted after this many days.
+    pub osquery_log_retention_days: u32,
+    /// Requests one osquery node (node key) may make per minute on one
+    /// server; beyond it, 429 with `Retry-After`.
+    pub osquery_requests_per_minute_per_node: u32,
+    /// Largest osquery request body, in bytes (the admin listener's
+    /// `request_body_limit_bytes` applies too).
+    pub osquery_body_limit_bytes: usize,
 }
 
 /// How the SMTP connection is protected.
@@ -271,6 +280,9 @@ impl Default for Settings {
             backbone_tls_key_file: None,
             backbone_registrations_per_minute_per_client: 10,
             live_query_retention_hours: 24,
+            osquery_log_retention_days: 7,
+            osquery_requests_per_minute_per_node: 600,
+            osquery_body_limit_bytes: 1024 * 1024,
         }
     }
 }
@@ -333,6 +345,9 @@ const SETTING_NAMES: &[&str] = &[
     "backbone_tls_key_file",
     "backbone_registrations_per_minute_per_client",
     "live_query_retention_hours",
+    "osquery_log_retention_days",
+    "osquery_requests_per_minute_per_node",
+    "osquery_body_limit_bytes",
 ];
 
 /// Values given as command-line flags; `None` means "not given".
@@ -477,6 +492,15 @@ impl Settings {
         if self.live_query_retention_hours == 0 {
             return Err(SettingsError(
                 "live_query_retention_hours must be at least 1".into(),
+            ));
+        }
+        if self.osquery_log_retention_days == 0
+            || self.osquery_requests_per_minute_per_node == 0
+            || self.osquery_body_limit_bytes < 4096
+        {
+            return Err(SettingsError(
+                "osquery_log_retention_days and osquery_requests_per_minute_per_node must be at least 1, osquery_body_limit_bytes at least 4096"
+                    .into(),
             ));
         }
         if self.heartbeat_interval_secs == 0 {

@@ -4,6 +4,7 @@
 pub mod api_tokens;
 pub mod audit;
 pub mod backbone;
+pub mod config;
 pub mod devices;
 mod enrollment_tokens;
 pub mod graphql;
@@ -147,6 +148,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Plans(command) => plans::run(&ctx, command).await,
         Command::Query(command) => queries::run(&ctx, command).await,
         Command::Policies(command) => policies::run(&ctx, command).await,
+        Command::Config(command) => config::run(&ctx, command).await,
         Command::Run(args) => {
             let code = plans::run_command(&ctx, args).await?;
             use std::io::Write;

@@ -57,6 +57,9 @@ pub struct DeviceState {
     pub enrollment_limit: Option<Arc<crate::cluster::limits::EnrollmentLimiter>>,
     pub plans: PlanServices,
     pub queries: crate::queries::QueryServices,
+    /// The merged agent options, sent first on every work stream and
+    /// again when they change.
+    pub options: Arc<crate::osquery::OptionsHub>,
 }
 
 pub fn router(state: DeviceState) -> Router {

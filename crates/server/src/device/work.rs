@@ -327,6 +327,7 @@ pub(super) async fn stream(State(state): State<DeviceState>, device: DeviceScope
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(8);
     let mut registration = state.plans.notifier.register(identity.device_id());
     let mut closing = state.plans.notifier.closing();
+    let mut option_changes = state.options.subscribe();
     tokio::spawn(async move {
         // Live queries still waiting on this device and its due policy
         // checks (it was offline or between streams when they went out).
@@ -340,6 +341,12 @@ pub(super) async fn stream(State(state): State<DeviceState>, device: DeviceScope
             }
         }
         let mut sent: HashSet<(Uuid, bool)> = HashSet::new();
+        // The merged agent options are the first frame of every stream,
+        // and sent again whenever the device's view changes.
+        let mut options_sent = None;
+        if !send_options(&state, &identity, &mut options_sent, &tx).await {
+            return;
+        }
         let mut keepalive = tokio::time::interval(Duration::from_secs(KEEPALIVE_SECS));
         keepalive.tick().await;
         // The certificate's end ends the stream: the agent reconnects
@@ -380,6 +387,18 @@ pub(super) async fn stream(State(state): State<DeviceState>, device: DeviceScope
                     }
                     fetch = false;
                 }
+                change = option_changes.recv() => {
+                    let ours = match change {
+                        Ok(tenant) => tenant == identity.tenant_id(),
+                        // Missed some: look anyway (a cache hit if unchanged).
+                        Err(broadcast::error::RecvError::Lagged(_)) => true,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    };
+                    if ours && !send_options(&state, &identity, &mut options_sent, &tx).await {
+                        return;
+                    }
+                    fetch = false;
+                }
                 _ = keepalive.tick() => {
                     if state.revocations.is_revoked(identity.device_id()) {
                         return;
@@ -404,6 +423,29 @@ pub(super) async fn stream(State(state): State<DeviceState>, device: DeviceScope
         .header("x-accel-buffering", "no")
         .body(Body::from_stream(ReceiverStream::new(rx)))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// Sends the device's options frame if its view changed since `sent`;
+/// false when the stream is gone (or the device is).
+async fn send_options(
+    state: &DeviceState,
+    identity: &DeviceIdentity,
+    sent: &mut crate::osquery::options::SentOptions,
+    tx: &mpsc::Sender<Result<Bytes, Infallible>>,
+) -> bool {
+    match state
+        .options
+        .frame_for_device(&state.store, identity, sent)
+        .await
+    {
+        Ok(Some(frame)) => tx.send(Ok(frame_line(&frame))).await.is_ok(),
+        Ok(None) => true,
+        Err(StoreError::NotFound { .. }) => false,
+        Err(err) => {
+            tracing::warn!(error = %err, device_id = %identity.device_id(), "could not read a device's agent options");
+            true
+        }
+    }
 }
 
 fn key(frame: &WorkFrame) -> Option<(Uuid, bool)> {

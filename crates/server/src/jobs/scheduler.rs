@@ -1,6 +1,6 @@
 //! Jobs that must run once per period across all replicas, not once per
 //! replica: cleanup of expired rows, pruning of the cluster tables, the
-//! audit chainer's sweep.
+//! audit chainer's sweep, plan-output retention.
 //!
 //! Each job has a row in `job_runs`. A replica that sees a job due claims
 //! it with `SELECT ... FOR UPDATE SKIP LOCKED` in a transaction
@@ -52,16 +52,23 @@ pub enum JobKind {
     LiveQueryMaintenance,
     /// Posts due policy webhook deliveries.
     WebhookDelivery,
+    /// Plan output lines older than `plan_log_retention_days`.
+    PurgePlanLogs,
+    /// osquery result and status logs older than
+    /// `osquery_log_retention_days`.
+    OsqueryLogRetention,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 6] = [
+    pub const ALL: [JobKind; 8] = [
         JobKind::PurgeExpired,
         JobKind::PruneCluster,
         JobKind::AuditChainSweep,
         JobKind::PolicySchedule,
         JobKind::LiveQueryMaintenance,
         JobKind::WebhookDelivery,
+        JobKind::PurgePlanLogs,
+        JobKind::OsqueryLogRetention,
     ];
 
     pub fn name(self) -> &'static str {
@@ -72,6 +79,8 @@ impl JobKind {
             JobKind::PolicySchedule => "policy-schedule",
             JobKind::LiveQueryMaintenance => "live-query-maintenance",
             JobKind::WebhookDelivery => "webhook-delivery",
+            JobKind::PurgePlanLogs => "purge-plan-logs",
+            JobKind::OsqueryLogRetention => "osquery-log-retention",
         }
     }
 
@@ -86,6 +95,8 @@ impl JobKind {
             // Retries back off from 2 s: the period bounds how late a
             // first attempt can be.
             JobKind::WebhookDelivery => Duration::from_secs(2),
+            JobKind::PurgePlanLogs => Duration::from_secs(3600),
+            JobKind::OsqueryLogRetention => Duration::from_secs(3600),
         }
     }
 }
@@ -96,9 +107,21 @@ pub struct Scheduler {
     node: String,
     jobs: Vec<(JobKind, Duration)>,
     revocation_lookback: chrono::Duration,
+    plan_log_retention: chrono::Duration,
     metrics: Arc<Metrics>,
     /// For the query jobs; without it they record that they had nothing to do.
     queries: Option<(crate::queries::QueryServices, reqwest::Client)>,
+    /// How long osquery logs are kept.
+    osquery_log_retention: chrono::Duration,
+}
+
+/// What the jobs keep and for how long.
+#[derive(Clone, Copy, Debug)]
+pub struct Retention {
+    /// Revocation records older than this (one certificate lifetime) go.
+    pub revocation_lookback: chrono::Duration,
+    /// Plan output lines older than this go.
+    pub plan_logs: chrono::Duration,
 }
 
 impl Scheduler {
@@ -113,7 +136,7 @@ impl Scheduler {
         store: Store,
         node: String,
         periods: &BTreeMap<String, u64>,
-        revocation_lookback: chrono::Duration,
+        retention: Retention,
         metrics: Arc<Metrics>,
     ) -> Scheduler {
         let jobs = JobKind::ALL
@@ -132,10 +155,18 @@ impl Scheduler {
             store,
             node,
             jobs,
-            revocation_lookback,
+            revocation_lookback: retention.revocation_lookback,
+            plan_log_retention: retention.plan_logs,
             metrics,
             queries: None,
+            osquery_log_retention: chrono::Duration::days(7),
         }
+    }
+
+    /// Keeps osquery logs for `days` (default 7).
+    pub fn with_osquery_log_retention(mut self, days: u32) -> Scheduler {
+        self.osquery_log_retention = chrono::Duration::days(i64::from(days.max(1)));
+        self
     }
 
     pub async fn run(self) {
@@ -208,6 +239,22 @@ impl Scheduler {
                 }
                 None => Ok("no query services".into()),
             },
+            // Per tenant, each in its own transaction: a deletion of
+            // expired rows is idempotent, so a replica killed half way
+            // leaves only rows the next run deletes.
+            JobKind::PurgePlanLogs => self
+                .store
+                .purge_plan_logs(now - self.plan_log_retention)
+                .await
+                .map(|removed| format!("plan_log_lines={removed}")),
+            // Idempotent deletes in each tenant's own scope (not in the
+            // claim's transaction, which has no tenant).
+            JobKind::OsqueryLogRetention => mobius_core::osquery::purge_expired_logs(
+                &self.store,
+                now - self.osquery_log_retention,
+            )
+            .await
+            .map(|removed| format!("removed={removed}")),
         };
         let outcome = match work {
             Ok(outcome) => outcome,

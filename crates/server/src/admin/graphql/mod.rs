@@ -2,6 +2,7 @@
 //! mutations, GET for GraphiQL, and graphql-ws subscriptions on the same
 //! path.
 
+mod agent_options;
 mod audit;
 mod backbone;
 mod billing;
@@ -15,6 +16,7 @@ pub mod ids;
 mod licensing;
 mod loaders;
 mod node;
+mod osquery;
 mod pagination;
 mod plans;
 mod policies;
@@ -100,6 +102,8 @@ pub struct QueryRoot(
     backbone::BackboneQuery,
     queries::LiveQueryQuery,
     policies::PolicyQuery,
+    agent_options::AgentOptionsQuery,
+    osquery::OsqueryQuery,
 );
 
 /// Mutations are split by area and merged.
@@ -115,6 +119,8 @@ pub struct MutationRoot(
     backbone::BackboneMutation,
     queries::LiveQueryMutation,
     policies::PolicyMutation,
+    agent_options::AgentOptionsMutation,
+    osquery::OsqueryMutation,
 );
 
 // Each area's subscriptions, merged.
@@ -156,6 +162,8 @@ pub struct Services {
     pub signup: Option<Arc<signup::SignUpService>>,
     pub plans: crate::device::PlanServices,
     pub queries: crate::queries::QueryServices,
+    /// The agent options cache and push.
+    pub options: Arc<crate::osquery::OptionsHub>,
 }
 
 /// The device side, as the admin API needs it.
@@ -193,7 +201,8 @@ pub fn schema(services: Option<Services>) -> MobiusSchema {
             .data(sso::SsoSealer(services.sealer))
             .data(services.entitlements)
             .data(services.plans)
-            .data(services.queries);
+            .data(services.queries)
+            .data(services.options);
         if let Some(signup) = services.signup {
             builder = builder.data(signup);
         }
