@@ -310,3 +310,46 @@ pub(crate) async fn reseal_webhook_secret(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_signature_is_hmac_sha256_over_timestamp_dot_body() {
+        // What is signed is "<t>.<body>", and the header carries both.
+        let header = signature(b"key", 1_700_000_000, "{}");
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"key").unwrap();
+        mac.update(b"1700000000.{}");
+        let expected = hex::encode(mac.finalize().into_bytes());
+        assert_eq!(header, format!("t=1700000000,v1={expected}"));
+        assert_ne!(signature(b"other", 1_700_000_000, "{}"), header);
+        assert_ne!(signature(b"key", 1_700_000_001, "{}"), header);
+    }
+
+    #[test]
+    fn retries_back_off_exponentially_up_to_six_hours() {
+        assert_eq!(backoff(0), chrono::Duration::seconds(2));
+        assert_eq!(backoff(1), chrono::Duration::seconds(4));
+        assert_eq!(backoff(5), chrono::Duration::seconds(64));
+        assert_eq!(backoff(40), chrono::Duration::hours(6));
+    }
+
+    #[test]
+    fn only_http_urls_with_a_host_and_no_credentials_are_accepted() {
+        assert!(validate_url("https://hooks.example.com/x").is_ok());
+        assert!(validate_url("http://10.0.0.5:8080/hook").is_ok());
+        for bad in [
+            "ftp://example.com/x",
+            "file:///etc/passwd",
+            "not a url",
+            "https://user:pw@example.com/x",
+            "unix:/var/run/x.sock",
+        ] {
+            assert!(
+                matches!(validate_url(bad), Err(QueryError::Invalid { .. })),
+                "{bad}"
+            );
+        }
+    }
+}
