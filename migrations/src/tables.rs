@@ -44,6 +44,19 @@ pub const TENANT_TABLES: &[&str] = &[
     "software_versions",
     "software_installs",
     "software_inventory",
+    // Live queries and policies (m20261208_000001_queries).
+    "query_campaigns",
+    "query_campaign_devices",
+    "policies",
+    "policy_results",
+    "policy_webhooks",
+    "webhook_deliveries",
+    // m20261209_000001_osquery
+    "agent_option_layers",
+    "osquery_enroll_secrets",
+    "osquery_nodes",
+    "osquery_result_logs",
+    "osquery_status_logs",
 ];
 
 /// Tables without `tenant_id` that the request role may still use, with
@@ -92,6 +105,9 @@ pub const LOOKUP_FUNCTION_SIGNATURES: &[&str] = &[
     "mobius_backbone_registration_tenant(text)",
     "mobius_backbone_revoked_tokens_since(timestamptz)",
     "mobius_software_stale_install_tenants(timestamptz)",
+    "mobius_osquery_enroll_secret_tenant(bytea)",
+    "mobius_osquery_node_tenant(bytea)",
+    "mobius_osquery_log_tenants(timestamptz)",
 ];
 
 /// The tenant of the current transaction, or NULL (never an error) when

@@ -226,3 +226,119 @@ impl Drop for Agent {
         let _ = self.child.wait();
     }
 }
+
+impl Agent {
+    /// Runs the agent of `state_dir` on a host whose fingerprint is
+    /// `fingerprint` (as enrolled with [`Fleet::enroll_at`]).
+    pub fn start_as(state_dir: &Path, fingerprint: &str) -> Agent {
+        let mut child = agent_command_as(state_dir, fingerprint, &["run", "--log-format", "json"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Agent { child, log }
+    }
+}
+
+/// A premium license (every premium feature, 100 devices, a year) signed
+/// with the test key; a debug server trusts it with
+/// `MOBIUS_LICENSE_TRUST_TEST_KEY=true` and `MOBIUS_LICENSE_KEY=<this>`.
+pub fn premium_license() -> String {
+    use base64::Engine;
+    // The test key's private half (PKCS#8 DER): public on purpose, only a
+    // debug build told `license_trust_test_key` trusts it.
+    const TEST_PRIVATE_KEY: &str =
+        "MC4CAQAwBQYDK2VwBCIEIKE4JCyumrQhEQEvV15+uv3jepXla891dTvbzsqf5AKV";
+    let now = chrono::Utc::now();
+    let claims = json!({
+        "iss": "https://licenses.mobius.dev", "sub": "Fleet tests", "tier": "premium",
+        "devices": 100, "iat": now.timestamp() - 60,
+        "exp": (now + chrono::Duration::days(365)).timestamp(), "jti": "lic-fleet-0001",
+    });
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(TEST_PRIVATE_KEY)
+        .unwrap();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_ed_der(&der),
+    )
+    .unwrap()
+}
+
+/// One GraphQL subscription over graphql-ws (`graphql-transport-ws`).
+pub struct Subscription {
+    socket: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+impl Subscription {
+    /// The next item's `data`, or `None` once the server completed the
+    /// subscription; errors come back as the whole message.
+    pub async fn next(&mut self, within: Duration) -> Option<Value> {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        loop {
+            let message = tokio::time::timeout(within, self.socket.next())
+                .await
+                .expect("a subscription message in time")?
+                .unwrap();
+            let Message::Text(text) = message else {
+                continue;
+            };
+            let value: Value = serde_json::from_str(&text).unwrap();
+            match value["type"].as_str() {
+                Some("next") if value["payload"]["errors"].is_null() => {
+                    return Some(value["payload"]["data"].clone());
+                }
+                Some("next") | Some("error") => return Some(value),
+                Some("complete") => return None,
+                _ => continue,
+            }
+        }
+    }
+}
+
+impl Fleet {
+    /// Starts `query` as the fleet's admin and waits for the server's ack.
+    pub async fn subscribe(&self, query: &str, variables: Value) -> Subscription {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = self.server.url("/api/graphql").replace("http://", "ws://");
+        let mut request = url.into_client_request().unwrap();
+        request.headers_mut().insert(
+            "sec-websocket-protocol",
+            "graphql-transport-ws".parse().unwrap(),
+        );
+        let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+        let init = json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {}", self.token) } });
+        socket
+            .send(Message::Text(init.to_string().into()))
+            .await
+            .unwrap();
+        loop {
+            let Some(Ok(Message::Text(text))) = socket.next().await else {
+                panic!("the server closed the subscription socket");
+            };
+            if serde_json::from_str::<Value>(&text).unwrap()["type"] == "connection_ack" {
+                break;
+            }
+        }
+        let subscribe = json!({ "id": "1", "type": "subscribe", "payload": { "query": query, "variables": variables } });
+        socket
+            .send(Message::Text(subscribe.to_string().into()))
+            .await
+            .unwrap();
+        Subscription { socket }
+    }
+}

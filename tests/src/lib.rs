@@ -13,6 +13,7 @@
 //! exercised for real (a superuser would bypass it).
 
 pub mod fleet;
+pub mod osquery_peer;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

@@ -7,3 +7,11 @@
 mod agent_tables;
 #[path = "management/software.rs"]
 mod software;
+#[path = "management/agent_options.rs"]
+mod agent_options;
+#[path = "management/osquery.rs"]
+mod osquery;
+#[path = "management/policies.rs"]
+mod policies;
+#[path = "management/queries.rs"]
+mod queries;

@@ -1114,3 +1114,119 @@ async fn a_plan_applied_on_one_replica_reaches_an_agent_on_another_within_a_seco
         "delivered {pushed_in} ms after apply on the other replica: {found}"
     );
 }
+
+#[tokio::test]
+async fn agent_options_set_on_one_replica_reach_an_agent_and_an_osquery_host_on_another() {
+    let mut cluster = Cluster::new().await;
+    let slow_heartbeat = [("MOBIUS_HEARTBEAT_INTERVAL_SECS", "60")];
+    let a = cluster.start(&slow_heartbeat);
+    let b = cluster.start(&slow_heartbeat);
+    let token = cluster.setup(&a, &b).await;
+    let site = cluster
+        .gql(&a, &token, "{ sites { nodes { id } } }", json!({}))
+        .await["data"]["sites"]["nodes"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let created = cluster
+        .gql(
+            &a,
+            &token,
+            "mutation($i: CreateEnrollmentTokenInput!) { createEnrollmentToken(input: $i) { token } }",
+            json!({ "i": { "siteId": site } }),
+        )
+        .await;
+    let enrollment = created["data"]["createEnrollmentToken"]["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{created}"))
+        .to_owned();
+    let secret = cluster
+        .gql(
+            &a,
+            &token,
+            "mutation { createOsqueryEnrollSecret(input: {}) { secret } }",
+            json!({}),
+        )
+        .await["data"]["createOsqueryEnrollSecret"]["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // The agent and the osquery host talk only to B.
+    let state = tempfile::tempdir().unwrap();
+    let agent_on_b = |args: &[&str]| {
+        let mut command =
+            std::process::Command::new(mobius_tests::workspace_binary("mobius-agent"));
+        command
+            .args(args)
+            .arg("--state-dir")
+            .arg(state.path())
+            .env("MOBIUS_AGENT_HOST_FINGERPRINT", "replica-options-host")
+            .stdin(std::process::Stdio::null());
+        command
+    };
+    let server_b = format!("https://{}", b.device_addr);
+    let enrolled = agent_on_b(&["enroll", "--server", &server_b, "--token", &enrollment])
+        .output()
+        .unwrap();
+    assert!(
+        enrolled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&enrolled.stderr)
+    );
+    let mut running = agent_on_b(&["run", "--log-format", "json"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = running.stderr.take().unwrap();
+    let _agent = RunningAgent(running);
+    let (connected_tx, connected_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("work stream connected") {
+                let _ = connected_tx.send(());
+            }
+        }
+    });
+    connected_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the agent never connected its work stream to replica B");
+    let mut host = mobius_tests::osquery_peer::OsqueryPeer::new(&b.url(""), "replica-osquery");
+    assert!(host.enroll(&secret).await.0.is_success());
+    // B caches the (empty) merged view now.
+    let (_, config) = host.config().await;
+    assert!(config.get("options").is_none(), "{config}");
+
+    let set = cluster
+        .gql(
+            &a,
+            &token,
+            "mutation($d: JSON!) { setAgentOptions(document: $d) { optionsVersion } }",
+            json!({ "d": { "options": { "distributed_interval": 15 }, "agent": { "query_timeout_ms": 7000 } } }),
+        )
+        .await;
+    let version = set["data"]["setAgentOptions"]["optionsVersion"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{set}"));
+    let started = Instant::now();
+    let saved = state.path().join("options.json");
+    let reached = eventually(Duration::from_secs(5), async || {
+        std::fs::read_to_string(&saved)
+            .ok()
+            .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+            .is_some_and(|o| o["options_version"] == version)
+    })
+    .await;
+    assert!(reached, "the options set on A never reached the agent on B");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    // B dropped its cached view: the osquery host gets the new one at once.
+    let (_, config) = host.config().await;
+    assert_eq!(config["options"]["distributed_interval"], 15, "{config}");
+    eprintln!("agent options across replicas: {took:?}");
+}

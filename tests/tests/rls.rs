@@ -33,6 +33,63 @@ fn tenant_column(table: &str) -> &'static str {
     }
 }
 
+/// A row in each osquery table (and the option layers) of `tenant`.
+async fn osquery_rows(store: &Store, tenant: Uuid, team: Uuid) {
+    use mobius_core::osquery::{
+        OsqueryEnrollRequest, enroll_host, parse_result_logs, parse_status_logs,
+    };
+    let actor = Actor::system();
+    let scope = store.begin(&SystemTask::new("test", tenant)).await.unwrap();
+    scope
+        .agent_options()
+        .set(&actor, None, serde_json::json!({"options": {"a": 1}}))
+        .await
+        .unwrap();
+    scope
+        .agent_options()
+        .set(&actor, Some(team), serde_json::json!({"options": {"a": 2}}))
+        .await
+        .unwrap();
+    let secret = scope
+        .osquery()
+        .create_enroll_secret(&actor, "s", None, None)
+        .await
+        .unwrap();
+    scope.commit().await.unwrap();
+    let enrolled = enroll_host(
+        store,
+        &mobius_core::authz::FixedDeviceLimit(None),
+        OsqueryEnrollRequest {
+            enroll_secret: &secret.secret,
+            host_identifier: "osquery-host",
+            host_details: &serde_json::json!({}),
+            client_ip: None,
+        },
+    )
+    .await
+    .unwrap();
+    let (scope, node, _) = mobius_core::osquery::open_node(store, &enrolled.node_key)
+        .await
+        .unwrap();
+    let results = parse_result_logs(&serde_json::json!([
+        {"name": "q", "unixTime": 1, "columns": {"c": "v"}, "action": "added"}
+    ]))
+    .unwrap();
+    scope
+        .osquery()
+        .store_result_logs(node.device_id, results)
+        .await
+        .unwrap();
+    let statuses =
+        parse_status_logs(&serde_json::json!([{"severity": "0", "message": "m"}])).unwrap();
+    scope
+        .osquery()
+        .store_status_logs(node.device_id, statuses)
+        .await
+        .unwrap();
+    scope.commit().await.unwrap();
+}
+
 /// Two tenants with a row in every tenant table each.
 async fn two_populated_tenants(store: &Store) -> (Uuid, Uuid) {
     let mut ids = Vec::new();
@@ -157,6 +214,73 @@ async fn two_populated_tenants(store: &Store) -> (Uuid, Uuid) {
             )
             .await
             .unwrap();
+        // A live query answered, and a failing policy result whose
+        // transition queued a webhook delivery.
+        let started = scope
+            .queries()
+            .start(
+                &actor,
+                mobius_core::queries::LiveQuerySpec {
+                    sql: "SELECT 1".into(),
+                    targets: mobius_core::plans::PlanTargets {
+                        device_ids: vec![device.id],
+                        ..Default::default()
+                    },
+                    timeout_ms: None,
+                },
+                |_| true,
+            )
+            .await
+            .unwrap();
+        let answer = |query_id, kind| mobius_api::queries::QueryResult {
+            query_id,
+            kind,
+            outcome: mobius_api::queries::QueryOutcome::Ok,
+            rows: Vec::new(),
+            error: None,
+            truncated: false,
+            duration_ms: 1,
+        };
+        scope
+            .queries()
+            .record(
+                device.id,
+                &answer(started.campaign.id, mobius_api::queries::QueryKind::Live),
+            )
+            .await
+            .unwrap();
+        let policy = scope
+            .policies()
+            .create(
+                &actor,
+                mobius_core::policies::PolicySpec {
+                    name: "p".into(),
+                    sql: "SELECT 1".into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        scope
+            .webhooks()
+            .set(
+                &actor,
+                &LocalSealer::new(&[3u8; 32]),
+                &"https://hooks.example.com/mobius".parse().unwrap(),
+            )
+            .await
+            .unwrap();
+        let recorded = scope
+            .policies()
+            .record(
+                &actor,
+                device.id,
+                &answer(policy.id, mobius_api::queries::QueryKind::Policy),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(recorded.delivery.is_some());
         scope.devices().revoke(&actor, device.id).await.unwrap();
         let pki = Pki::new(
             Arc::new(LocalSealer::new(&[3u8; 32])),
@@ -287,6 +411,9 @@ async fn two_populated_tenants(store: &Store) -> (Uuid, Uuid) {
             .await
             .unwrap();
         scope.commit().await.unwrap();
+        // osquery: both option layers, an enroll secret, a host enrolled
+        // with it (its node key) and a result and a status log line.
+        osquery_rows(store, tenant.id, team.id).await;
         // Billing: a plan and a processed Stripe event.
         let found = store
             .billing_tenant(None, Some(tenant.id))
@@ -733,6 +860,23 @@ async fn cross_tenant_lookups_return_only_ids() {
             .len(),
         2
     );
+    // osquery: the tenants with logs to expire; unknown key hashes find
+    // nobody (the e2e tests find the owners of real ones).
+    let mut log_tenants: Vec<Uuid> = store
+        .osquery_log_tenants(chrono::Utc::now() + chrono::Duration::hours(1))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id())
+        .collect();
+    log_tenants.sort();
+    assert_eq!(log_tenants, expected);
+    for kind in [SecretKind::OsqueryEnrollSecret, SecretKind::OsqueryNodeKey] {
+        assert_eq!(
+            store.tenant_by_secret_hash(kind, &[9u8; 32]).await.unwrap(),
+            None
+        );
+    }
     let today = chrono::Utc::now().date_naive();
     assert_eq!(store.billing_usage(today, today).await.unwrap().len(), 2);
 

@@ -167,6 +167,16 @@ pub enum Command {
 
     /// Run a command on devices and stream its output; exits with the remote exit status
     Run(crate::commands::plans::RunArgs),
+    /// Live queries: run SQL on devices now and stream their rows
+    #[command(subcommand)]
+    Query(crate::commands::queries::QueryCommand),
+    /// Policies: SQL checks devices pass or fail, with counts
+    #[command(subcommand)]
+    Policies(crate::commands::policies::PoliciesCommand),
+    /// Agent options: the global layer and team overrides (osquery options,
+    /// schedule, packs, Mobius agent settings), as YAML
+    #[command(subcommand)]
+    Config(crate::commands::config::ConfigCommand),
     /// Backbone service tokens (reverse tunnels to services on devices)
     #[command(subcommand)]
     Backbone(crate::commands::backbone::BackboneCommand),

@@ -31,6 +31,11 @@ impl Output {
         Output { format }
     }
 
+    /// Whether results are printed as JSON (`--output json`).
+    pub fn is_json(&self) -> bool {
+        matches!(self.format, OutputFormat::Json)
+    }
+
     /// A list: a table with one row each, or a JSON array of the nodes.
     pub fn list<T: Tabular>(&self, rows: &[T]) -> Result<()> {
         write_stdout(&render_list(self.format, rows)?)

@@ -16,10 +16,13 @@ pub mod devices;
 pub mod enrollment;
 pub mod identity;
 pub mod licensing;
+pub mod osquery;
 pub mod pki;
 pub mod plans;
 pub mod platform;
 pub mod software;
+pub mod policies;
+pub mod queries;
 pub mod tenancy;
 
 pub use db::{Store, StoreError, StoreResult, TenantScope};

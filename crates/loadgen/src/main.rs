@@ -6,7 +6,7 @@ mod enroll;
 mod fanout;
 mod heartbeat;
 mod identity;
-mod queries;
+mod live_query;
 mod report;
 mod tls;
 mod transport;
@@ -20,10 +20,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use mobius_api::device::EnrollmentToken;
 
-use crate::cli::{
-    Cli, Command, Common, ConnectArgs, HeartbeatArgs, PlanFanoutArgs, ReconnectArgs,
-    ServeQueriesArgs,
-};
+use crate::cli::{Cli, Command, Common, ConnectArgs, HeartbeatArgs, PlanFanoutArgs, ReconnectArgs};
 use crate::enroll::Stop;
 use crate::heartbeat::{Beat, Pace};
 use crate::identity::Fleet;
@@ -104,7 +101,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Connect(args) => run.connect(&args, descriptors).await?,
         Command::Reconnect(args) => run.reconnect(&args, descriptors).await?,
         Command::PlanFanout(args) => run.plan_fanout(&args, descriptors).await?,
-        Command::ServeQueries(args) => run.serve_queries(&args, descriptors).await?,
+        Command::LiveQuery(args) => run.live_query(&args, descriptors).await?,
     }
 
     if run.common.json {
@@ -362,8 +359,19 @@ impl Run {
         Ok(())
     }
 
-    async fn serve_queries(&mut self, args: &ServeQueriesArgs, descriptors: u64) -> Result<()> {
-        // Two connections per agent: the stream and the answers.
+    async fn live_query(&mut self, args: &PlanFanoutArgs, descriptors: u64) -> Result<()> {
+        let admin = self
+            .common
+            .admin
+            .admin
+            .clone()
+            .context("live-query starts a live query: give --admin URL")?;
+        let access_token = self
+            .common
+            .admin
+            .admin_token
+            .clone()
+            .context("live-query starts a live query: give --admin-token")?;
         check_descriptors(args.agents * 2, descriptors)?;
         let trust = self
             .prepare(args.agents, args.enroll_concurrency, descriptors)
@@ -372,13 +380,15 @@ impl Run {
             "mobius-loadgen: {} agents open their work streams ({} at once)",
             args.agents, args.connect_concurrency
         );
-        let phases = fanout::serve_queries(
+        let phases = live_query::run(
             self.target.clone(),
             &trust,
             &self.fleet.agents[..args.agents],
-            fanout::ServeQueriesArgs {
+            live_query::LiveQueryArgs {
+                admin: &admin,
+                access_token: &access_token,
                 connect_concurrency: args.connect_concurrency,
-                duration: Duration::from_secs_f64(args.duration.max(0.0)),
+                wait: Duration::from_secs_f64(args.wait.max(1.0)),
                 server_pid: self.common.server_pid,
             },
         )

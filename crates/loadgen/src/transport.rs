@@ -186,8 +186,8 @@ impl Connection {
         serde_json::from_slice(&bytes).map_err(|_| Failure::new("answer", "unreadable JSON"))
     }
 
-    /// POSTs `body` as JSON where the answer has no body (204).
-    pub async fn post_accepted<Req: Serialize>(
+    /// POSTs `body` as JSON, expecting a success without a body (204).
+    pub async fn post_no_content<Req: Serialize>(
         &mut self,
         target: &Target,
         path: &str,

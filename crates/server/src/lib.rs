@@ -11,6 +11,8 @@ pub mod edition;
 pub mod http;
 pub mod jobs;
 pub mod mail;
+pub mod osquery;
+pub mod queries;
 pub mod serve;
 pub mod settings;
 pub mod software;

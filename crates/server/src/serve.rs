@@ -66,6 +66,7 @@ struct ClusterSide {
     metrics: Arc<Metrics>,
     role: crate::settings::ServerRole,
     job_periods_secs: std::collections::BTreeMap<String, u64>,
+    osquery_log_retention_days: u32,
 }
 
 /// The device listener and what runs beside it.
@@ -80,6 +81,7 @@ struct DeviceSide {
     plans: crate::device::PlanServices,
     plan_log_retention_days: u32,
     software_install_pending_days: u32,
+    queries: crate::queries::QueryServices,
 }
 
 impl Server {
@@ -209,6 +211,35 @@ impl Server {
         let presence = Arc::new(Presence::new(std::time::Duration::from_secs(
             settings.last_seen_write_after_secs,
         )));
+        let device_listener = TcpListener::bind(settings.device_listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} (setting `device_listen`)",
+                    settings.device_listen
+                )
+            })?;
+        let bus = crate::cluster::Bus::new(store.clone());
+        let queries = crate::queries::QueryServices {
+            store: store.clone(),
+            bus: bus.clone(),
+            notifier: plans.notifier.clone(),
+            presence: presence.clone(),
+            events: crate::queries::QueryEvents::default(),
+            sealer: services.sealer.clone(),
+            heartbeat_interval_secs: settings.heartbeat_interval_secs,
+            last_seen_write_after_secs: settings.last_seen_write_after_secs,
+            retention_hours: settings.live_query_retention_hours,
+            answers: crate::queries::answers::AnswerWriter::start(store.clone()),
+            own_addresses: Arc::new(own_addresses(
+                settings,
+                &[
+                    listener.local_addr().ok(),
+                    device_listener.local_addr().ok(),
+                ],
+            )),
+        };
+        let options = crate::osquery::OptionsHub::start(bus.clone());
         let device_state = DeviceState {
             store: store.clone(),
             pki: pki.clone(),
@@ -226,15 +257,9 @@ impl Server {
             }),
             plans: plans.clone(),
             software: software.clone(),
+            queries: queries.clone(),
+            options: options.clone(),
         };
-        let device_listener = TcpListener::bind(settings.device_listen)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot listen on {} (setting `device_listen`)",
-                    settings.device_listen
-                )
-            })?;
         let devices = DeviceSide {
             listener: device_listener,
             tls: tls::server_config(&server_identity, verifier)?,
@@ -246,6 +271,7 @@ impl Server {
             plans: plans.clone(),
             plan_log_retention_days: settings.plan_log_retention_days,
             software_install_pending_days: settings.software_install_pending_days,
+            queries: queries.clone(),
         };
         let signup = match (settings.signup_enabled, services.self_signup) {
             (true, true) => {
@@ -308,6 +334,8 @@ impl Server {
                 signup: signup.clone(),
                 plans: plans.clone(),
                 saml: services.saml.clone(),
+                queries: queries.clone(),
+                options: options.clone(),
             })),
             store: store.clone(),
             identity,
@@ -326,7 +354,17 @@ impl Server {
             services.saml.clone(),
             services.entitlements.clone(),
             settings,
-        )?);
+        )?)
+        .merge(crate::osquery::router(
+            crate::osquery::OsqueryState::new(
+                store.clone(),
+                services.entitlements.clone(),
+                options,
+                queries,
+                settings.osquery_requests_per_minute_per_node,
+            ),
+            settings.osquery_body_limit_bytes,
+        ));
         let platform = match (
             &settings.platform_operator_token_sha256,
             services.platform_operator,
@@ -360,7 +398,6 @@ impl Server {
         let router = router::router_with(state, settings, Some(graphql), rest, tenant_routes)
             .merge(services.routes)
             .merge(software_rest);
-        let bus = crate::cluster::Bus::new(store.clone());
         Ok(Server {
             store,
             _data_dir_lock: data_dir_lock,
@@ -378,6 +415,7 @@ impl Server {
                 metrics,
                 role: settings.role,
                 job_periods_secs: settings.job_periods_secs.clone(),
+                osquery_log_retention_days: settings.osquery_log_retention_days,
             },
         })
     }
@@ -482,6 +520,9 @@ impl Server {
             }),
         ];
         let cluster = self.cluster;
+        background.push(tokio::spawn(crate::queries::relay::run(
+            devices.queries.clone(),
+        )));
         if cluster.bus.is_shared() {
             background.push(tokio::spawn(cluster.bus.clone().run()));
             background.push(tokio::spawn(crate::cluster::relay::announce_commits(
@@ -506,7 +547,9 @@ impl Server {
                     plan_logs: chrono::Duration::days(i64::from(devices.plan_log_retention_days)),
                 },
                 cluster.metrics.clone(),
-            );
+            )
+            .with_queries(devices.queries.clone())
+            .with_osquery_log_retention(cluster.osquery_log_retention_days);
             background.push(tokio::spawn(scheduler.run()));
         }
         tracing::info!(role = ?cluster.role, shared_bus = cluster.bus.is_shared(), "cluster role");
@@ -832,4 +875,21 @@ fn app_role_password(settings: &Settings) -> anyhow::Result<SecretString> {
     write_private_file(&path, &generated)
         .with_context(|| format!("storing the request role's password in {}", path.display()))?;
     Ok(SecretString::from(generated))
+}
+
+/// The `host:port` forms this server answers on (its bound listeners and
+/// `public_url`), which a policy webhook may not name.
+fn own_addresses(settings: &Settings, bound: &[Option<SocketAddr>]) -> Vec<String> {
+    let mut own: Vec<String> = bound.iter().flatten().map(ToString::to_string).collect();
+    own.push(settings.listen.to_string());
+    own.push(settings.device_listen.to_string());
+    if let Some(url) = settings
+        .public_url
+        .as_deref()
+        .and_then(|u| url::Url::parse(u).ok())
+        && let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default())
+    {
+        own.push(format!("{host}:{port}"));
+    }
+    own
 }

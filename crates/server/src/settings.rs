@@ -219,6 +219,17 @@ pub struct Settings {
     /// An install still pending after this many days (its device offline)
     /// fails with "device offline too long".
     pub software_install_pending_days: u32,
+    /// Live query campaigns and their answers are deleted this many hours
+    /// after they started.
+    pub live_query_retention_hours: u32,
+    /// osquery result and status logs are deleted after this many days.
+    pub osquery_log_retention_days: u32,
+    /// Requests one osquery node (node key) may make per minute on one
+    /// server; beyond it, 429 with `Retry-After`.
+    pub osquery_requests_per_minute_per_node: u32,
+    /// Largest osquery request body, in bytes (the admin listener's
+    /// `request_body_limit_bytes` applies too).
+    pub osquery_body_limit_bytes: usize,
 }
 
 /// How the SMTP connection is protected.
@@ -303,6 +314,10 @@ impl Default for Settings {
             software_max_installer_bytes: 4 * 1024 * 1024 * 1024,
             software_download_url_ttl_secs: 900,
             software_install_pending_days: 7,
+            live_query_retention_hours: 24,
+            osquery_log_retention_days: 7,
+            osquery_requests_per_minute_per_node: 600,
+            osquery_body_limit_bytes: 1024 * 1024,
         }
     }
 }
@@ -375,6 +390,10 @@ const SETTING_NAMES: &[&str] = &[
     "software_max_installer_bytes",
     "software_download_url_ttl_secs",
     "software_install_pending_days",
+    "live_query_retention_hours",
+    "osquery_log_retention_days",
+    "osquery_requests_per_minute_per_node",
+    "osquery_body_limit_bytes",
 ];
 
 /// Values given as command-line flags; `None` means "not given".
@@ -513,6 +532,20 @@ impl Settings {
         if self.plan_log_cap_bytes < 1024 || self.plan_log_retention_days == 0 {
             return Err(SettingsError(
                 "plan_log_cap_bytes must be at least 1024 and plan_log_retention_days at least 1"
+                    .into(),
+            ));
+        }
+        if self.live_query_retention_hours == 0 {
+            return Err(SettingsError(
+                "live_query_retention_hours must be at least 1".into(),
+            ));
+        }
+        if self.osquery_log_retention_days == 0
+            || self.osquery_requests_per_minute_per_node == 0
+            || self.osquery_body_limit_bytes < 4096
+        {
+            return Err(SettingsError(
+                "osquery_log_retention_days and osquery_requests_per_minute_per_node must be at least 1, osquery_body_limit_bytes at least 4096"
                     .into(),
             ));
         }

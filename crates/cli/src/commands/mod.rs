@@ -4,11 +4,14 @@
 pub mod api_tokens;
 pub mod audit;
 pub mod backbone;
+pub mod config;
 pub mod devices;
 mod enrollment_tokens;
 pub mod graphql;
 pub mod license;
 pub mod plans;
+pub mod policies;
+pub mod queries;
 pub mod session;
 pub mod sites_and_teams;
 pub mod software;
@@ -145,6 +148,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Graphql(args) => graphql::run(&ctx, args).await,
         Command::Plans(command) => plans::run(&ctx, command).await,
         Command::Software(command) => software::run(&ctx, command).await,
+        Command::Query(command) => queries::run(&ctx, command).await,
+        Command::Policies(command) => policies::run(&ctx, command).await,
+        Command::Config(command) => config::run(&ctx, command).await,
         Command::Run(args) => {
             let code = plans::run_command(&ctx, args).await?;
             use std::io::Write;

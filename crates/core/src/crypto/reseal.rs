@@ -141,6 +141,7 @@ impl Store {
             crate::plans::reseal_signing_keys(&scope, &rewrap, &mut report).await?;
             crate::identity::sso::reseal_client_secret(&scope, &rewrap, &mut report).await?;
             crate::backbone::reseal_master_secret(&scope, &rewrap, &mut report).await?;
+            crate::policies::webhooks::reseal_webhook_secret(&scope, &rewrap, &mut report).await?;
             // One commit per tenant: a tenant's secrets move together.
             scope.commit().await?;
         }

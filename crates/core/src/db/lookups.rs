@@ -20,6 +20,10 @@ pub enum SecretKind {
     RefreshToken,
     Invitation,
     ApiToken,
+    /// An osquery enroll secret that is not revoked.
+    OsqueryEnrollSecret,
+    /// An osquery node key.
+    OsqueryNodeKey,
 }
 
 /// One login candidate: a user with this email in some tenant.
@@ -66,6 +70,11 @@ impl Store {
             SecretKind::RefreshToken => ("mobius_refresh_token_tenant", "refresh_tokens"),
             SecretKind::Invitation => ("mobius_invitation_tenant", "invitations"),
             SecretKind::ApiToken => ("mobius_api_token_tenant", "api_tokens"),
+            SecretKind::OsqueryEnrollSecret => (
+                "mobius_osquery_enroll_secret_tenant",
+                "osquery_enroll_secrets",
+            ),
+            SecretKind::OsqueryNodeKey => ("mobius_osquery_node_tenant", "osquery_nodes"),
         };
         // Both names come from the match above, never from input.
         let sql = match self.backend {
@@ -115,6 +124,25 @@ impl Store {
             .lookup_one(sql, vec![slug.into()])
             .await?
             .map(FoundTenant::new))
+    }
+
+    /// The tenants with osquery log entries stored before `before` (ids
+    /// only), for the retention job, through `mobius_osquery_log_tenants`.
+    pub async fn osquery_log_tenants(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<Vec<FoundTenant>> {
+        let sql = match self.backend {
+            Backend::Postgres => "SELECT tenant_id FROM mobius_osquery_log_tenants($1)",
+            Backend::Sqlite => {
+                "SELECT tenant_id FROM osquery_result_logs WHERE created_at < ?1 \
+                 UNION SELECT tenant_id FROM osquery_status_logs WHERE created_at < ?1"
+            }
+        };
+        let rows = self.lookup_rows(sql, [before.into()]).await?;
+        rows.iter()
+            .map(|row| Ok(FoundTenant::new(row.try_get("", "tenant_id")?)))
+            .collect()
     }
 
     /// Every row a lookup answers (its SQL chosen per backend by the caller).

@@ -350,7 +350,7 @@ impl<'s> Plans<'s> {
     /// The devices a plan targets: each named device (NOT_FOUND when it is
     /// not the tenant's or not visible to the caller), and the enrolled,
     /// unrevoked devices of each named site and team.
-    async fn resolve_targets(&self, targets: &PlanTargets) -> PlanResult<Vec<Uuid>> {
+    pub(crate) async fn resolve_targets(&self, targets: &PlanTargets) -> PlanResult<Vec<Uuid>> {
         let db = self.scope.connection();
         let mut visible = Condition::all().add(device::Column::TenantId.eq(self.scope.tenant_id()));
         if let Some(team) = self.scope.team_restriction() {

@@ -28,4 +28,6 @@ pub mod topics {
     pub const DEVICE_REVOKED: &str = "device.revoked";
     /// `<tenant_id>`: a tenant CA was created or rotated.
     pub const TRUST_CHANGED: &str = "pki.trust";
+    /// `<tenant_id>`: a layer of the tenant's agent options changed.
+    pub const AGENT_OPTIONS: &str = "agent_options";
 }

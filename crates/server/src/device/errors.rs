@@ -10,7 +10,7 @@ use mobius_core::enrollment::EnrollError;
 use super::MAX_DEVICE_BODY_BYTES;
 use crate::http::errors::{ApiError, ErrorCode};
 
-pub(super) fn error(
+pub(crate) fn error(
     status: StatusCode,
     code: ErrorCode,
     message: &str,
@@ -28,7 +28,7 @@ pub(super) fn error(
 
 /// A malformed or oversized body is the client's mistake, with its status
 /// kept (413 for too large) and a stable code.
-pub(super) fn body_error(rejection: JsonRejection) -> Response {
+pub(crate) fn body_error(rejection: JsonRejection) -> Response {
     let status = rejection.status();
     let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
         format!("request body larger than {MAX_DEVICE_BODY_BYTES} bytes")
@@ -64,7 +64,7 @@ pub(super) fn enroll_error(err: EnrollError) -> Response {
     }
 }
 
-pub(super) fn revoked() -> Response {
+pub(crate) fn revoked() -> Response {
     error(
         StatusCode::FORBIDDEN,
         ErrorCode::Forbidden,

@@ -4,7 +4,7 @@
 //! never shares this path.
 
 mod enroll;
-mod errors;
+pub(crate) mod errors;
 pub mod listener;
 pub mod peer;
 mod ping;
@@ -57,6 +57,10 @@ pub struct DeviceState {
     pub enrollment_limit: Option<Arc<crate::cluster::limits::EnrollmentLimiter>>,
     pub plans: PlanServices,
     pub software: crate::software::SoftwareServices,
+    pub queries: crate::queries::QueryServices,
+    /// The merged agent options, sent first on every work stream and
+    /// again when they change.
+    pub options: Arc<crate::osquery::OptionsHub>,
 }
 
 pub fn router(state: DeviceState) -> Router {
@@ -83,6 +87,12 @@ pub fn router(state: DeviceState) -> Router {
             mobius_api::software::INVENTORY_PATH,
             post(crate::software::device::inventory).layer(DefaultBodyLimit::max(
                 crate::software::device::MAX_INVENTORY_BODY_BYTES,
+            )),
+        )
+        .route(
+            mobius_api::queries::QUERY_RESULTS_PATH,
+            post(crate::queries::device::results).layer(DefaultBodyLimit::max(
+                crate::queries::device::MAX_RESULT_BODY_BYTES,
             )),
         )
         .fallback(|| async {

@@ -67,10 +67,20 @@ pub struct WorkNotifier {
     /// Bumped by every `notify`: a heartbeat marks a device idle only if
     /// no notification came while it looked.
     generation: AtomicU64,
+    /// When each device's last stream here closed (removed when it opens
+    /// one again): a live query counts such a device offline at once
+    /// unless it heartbeated here since.
+    closed: Mutex<HashMap<Uuid, chrono::DateTime<chrono::Utc>>>,
 }
 
-/// One held stream's id and its wake-up.
-type StreamWake = (u64, Arc<Notify>);
+/// One held stream's id, its wake-up, and its queue of frames pushed from
+/// memory (queries: they are not in the plans tables).
+type StreamWake = (u64, Arc<Notify>, mpsc::Sender<WorkFrame>);
+
+/// Frames pushed from memory that a stream has not written yet; beyond
+/// this a push to it is dropped (the device gets pending live queries
+/// again when it reconnects, and a campaign ends at its timeout anyway).
+const PUSHED_FRAMES_QUEUE: usize = 64;
 
 /// A stream's registration; dropping it unregisters.
 pub struct Registration {
@@ -78,6 +88,8 @@ pub struct Registration {
     device: Uuid,
     id: u64,
     pub wake: Arc<Notify>,
+    /// Frames pushed with [`WorkNotifier::push`].
+    pub pushed: mpsc::Receiver<WorkFrame>,
 }
 
 impl Drop for Registration {
@@ -85,9 +97,12 @@ impl Drop for Registration {
         if let Ok(mut streams) = self.notifier.streams.lock()
             && let Some(list) = streams.get_mut(&self.device)
         {
-            list.retain(|(id, _)| *id != self.id);
+            list.retain(|(id, _, _)| *id != self.id);
             if list.is_empty() {
                 streams.remove(&self.device);
+                if let Ok(mut closed) = self.notifier.closed.lock() {
+                    closed.insert(self.device, chrono::Utc::now());
+                }
             }
         }
     }
@@ -104,7 +119,7 @@ impl WorkNotifier {
         if let Ok(streams) = self.streams.lock()
             && let Some(list) = streams.get(&device)
         {
-            for (_, wake) in list {
+            for (_, wake, _) in list {
                 wake.notify_one();
             }
         }
@@ -113,15 +128,65 @@ impl WorkNotifier {
     pub fn register(self: &Arc<Self>, device: Uuid) -> Registration {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let wake = Arc::new(Notify::new());
+        let (push, pushed) = mpsc::channel(PUSHED_FRAMES_QUEUE);
+        if let Ok(mut closed) = self.closed.lock() {
+            closed.remove(&device);
+        }
         if let Ok(mut streams) = self.streams.lock() {
-            streams.entry(device).or_default().push((id, wake.clone()));
+            streams
+                .entry(device)
+                .or_default()
+                .push((id, wake.clone(), push));
         }
         Registration {
             notifier: self.clone(),
             device,
             id,
             wake,
+            pushed,
         }
+    }
+
+    /// Writes `frame` on the streams this process holds for `device`,
+    /// straight from memory (no database read). Answers whether any
+    /// stream took it.
+    pub fn push(&self, device: Uuid, frame: &WorkFrame) -> bool {
+        let Ok(streams) = self.streams.lock() else {
+            return false;
+        };
+        let Some(list) = streams.get(&device) else {
+            return false;
+        };
+        let mut taken = false;
+        for (_, _, push) in list {
+            taken |= push.try_send(frame.clone()).is_ok();
+        }
+        taken
+    }
+
+    /// When the last stream this process held for `device` closed, if it
+    /// holds none now and held one since it started.
+    pub fn stream_closed_at(&self, device: Uuid) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.closed.lock().ok()?.get(&device).copied()
+    }
+
+    /// Whether this process holds a stream for `device`.
+    pub fn holds(&self, device: Uuid) -> bool {
+        self.streams
+            .lock()
+            .map(|s| s.contains_key(&device))
+            .unwrap_or(false)
+    }
+
+    /// Of `devices`, those this process holds a stream for.
+    pub fn held_among(&self, devices: impl IntoIterator<Item = Uuid>) -> Vec<Uuid> {
+        let Ok(streams) = self.streams.lock() else {
+            return Vec::new();
+        };
+        devices
+            .into_iter()
+            .filter(|d| streams.contains_key(d))
+            .collect()
     }
 
     /// Whether a heartbeat of `device` must look for work.
@@ -260,10 +325,28 @@ pub(super) async fn stream(State(state): State<DeviceState>, device: DeviceScope
     // Small: frames are produced on demand, and a slow reader should
     // push back rather than have the server buffer for it.
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(8);
-    let registration = state.plans.notifier.register(identity.device_id());
+    let mut registration = state.plans.notifier.register(identity.device_id());
     let mut closing = state.plans.notifier.closing();
+    let mut option_changes = state.options.subscribe();
     tokio::spawn(async move {
+        // Live queries still waiting on this device and its due policy
+        // checks (it was offline or between streams when they went out).
+        for request in crate::queries::pending_for_stream(&state.queries, &identity).await {
+            if tx
+                .send(Ok(frame_line(&WorkFrame::Query(request))))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
         let mut sent: HashSet<(Uuid, bool)> = HashSet::new();
+        // The merged agent options are the first frame of every stream,
+        // and sent again whenever the device's view changes.
+        let mut options_sent = None;
+        if !send_options(&state, &identity, &mut options_sent, &tx).await {
+            return;
+        }
         let mut keepalive = tokio::time::interval(Duration::from_secs(KEEPALIVE_SECS));
         keepalive.tick().await;
         // The certificate's end ends the stream: the agent reconnects
@@ -298,6 +381,24 @@ pub(super) async fn stream(State(state): State<DeviceState>, device: DeviceScope
             }
             tokio::select! {
                 () = registration.wake.notified() => fetch = true,
+                Some(frame) = registration.pushed.recv() => {
+                    if tx.send(Ok(frame_line(&frame))).await.is_err() {
+                        return;
+                    }
+                    fetch = false;
+                }
+                change = option_changes.recv() => {
+                    let ours = match change {
+                        Ok(tenant) => tenant == identity.tenant_id(),
+                        // Missed some: look anyway (a cache hit if unchanged).
+                        Err(broadcast::error::RecvError::Lagged(_)) => true,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    };
+                    if ours && !send_options(&state, &identity, &mut options_sent, &tx).await {
+                        return;
+                    }
+                    fetch = false;
+                }
                 _ = keepalive.tick() => {
                     if state.revocations.is_revoked(identity.device_id()) {
                         return;
@@ -322,6 +423,29 @@ pub(super) async fn stream(State(state): State<DeviceState>, device: DeviceScope
         .header("x-accel-buffering", "no")
         .body(Body::from_stream(ReceiverStream::new(rx)))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// Sends the device's options frame if its view changed since `sent`;
+/// false when the stream is gone (or the device is).
+async fn send_options(
+    state: &DeviceState,
+    identity: &DeviceIdentity,
+    sent: &mut crate::osquery::options::SentOptions,
+    tx: &mpsc::Sender<Result<Bytes, Infallible>>,
+) -> bool {
+    match state
+        .options
+        .frame_for_device(&state.store, identity, sent)
+        .await
+    {
+        Ok(Some(frame)) => tx.send(Ok(frame_line(&frame))).await.is_ok(),
+        Ok(None) => true,
+        Err(StoreError::NotFound { .. }) => false,
+        Err(err) => {
+            tracing::warn!(error = %err, device_id = %identity.device_id(), "could not read a device's agent options");
+            true
+        }
+    }
 }
 
 fn key(frame: &WorkFrame) -> Option<(Uuid, bool)> {

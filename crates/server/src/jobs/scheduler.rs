@@ -46,16 +46,29 @@ pub enum JobKind {
     /// Links audit events no server was woken for (the per-replica
     /// chainer links the rest as they commit).
     AuditChainSweep,
+    /// Pushes due policies to online devices (see `queries::jobs`).
+    PolicySchedule,
+    /// Ends overdue live queries, deletes expired ones.
+    LiveQueryMaintenance,
+    /// Posts due policy webhook deliveries.
+    WebhookDelivery,
     /// Plan output lines older than `plan_log_retention_days`.
     PurgePlanLogs,
+    /// osquery result and status logs older than
+    /// `osquery_log_retention_days`.
+    OsqueryLogRetention,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 4] = [
+    pub const ALL: [JobKind; 8] = [
         JobKind::PurgeExpired,
         JobKind::PruneCluster,
         JobKind::AuditChainSweep,
+        JobKind::PolicySchedule,
+        JobKind::LiveQueryMaintenance,
+        JobKind::WebhookDelivery,
         JobKind::PurgePlanLogs,
+        JobKind::OsqueryLogRetention,
     ];
 
     pub fn name(self) -> &'static str {
@@ -63,7 +76,11 @@ impl JobKind {
             JobKind::PurgeExpired => "purge-expired",
             JobKind::PruneCluster => "prune-cluster",
             JobKind::AuditChainSweep => "audit-chain-sweep",
+            JobKind::PolicySchedule => "policy-schedule",
+            JobKind::LiveQueryMaintenance => "live-query-maintenance",
+            JobKind::WebhookDelivery => "webhook-delivery",
             JobKind::PurgePlanLogs => "purge-plan-logs",
+            JobKind::OsqueryLogRetention => "osquery-log-retention",
         }
     }
 
@@ -73,7 +90,13 @@ impl JobKind {
             JobKind::PurgeExpired => Duration::from_secs(3600),
             JobKind::PruneCluster => Duration::from_secs(300),
             JobKind::AuditChainSweep => Duration::from_secs(10),
+            JobKind::PolicySchedule => Duration::from_secs(10),
+            JobKind::LiveQueryMaintenance => Duration::from_secs(60),
+            // Retries back off from 2 s: the period bounds how late a
+            // first attempt can be.
+            JobKind::WebhookDelivery => Duration::from_secs(2),
             JobKind::PurgePlanLogs => Duration::from_secs(3600),
+            JobKind::OsqueryLogRetention => Duration::from_secs(3600),
         }
     }
 }
@@ -86,6 +109,10 @@ pub struct Scheduler {
     revocation_lookback: chrono::Duration,
     plan_log_retention: chrono::Duration,
     metrics: Arc<Metrics>,
+    /// For the query jobs; without it they record that they had nothing to do.
+    queries: Option<(crate::queries::QueryServices, reqwest::Client)>,
+    /// How long osquery logs are kept.
+    osquery_log_retention: chrono::Duration,
 }
 
 /// What the jobs keep and for how long.
@@ -98,6 +125,12 @@ pub struct Retention {
 }
 
 impl Scheduler {
+    /// Gives the query jobs what they need.
+    pub fn with_queries(mut self, services: crate::queries::QueryServices) -> Scheduler {
+        self.queries = Some((services, crate::queries::jobs::webhook_client()));
+        self
+    }
+
     /// `periods` overrides default periods by job name (seconds).
     pub fn new(
         store: Store,
@@ -125,7 +158,15 @@ impl Scheduler {
             revocation_lookback: retention.revocation_lookback,
             plan_log_retention: retention.plan_logs,
             metrics,
+            queries: None,
+            osquery_log_retention: chrono::Duration::days(7),
         }
+    }
+
+    /// Keeps osquery logs for `days` (default 7).
+    pub fn with_osquery_log_retention(mut self, days: u32) -> Scheduler {
+        self.osquery_log_retention = chrono::Duration::days(i64::from(days.max(1)));
+        self
     }
 
     pub async fn run(self) {
@@ -184,6 +225,20 @@ impl Scheduler {
                 .chain_audit_events()
                 .await
                 .map(|linked| format!("linked={linked}")),
+            JobKind::PolicySchedule => match &self.queries {
+                Some((services, _)) => crate::queries::jobs::run_due_policies(services).await,
+                None => Ok("no query services".into()),
+            },
+            JobKind::LiveQueryMaintenance => match &self.queries {
+                Some((services, _)) => crate::queries::jobs::maintain_live_queries(services).await,
+                None => Ok("no query services".into()),
+            },
+            JobKind::WebhookDelivery => match &self.queries {
+                Some((services, client)) => {
+                    crate::queries::jobs::deliver_webhooks(services, client).await
+                }
+                None => Ok("no query services".into()),
+            },
             // Per tenant, each in its own transaction: a deletion of
             // expired rows is idempotent, so a replica killed half way
             // leaves only rows the next run deletes.
@@ -192,6 +247,14 @@ impl Scheduler {
                 .purge_plan_logs(now - self.plan_log_retention)
                 .await
                 .map(|removed| format!("plan_log_lines={removed}")),
+            // Idempotent deletes in each tenant's own scope (not in the
+            // claim's transaction, which has no tenant).
+            JobKind::OsqueryLogRetention => mobius_core::osquery::purge_expired_logs(
+                &self.store,
+                now - self.osquery_log_retention,
+            )
+            .await
+            .map(|removed| format!("removed={removed}")),
         };
         let outcome = match work {
             Ok(outcome) => outcome,

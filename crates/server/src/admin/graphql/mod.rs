@@ -2,6 +2,7 @@
 //! mutations, GET for GraphiQL, and graphql-ws subscriptions on the same
 //! path.
 
+mod agent_options;
 mod audit;
 mod backbone;
 mod billing;
@@ -15,8 +16,11 @@ pub mod ids;
 mod licensing;
 mod loaders;
 mod node;
+mod osquery;
 mod pagination;
 mod plans;
+mod policies;
+mod queries;
 pub mod signup;
 mod software;
 mod sso;
@@ -99,6 +103,10 @@ pub struct QueryRoot(
     plans::PlanQuery,
     backbone::BackboneQuery,
     software::SoftwareQuery,
+    queries::LiveQueryQuery,
+    policies::PolicyQuery,
+    agent_options::AgentOptionsQuery,
+    osquery::OsqueryQuery,
 );
 
 /// Mutations are split by area and merged.
@@ -114,12 +122,20 @@ pub struct MutationRoot(
     plans::PlanMutation,
     backbone::BackboneMutation,
     software::SoftwareMutation,
+    queries::LiveQueryMutation,
+    policies::PolicyMutation,
+    agent_options::AgentOptionsMutation,
+    osquery::OsqueryMutation,
 );
 
 // Each area's subscriptions, merged.
 #[derive(async_graphql::MergedSubscription, Default)]
 #[graphql(name = "Subscription")]
-pub struct SubscriptionRoot(audit::AuditSubscription, plans::PlanSubscription);
+pub struct SubscriptionRoot(
+    audit::AuditSubscription,
+    plans::PlanSubscription,
+    queries::LiveQuerySubscription,
+);
 
 /// Depth 15 admits GraphiQL's introspection query; complexity 1000 admits a
 /// full 500-device page with its sites and teams but not nested abuse.
@@ -152,6 +168,9 @@ pub struct Services {
     pub plans: crate::device::PlanServices,
     /// The edition's SAML engine (none in the OSS edition).
     pub saml: Option<Arc<dyn mobius_core::identity::sso::saml::SamlProtocol>>,
+    pub queries: crate::queries::QueryServices,
+    /// The agent options cache and push.
+    pub options: Arc<crate::osquery::OptionsHub>,
 }
 
 /// The device side, as the admin API needs it.
@@ -189,7 +208,9 @@ pub fn schema(services: Option<Services>) -> MobiusSchema {
             .data(sso::SsoSealer(services.sealer))
             .data(sso::SamlEngine(services.saml))
             .data(services.entitlements)
-            .data(services.plans);
+            .data(services.plans)
+            .data(services.queries)
+            .data(services.options);
         if let Some(signup) = services.signup {
             builder = builder.data(signup);
         }

@@ -103,6 +103,14 @@ impl DeviceNode {
             Some(team) => ctx.data::<TeamLoads>()?.load_one(team).await,
         }
     }
+
+    /// The device's latest result on each policy that has checked it.
+    async fn policy_results(
+        &self,
+        ctx: &Context<'_>,
+    ) -> Result<Vec<crate::admin::graphql::policies::PolicyResultNode>> {
+        crate::admin::graphql::policies::device_policy_results(ctx, &self.id).await
+    }
 }
 
 #[derive(SimpleObject)]
