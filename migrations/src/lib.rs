@@ -21,6 +21,7 @@ mod m20261206_000001_billing;
 mod m20261207_000001_cluster;
 mod m20261208_000001_queries;
 mod m20261209_000001_osquery;
+mod m20261211_000001_saml;
 mod tables;
 
 pub use tables::{LOOKUP_FUNCTION_SIGNATURES, SHARED_TABLES, TENANT_TABLES};
@@ -50,6 +51,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000001_cluster::Migration),
             Box::new(m20261208_000001_queries::Migration),
             Box::new(m20261209_000001_osquery::Migration),
+            Box::new(m20261211_000001_saml::Migration),
         ]
     }
 }

@@ -51,6 +51,8 @@ pub const TENANT_TABLES: &[&str] = &[
     "osquery_nodes",
     "osquery_result_logs",
     "osquery_status_logs",
+    "saml_configs",
+    "saml_requests",
 ];
 
 /// Tables without `tenant_id` that the request role may still use, with

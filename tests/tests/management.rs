@@ -11,3 +11,5 @@ mod osquery;
 mod policies;
 #[path = "management/queries.rs"]
 mod queries;
+#[path = "management/agent_tables.rs"]
+mod agent_tables;

@@ -315,6 +315,33 @@ async fn two_populated_tenants(store: &Store) -> (Uuid, Uuid) {
             )
             .await
             .unwrap();
+        // SAML: a configuration and an AuthnRequest in flight.
+        scope
+            .sso()
+            .put_saml_config(
+                &actor,
+                mobius_core::identity::sso::saml::SamlConfigInput {
+                    idp_metadata_xml: "<EntityDescriptor/>".into(),
+                    idp_metadata_url: None,
+                    email_attribute: None,
+                    name_attribute: None,
+                    groups_attribute: None,
+                    group_roles: Vec::new(),
+                    allowed_email_domains: Vec::new(),
+                    jit_enabled: false,
+                    default_role: Role::Observer,
+                    allow_idp_initiated: false,
+                    enabled: true,
+                },
+                &FixedIdpMetadata,
+            )
+            .await
+            .unwrap();
+        scope
+            .sso()
+            .record_saml_request(&format!("relay-{slug}"), "_request", "/")
+            .await
+            .unwrap();
         // The backbone: a service (with its token), a principal (which
         // creates the tenant's sealed master secret) and a grant.
         let sealer = LocalSealer::new(&[3u8; 32]);
@@ -368,6 +395,59 @@ async fn two_populated_tenants(store: &Store) -> (Uuid, Uuid) {
         .await
         .unwrap();
     (ids[0], ids[1])
+}
+
+/// Stands in for the cloud edition's SAML engine (this crate does not
+/// link samael): only so `put_saml_config` can write a row for the
+/// isolation checks; SAML itself is tested in `sso.rs` with the real one.
+struct FixedIdpMetadata;
+
+impl mobius_core::identity::sso::saml::SamlProtocol for FixedIdpMetadata {
+    fn describe(&self) -> String {
+        "fixed IdP metadata (RLS fixture)".into()
+    }
+
+    fn parse_idp_metadata(
+        &self,
+        _: &str,
+    ) -> Result<mobius_core::identity::sso::saml::IdpMetadata, String> {
+        Ok(mobius_core::identity::sso::saml::IdpMetadata {
+            entity_id: "https://idp.example.com".into(),
+            sso_url: "https://idp.example.com/sso".into(),
+            signing_certs_der: vec![vec![1, 2, 3]],
+        })
+    }
+
+    fn sp_metadata(
+        &self,
+        _: &mobius_core::identity::sso::saml::ServiceProviderUrls,
+    ) -> Result<String, String> {
+        Err("not used by the RLS checks".into())
+    }
+
+    fn authn_request(
+        &self,
+        _: &mobius_core::identity::sso::saml::ServiceProviderUrls,
+        _: &str,
+        _: &str,
+    ) -> Result<mobius_core::identity::sso::saml::AuthnRequest, String> {
+        Err("not used by the RLS checks".into())
+    }
+
+    fn verify_response(
+        &self,
+        _: &mobius_core::identity::sso::saml::ServiceProviderUrls,
+        _: &str,
+        _: &str,
+        _: mobius_core::identity::sso::saml::Expected<'_>,
+    ) -> Result<
+        mobius_core::identity::sso::saml::VerifiedAssertion,
+        mobius_core::identity::sso::SsoError,
+    > {
+        Err(mobius_core::identity::sso::SsoError::InvalidAssertion(
+            "not used by the RLS checks".into(),
+        ))
+    }
 }
 
 async fn count(conn: &mut PgConnection, sql: String) -> i64 {

@@ -6,6 +6,7 @@ mod enroll;
 mod fanout;
 mod heartbeat;
 mod identity;
+mod queries;
 mod report;
 mod tls;
 mod transport;
@@ -19,7 +20,10 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use mobius_api::device::EnrollmentToken;
 
-use crate::cli::{Cli, Command, Common, ConnectArgs, HeartbeatArgs, PlanFanoutArgs, ReconnectArgs};
+use crate::cli::{
+    Cli, Command, Common, ConnectArgs, HeartbeatArgs, PlanFanoutArgs, ReconnectArgs,
+    ServeQueriesArgs,
+};
 use crate::enroll::Stop;
 use crate::heartbeat::{Beat, Pace};
 use crate::identity::Fleet;
@@ -100,6 +104,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Connect(args) => run.connect(&args, descriptors).await?,
         Command::Reconnect(args) => run.reconnect(&args, descriptors).await?,
         Command::PlanFanout(args) => run.plan_fanout(&args, descriptors).await?,
+        Command::ServeQueries(args) => run.serve_queries(&args, descriptors).await?,
     }
 
     if run.common.json {
@@ -349,6 +354,31 @@ impl Run {
                 access_token: &access_token,
                 connect_concurrency: args.connect_concurrency,
                 wait: Duration::from_secs_f64(args.wait.max(1.0)),
+                server_pid: self.common.server_pid,
+            },
+        )
+        .await?;
+        self.report.phases.extend(phases);
+        Ok(())
+    }
+
+    async fn serve_queries(&mut self, args: &ServeQueriesArgs, descriptors: u64) -> Result<()> {
+        // Two connections per agent: the stream and the answers.
+        check_descriptors(args.agents * 2, descriptors)?;
+        let trust = self
+            .prepare(args.agents, args.enroll_concurrency, descriptors)
+            .await?;
+        eprintln!(
+            "mobius-loadgen: {} agents open their work streams ({} at once)",
+            args.agents, args.connect_concurrency
+        );
+        let phases = fanout::serve_queries(
+            self.target.clone(),
+            &trust,
+            &self.fleet.agents[..args.agents],
+            fanout::ServeQueriesArgs {
+                connect_concurrency: args.connect_concurrency,
+                duration: Duration::from_secs_f64(args.duration.max(0.0)),
                 server_pid: self.common.server_pid,
             },
         )

@@ -330,6 +330,7 @@ impl Server {
                 plans,
                 queries: queries.clone(),
                 options: options.clone(),
+                saml: services.saml.clone(),
             })),
             store: store.clone(),
             identity,
@@ -345,6 +346,8 @@ impl Server {
             store.clone(),
             identity_for_sso,
             services.sealer.clone(),
+            services.saml.clone(),
+            services.entitlements.clone(),
             settings,
         )?)
         .merge(crate::osquery::router(

@@ -26,6 +26,11 @@ use crate::transport::CallError;
 const CONCURRENT_QUERIES: usize = 2;
 /// Attempts to deliver one answer while the server is unreachable.
 const DELIVERY_ATTEMPTS: u32 = 4;
+/// The largest answer body sent. The server accepts 8 MiB; the byte cap
+/// counts names and values only, so JSON quoting and escaping (or a cap
+/// set high in the options) could otherwise push an answer past it and
+/// lose it to a 413.
+const MAX_ANSWER_BODY_BYTES: usize = 7 << 20;
 
 /// Runs pushed queries and applies pushed options.
 #[derive(Clone)]
@@ -151,7 +156,7 @@ impl QueryRunner {
             duration_ms,
             "query answered"
         );
-        QueryResult {
+        let mut result = QueryResult {
             query_id: request.query_id,
             kind: request.kind,
             outcome,
@@ -159,8 +164,38 @@ impl QueryRunner {
             error,
             truncated: answer.truncated,
             duration_ms,
-        }
+        };
+        fit_body(&mut result, MAX_ANSWER_BODY_BYTES);
+        result
     }
+}
+
+/// Drops trailing rows (and marks the answer truncated) until its JSON
+/// body fits in `limit` bytes.
+fn fit_body(result: &mut QueryResult, limit: usize) {
+    if encoded(result) <= limit {
+        return;
+    }
+    let rows = std::mem::take(&mut result.rows);
+    let mut size = encoded(result);
+    let mut kept = 0;
+    for row in &rows {
+        // The row and the comma before it.
+        let next = size + encoded(row) + 1;
+        if next > limit {
+            break;
+        }
+        size = next;
+        kept += 1;
+    }
+    result.rows = rows;
+    result.rows.truncate(kept);
+    result.truncated = true;
+}
+
+/// Serialized JSON length (unmeasurable counts as too big).
+fn encoded<T: serde::Serialize>(value: &T) -> usize {
+    serde_json::to_vec(value).map_or(usize::MAX, |bytes| bytes.len())
 }
 
 /// Posts the answer, retrying while the server is unreachable; a refusal
@@ -176,7 +211,9 @@ async fn deliver(dir: &StateDir, result: &QueryResult) {
             Err(CallError::Unreachable(err)) => {
                 tracing::warn!(query_id = %result.query_id, error = %err, attempt,
                     "could not deliver a query answer");
-                tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+                if attempt + 1 < DELIVERY_ATTEMPTS {
+                    tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+                }
             }
             Err(err) => {
                 tracing::warn!(query_id = %result.query_id, error = %err,
@@ -303,6 +340,33 @@ mod tests {
         assert_eq!(options::stored(&dir), Some(bundle));
         let status = crate::status::StatusReport::load(&dir, Utc::now()).unwrap();
         assert_eq!(status.options_version, Some(4));
+    }
+
+    #[test]
+    fn an_answer_too_big_for_the_server_loses_its_last_rows() {
+        let row = |n: usize| {
+            let mut row = mobius_api::queries::Row::new();
+            row.insert("n".into(), "x".repeat(n));
+            row
+        };
+        let mut result = QueryResult {
+            query_id: Uuid::from_u128(5),
+            kind: QueryKind::Live,
+            outcome: QueryOutcome::Ok,
+            rows: (0..10).map(|_| row(100)).collect(),
+            error: None,
+            truncated: false,
+            duration_ms: 1,
+        };
+        let whole = serde_json::to_vec(&result).unwrap().len();
+        let mut untouched = result.clone();
+        fit_body(&mut untouched, whole);
+        assert_eq!(untouched, result);
+
+        fit_body(&mut result, whole - 50);
+        assert_eq!(result.rows.len(), 9);
+        assert!(result.truncated);
+        assert!(serde_json::to_vec(&result).unwrap().len() <= whole - 50);
     }
 
     #[tokio::test]

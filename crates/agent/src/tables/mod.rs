@@ -142,6 +142,10 @@ pub fn run(sql: &str, limits: &Limits, agent: &AgentInfo) -> Result<Answer, Quer
             });
         }
     };
+    // Only comments or `;`: SQLite prepares nothing.
+    if statement.expanded_sql().is_none() {
+        return Err(QueryError::Invalid("the query is empty".into()));
+    }
     if !statement.readonly() {
         // The authorizer should have refused it already; belt and braces.
         return Err(QueryError::Refused(

@@ -97,6 +97,7 @@ pub struct QueryRoot(
     audit::AuditQuery,
     node::NodeQuery,
     sso::SsoQuery,
+    sso::SamlQuery,
     licensing::LicenseQuery,
     plans::PlanQuery,
     backbone::BackboneQuery,
@@ -114,6 +115,7 @@ pub struct MutationRoot(
     devices::DeviceMutation,
     enrollment::EnrollmentMutation,
     sso::SsoMutation,
+    sso::SamlMutation,
     signup::SignUpMutation,
     plans::PlanMutation,
     backbone::BackboneMutation,
@@ -164,6 +166,8 @@ pub struct Services {
     pub queries: crate::queries::QueryServices,
     /// The agent options cache and push.
     pub options: Arc<crate::osquery::OptionsHub>,
+    /// The edition's SAML engine (none in the OSS edition).
+    pub saml: Option<Arc<dyn mobius_core::identity::sso::saml::SamlProtocol>>,
 }
 
 /// The device side, as the admin API needs it.
@@ -199,6 +203,7 @@ pub fn schema(services: Option<Services>) -> MobiusSchema {
             .data(services.limiter)
             .data(services.devices)
             .data(sso::SsoSealer(services.sealer))
+            .data(sso::SamlEngine(services.saml))
             .data(services.entitlements)
             .data(services.plans)
             .data(services.queries)
