@@ -5,11 +5,11 @@
 
 #[path = "management/agent_options.rs"]
 mod agent_options;
+#[path = "management/agent_tables.rs"]
+mod agent_tables;
 #[path = "management/osquery.rs"]
 mod osquery;
 #[path = "management/policies.rs"]
 mod policies;
 #[path = "management/queries.rs"]
 mod queries;
-#[path = "management/agent_tables.rs"]
-mod agent_tables;
