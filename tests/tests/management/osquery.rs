@@ -685,3 +685,66 @@ async fn osquery_enrolls_over_tls_when_it_trusts_the_server_ca_and_not_otherwise
     let err = refused.expect_err("the server's certificate does not chain to the pinned CA");
     assert!(format!("{err:?}").contains("UnknownIssuer"), "{err:?}");
 }
+
+#[tokio::test]
+async fn osquery_hosts_are_rate_limited_per_node_count_against_the_device_limit_and_their_logs_expire()
+ {
+    let fleet = Fleet::start(&[
+        ("MOBIUS_DEVICE_LIMIT", "1"),
+        ("MOBIUS_OSQUERY_REQUESTS_PER_MINUTE_PER_NODE", "5"),
+        ("MOBIUS_JOB_PERIODS_SECS", "{osquery-log-retention=1}"),
+        ("MOBIUS_OSQUERY_LOG_RETENTION_DAYS", "1"),
+    ])
+    .await;
+    let (secret, _) = enroll_secret(&fleet, None).await;
+    let mut host = OsqueryPeer::new(&fleet.server.url(""), "limited-01");
+    assert_eq!(host.enroll(&secret).await.0, StatusCode::OK);
+
+    // The device limit of agents holds for osquery hosts.
+    let mut second = OsqueryPeer::new(&fleet.server.url(""), "limited-02");
+    let (status, refused) = second.enroll(&secret).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{refused}");
+    assert_eq!(refused["error"]["code"], "LICENSE_REQUIRED");
+    assert!(second.node_key.is_none());
+
+    // Two logs, one of them stored two days ago.
+    let line = host.status_line(0, "old");
+    assert_eq!(host.log("status", vec![line]).await.0, StatusCode::OK);
+    let line = host.status_line(0, "new");
+    assert_eq!(host.log("status", vec![line]).await.0, StatusCode::OK);
+    let mut db = fleet.owner_connection().await;
+    sqlx::query("UPDATE osquery_status_logs SET created_at = now() - interval '2 days' WHERE message = 'old'")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let expired = eventually(Duration::from_secs(15), async || {
+        let left: Vec<String> = sqlx::query_scalar("SELECT message FROM osquery_status_logs")
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
+        left == vec!["new".to_owned()]
+    })
+    .await;
+    assert!(expired, "the retention job never removed the expired line");
+
+    // 5 requests a minute per node key: the sixth waits.
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(host.distributed_read().await.0);
+    }
+    assert!(
+        statuses.contains(&StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+    let limited = fleet
+        .http
+        .post(fleet.server.url("/api/osquery/config"))
+        .json(&json!({"node_key": host.node_key}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(limited.headers().contains_key("retry-after"));
+    let body: Value = limited.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "RATE_LIMITED");
+}

@@ -46,6 +46,7 @@ pub struct OsqueryState {
 }
 
 impl OsqueryState {
+    /// The state, with a task that trims the limiter (call inside the runtime).
     pub fn new(
         store: Store,
         entitlements: Arc<dyn Entitlements>,
@@ -55,11 +56,26 @@ impl OsqueryState {
     ) -> OsqueryState {
         let per_minute =
             NonZeroU32::new(requests_per_minute_per_node.max(1)).unwrap_or(NonZeroU32::MIN);
+        let limiter = Arc::new(RateLimiter::keyed(Quota::per_minute(per_minute)));
+        // The limiter keeps a cell per node key it saw: forget the keys
+        // idle for a minute, so departed hosts do not accumulate.
+        let weak = Arc::downgrade(&limiter);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                let Some(limiter) = weak.upgrade() else {
+                    return;
+                };
+                limiter.retain_recent();
+                limiter.shrink_to_fit();
+            }
+        });
         OsqueryState {
             store,
             entitlements,
             options,
-            limiter: Arc::new(RateLimiter::keyed(Quota::per_minute(per_minute))),
+            limiter,
             queries,
         }
     }

@@ -45,6 +45,7 @@ pub fn type_of_kind(kind: &str) -> Option<&'static str> {
         "enrollment_token" => "EnrollmentToken",
         "invitation" => "Invitation",
         "certificate_authority" => "CertificateAuthority",
+        "osquery_enroll_secret" => "OsqueryEnrollSecret",
         _ => return None,
     })
 }
