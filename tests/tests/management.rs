@@ -3,15 +3,15 @@
 //! policies, layered agent options, the osquery TLS API and software.
 //! One test binary with a module per area, so the server is linked once.
 
-#[path = "management/agent_tables.rs"]
-mod agent_tables;
-#[path = "management/software.rs"]
-mod software;
 #[path = "management/agent_options.rs"]
 mod agent_options;
+#[path = "management/agent_tables.rs"]
+mod agent_tables;
 #[path = "management/osquery.rs"]
 mod osquery;
 #[path = "management/policies.rs"]
 mod policies;
 #[path = "management/queries.rs"]
 mod queries;
+#[path = "management/software.rs"]
+mod software;

@@ -20,9 +20,9 @@ pub mod osquery;
 pub mod pki;
 pub mod plans;
 pub mod platform;
-pub mod software;
 pub mod policies;
 pub mod queries;
+pub mod software;
 pub mod tenancy;
 
 pub use db::{Store, StoreError, StoreResult, TenantScope};
