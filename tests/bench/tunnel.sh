@@ -94,10 +94,14 @@ done
 PROFILE="${BENCH_TUNNEL_PROFILE:-release}"
 log "building $PROFILE binaries (mobius-server, mobius-agent, tunnel_bench)"
 if [[ "$PROFILE" == release ]]; then
-    (cd "$ROOT" && cargo build --release -q -p mobius-oss -p mobius-agent -p mobius-tests --example tunnel_bench)
+    # Two builds: `--example` in one command would restrict every package
+    # to its examples, leaving the binaries unbuilt.
+    (cd "$ROOT" && cargo build --release -q -p mobius-oss -p mobius-agent &&
+        cargo build --release -q -p mobius-tests --example tunnel_bench)
     BIN="$TARGET_DIR/release"
 else
-    (cd "$ROOT" && cargo build -q -p mobius-oss -p mobius-agent -p mobius-tests --example tunnel_bench)
+    (cd "$ROOT" && cargo build -q -p mobius-oss -p mobius-agent &&
+        cargo build -q -p mobius-tests --example tunnel_bench)
     BIN="$TARGET_DIR/debug"
 fi
 BENCH="$BIN/examples/tunnel_bench"
