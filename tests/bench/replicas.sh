@@ -145,7 +145,9 @@ LOADGENS=$(((AGENTS + PER_LOADGEN - 1) / PER_LOADGEN))
 HAPROXIES=$(((AGENTS + HB_AGENTS) * 13 / 10 / HAPROXY_MAXCONN + 1))
 
 log "building release binaries (mobius-server, mobius-loadgen)"
-(cd "$ROOT" && cargo build --release --locked -q -p mobius-oss -p mobius-loadgen >&2)
+# The same packages as tests/bench/tunnel.sh builds: no rebuild between the two.
+(cd "$ROOT" && cargo build --release --locked -q -p mobius-oss -p mobius-agent -p mobius-loadgen \
+    -p mobius-tests --bins --examples >&2)
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 SERVER_BIN="$TARGET_DIR/release/mobius-server"
 LOADGEN="$TARGET_DIR/release/mobius-loadgen"
@@ -210,11 +212,19 @@ wait_replica() {
 log "starting replica 1 of $REPLICAS (migrations, the shared listener CA) on Postgres ($DB)"
 start_replica 1
 wait_replica 1
-for i in $(seq 2 "$REPLICAS"); do start_replica "$i"; done
-for i in $(seq 2 "$REPLICAS"); do wait_replica "$i"; done
 ADMIN1="$(jq -rR 'fromjson? | select(.message == "admin API listening") | .address' "$WORK/r1.log" | head -1)"
 SETUP_CODE="$(jq -rR 'fromjson? | select(.setup_code != null) | .setup_code' "$WORK/r1.log" | head -1)"
 [[ -n "$SETUP_CODE" ]] || die "replica 1 printed no setup code"
+# The first owner, before other replicas start (each would print a new code).
+# Enrollment tokens: one per simulator process (100,000 uses each at most).
+CREATED="$("$LOADGEN" --json token --admin "http://$ADMIN1" --setup-code "$SETUP_CODE")"
+ACCESS="$(jq -r .access_token <<<"$CREATED")"
+TOKENS=("$(jq -r .token <<<"$CREATED")")
+for p in $(seq 2 "$LOADGENS"); do
+    TOKENS+=("$("$LOADGEN" --json token --admin "http://$ADMIN1" --admin-token "$ACCESS" | jq -r .token)")
+done
+for i in $(seq 2 "$REPLICAS"); do start_replica "$i"; done
+for i in $(seq 2 "$REPLICAS"); do wait_replica "$i"; done
 log "replicas up: pids ${REPLICA_PIDS[*]}, device ports ${REPLICA_PORTS[*]}"
 
 # --- HAProxy: H processes on one address (SO_REUSEPORT), TCP passthrough.
@@ -265,13 +275,6 @@ done
 LB="https://127.0.0.1:$LB_PORT"
 log "$HAPROXIES haproxy processes (maxconn $HAPROXY_MAXCONN each) on 127.0.0.1:$LB_PORT"
 
-# --- Enrollment tokens: one per simulator process (100,000 uses each at most).
-CREATED="$("$LOADGEN" --json token --admin "http://$ADMIN1" --setup-code "$SETUP_CODE")"
-ACCESS="$(jq -r .access_token <<<"$CREATED")"
-TOKENS=("$(jq -r .token <<<"$CREATED")")
-for p in $(seq 2 "$LOADGENS"); do
-    TOKENS+=("$("$LOADGEN" --json token --admin "http://$ADMIN1" --admin-token "$ACCESS" | jq -r .token)")
-done
 CA="$WORK/r1/device-ca.pem"
 share() { # share P: the agents of simulator process P (0-based)
     local base=$((AGENTS / LOADGENS)) extra=$((AGENTS % LOADGENS))
