@@ -203,7 +203,7 @@ wait_replica() {
     local i="$1"
     for _ in $(seq 1 1200); do
         kill -0 "${REPLICA_PIDS[i]}" 2>/dev/null || die "replica $i exited: $(tail -5 "$WORK/r$i.log")"
-        grep -q '"device listener listening"' "$WORK/r$i.log" && return 0
+        grep -qs '"device listener listening"' "$WORK/r$i.log" && return 0
         sleep 0.1
     done
     die "replica $i did not start within 120 s: $(tail -5 "$WORK/r$i.log")"
@@ -229,7 +229,12 @@ log "replicas up: pids ${REPLICA_PIDS[*]}, device ports ${REPLICA_PORTS[*]}"
 
 # --- HAProxy: H processes on one address (SO_REUSEPORT), TCP passthrough.
 LB_PORT="$(free_port)"
-{
+# haproxy_config H: the configuration of HAProxy process H. Its connections
+# to replica I leave from 127.1.H.I: connect() without a bound address
+# draws from the same port space as the simulator's bound sockets (bind
+# buckets are per port, not per address), and past ~85,000 connections
+# HAProxy found no free port ("Connect() failed ...: no free ports").
+haproxy_config() {
     cat <<EOF
 global
     maxconn $HAPROXY_MAXCONN
@@ -253,14 +258,17 @@ frontend devices
 backend replicas
     balance leastconn
 EOF
+    local i
     for i in $(seq 1 "$REPLICAS"); do
-        echo "    server r$i 127.0.0.1:${REPLICA_PORTS[i]}"
+        echo "    server r$i 127.0.0.1:${REPLICA_PORTS[i]} source 127.1.$1.$i"
     done
-} >"$WORK/haproxy.cfg"
-haproxy -c -q -f "$WORK/haproxy.cfg" || die "haproxy rejects $WORK/haproxy.cfg"
+}
+haproxy_config 1 >"$WORK/haproxy-1.cfg"
+haproxy -c -q -f "$WORK/haproxy-1.cfg" || die "haproxy rejects $WORK/haproxy-1.cfg"
 HAPROXY_PIDS=()
 for h in $(seq 1 "$HAPROXIES"); do
-    haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy-$h.log" 2>&1 &
+    haproxy_config "$h" >"$WORK/haproxy-$h.cfg"
+    haproxy -db -f "$WORK/haproxy-$h.cfg" >"$WORK/haproxy-$h.log" 2>&1 &
     HAPROXY_PIDS+=("$!")
     PIDS+=("$!")
 done
@@ -307,6 +315,7 @@ for p in $(seq 0 $((LOADGENS - 1))); do
     MOBIUS_LOADGEN_TOKEN="${TOKENS[p]}" loadgen "$p" enroll --count "$(share "$p")" \
         --concurrency "$ENROLL_CONCURRENCY" >"$WORK/results/enroll-$p.json" 2>>"$WORK/loadgen-$p.log" &
     ENROLLERS+=("$!")
+    PIDS+=("$!")
 done
 for pid in "${ENROLLERS[@]}"; do wait "$pid" || [[ $? == 3 ]] || die "an enrollment process failed: $(tail -3 "$WORK"/loadgen-*.log)"; done
 python3 -c 'import sys,time; print(round(time.time()-float(sys.argv[1]),2))' "$began" >"$WORK/results/enroll_secs"
@@ -322,6 +331,7 @@ for p in $(seq 0 $((LOADGENS - 1))); do
         --connect-concurrency "$CONNECT_CONCURRENCY" --ready-file "$WORK/ready-$p" \
         --start-file "$WORK/go" >"$WORK/results/streams-$p.json" 2>>"$WORK/loadgen-$p.log" &
     STREAMERS+=("$!")
+    PIDS+=("$!")
 done
 for p in $(seq 0 $((LOADGENS - 1))); do
     until [[ -f "$WORK/ready-$p" ]]; do

@@ -142,6 +142,10 @@ except OSError:
     version = "mobius-server"
 commit = subprocess.run(["git", "-C", os.path.dirname(os.path.abspath(__file__)), "rev-parse", "--short", "HEAD"],
                         capture_output=True, text=True).stdout.strip()
+def kinds(p):
+    return ", ".join(f"{n:,} {k}" for k, n in sorted(p.get("errors_by_kind", {}).items())) or "none"
+
+
 hb_cores_open = cores(before_hb, after_open)
 hb_cores_closed = cores(after_open, after_closed)
 
@@ -159,7 +163,11 @@ lines = [
     f"{LOADGENS} `mobius-loadgen streams` processes open one push stream "
     f"(`GET /api/v1/mobius/device/work/stream`) per agent from 127.0.0.2 onwards, wait until every process is done, "
     f"then hold them all together, reading the keep-alive frames (every 15 s); a stream counts as held if it is "
-    f"open and heard a frame in the last 35 s at the end of the hold.",
+    f"open and heard a frame in the last 35 s at the end of the hold. Each HAProxy process connects to the "
+    f"replicas from its own 127.1.H.I source addresses: the first 100,000-agent attempt let the kernel pick "
+    f"HAProxy's source ports on 127.0.0.1 and stopped at 84,903 held connections, HAProxy logging "
+    f"\"Connect() failed for backend replicas: no free ports\" 65,390 times (the simulator's bound sockets "
+    f"hold the same per-port bind buckets that connect() draws from).",
     "",
     "| figure | measured | target |",
     "|---|--:|---|",
@@ -183,6 +191,9 @@ lines = [
     f"| heartbeat capacity, closed loop ({hbc['agents']:,} agents, {HB_SECS} s) | "
     f"{hbc['throughput_per_s']:,.0f}/s, p99 {hbc['latency_ms']['p99']:.1f} ms, {hbc['errors']:,} errors, replicas "
     f"{hb_cores_closed:.2f} cores | |",
+    "",
+    f"Heartbeat errors by kind: open loop {kinds(hbo)}; closed loop {kinds(hbc)} (each failed beat "
+    f"drops its connection and the next opens a new one, as the agent's client does).",
     "",
     f"Verdict: {verdict}. Heartbeats ran after the hold (the streams closed), each simulated agent on its own "
     f"kept-alive connection through the balancer; the closed-loop capacity is bounded by the {nproc} cores the "
