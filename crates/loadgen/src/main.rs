@@ -20,8 +20,9 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use mobius_api::device::EnrollmentToken;
 
-use crate::cli::{Cli, Command, Common, ConnectArgs, HeartbeatArgs, PlanFanoutArgs, ReconnectArgs,
-    StreamsArgs};
+use crate::cli::{
+    Cli, Command, Common, ConnectArgs, HeartbeatArgs, PlanFanoutArgs, ReconnectArgs, StreamsArgs,
+};
 use crate::enroll::Stop;
 use crate::heartbeat::{Beat, Pace};
 use crate::identity::Fleet;

@@ -200,8 +200,7 @@ async fn read(mut body: hyper::body::Incoming, held: Arc<Held>, epoch: Instant) 
 
 fn write_atomically(path: &Path, text: &str) -> Result<()> {
     let temporary: PathBuf = path.with_extension("tmp");
-    std::fs::write(&temporary, text)
-        .with_context(|| format!("writing {}", temporary.display()))?;
+    std::fs::write(&temporary, text).with_context(|| format!("writing {}", temporary.display()))?;
     std::fs::rename(&temporary, path)
         .with_context(|| format!("renaming {} to {}", temporary.display(), path.display()))
 }
