@@ -41,7 +41,9 @@ figures["tunnel_websocket_errors"] = w["errors"]
 fo = get("backbone", "failover")
 figures["tunnel_failover_s"] = None if fo["failover_s"] is None else round(fo["failover_s"], 4)
 figures["tunnel_build_profile"] = profile
-figures["tunnel_measured_at"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+# When the last result was written (the report can be rewritten later).
+figures["tunnel_measured_at"] = datetime.datetime.fromtimestamp(
+    os.path.getmtime(results), datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 path = os.path.join(out, "performance.json")
 data = json.load(open(path)) if os.path.exists(path) else {}

@@ -98,13 +98,15 @@ pub async fn run(
         }
     })
     .await;
-    let connected = recorder.finish(phase(
+    let mut connected = recorder.finish(phase(
         "stream-connect",
         &agents,
         started.elapsed(),
         None,
         watch,
     ));
+    // The agents' own connections are not used: the streams are the held ones.
+    connected.connections_held = held.iter().filter(|h| is_open(h)).count();
     let opened = connected.ok;
     eprintln!(
         "mobius-loadgen: {opened} of {count} streams open ({} errors)",
