@@ -430,7 +430,7 @@ if os.path.exists(notes):
 
 os.makedirs(OUT, exist_ok=True)
 # tests/bench/tunnel.sh and tests/bench/replicas.sh write their own figures
-# (tunnel_* keys; replicas, replicas_* and, once it ran, idle_agents_held and
+# (tunnel_*, rathole_* and direct_max_rps keys; replicas, replicas_* and, once it ran, idle_agents_held and
 # server_rss_bytes_idle summed over replicas) and sections (between their
 # <!-- NAME:begin --> and <!-- NAME:end --> markers) into the same two files;
 # a run of this benchmark keeps them rather than wiping them.
@@ -455,7 +455,7 @@ def kept_figures(path):
         old = json.load(open(path))
     except (FileNotFoundError, ValueError):
         return {}
-    kept = {k: v for k, v in old.items() if k.startswith(("tunnel_", "replicas"))}
+    kept = {k: v for k, v in old.items() if k.startswith(("tunnel_", "rathole_", "direct_max_rps", "replicas"))}
     if "replicas" in old:
         # The idle figures are the replicas benchmark's (100,000
         # agents over replicas); this single-server run's go beside them.
