@@ -19,6 +19,9 @@ mod m20261204_000001_sso;
 mod m20261205_000001_backbone;
 mod m20261206_000001_billing;
 mod m20261207_000001_cluster;
+mod m20261210_000001_software;
+mod m20261210_000002_software_inventory;
+mod m20261211_000001_saml;
 mod tables;
 
 pub use tables::{LOOKUP_FUNCTION_SIGNATURES, SHARED_TABLES, TENANT_TABLES};
@@ -46,6 +49,9 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_000001_backbone::Migration),
             Box::new(m20261206_000001_billing::Migration),
             Box::new(m20261207_000001_cluster::Migration),
+            Box::new(m20261210_000001_software::Migration),
+            Box::new(m20261210_000002_software_inventory::Migration),
+            Box::new(m20261211_000001_saml::Migration),
         ]
     }
 }

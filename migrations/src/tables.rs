@@ -38,6 +38,12 @@ pub const TENANT_TABLES: &[&str] = &[
     "backbone_service_tokens",
     "backbone_principals",
     "backbone_grants",
+    "saml_configs",
+    "saml_requests",
+    "software_titles",
+    "software_versions",
+    "software_installs",
+    "software_inventory",
 ];
 
 /// Tables without `tenant_id` that the request role may still use, with
@@ -85,6 +91,7 @@ pub const LOOKUP_FUNCTION_SIGNATURES: &[&str] = &[
     "mobius_backbone_service_tenant(text)",
     "mobius_backbone_registration_tenant(text)",
     "mobius_backbone_revoked_tokens_since(timestamptz)",
+    "mobius_software_stale_install_tenants(timestamptz)",
 ];
 
 /// The tenant of the current transaction, or NULL (never an error) when

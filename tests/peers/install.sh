@@ -2,7 +2,7 @@
 # tests/peers/install.sh: installs the real peers the tests start, when
 # missing: the npm packages in tests/peers (oidc-provider, pinned by
 # package-lock.json) and the Python ones in tests/peers/requirements.txt
-# (moto_server, aiosmtpd) in a venv at $MOBIUS_PEERS_VENV
+# (moto_server, aiosmtpd, pysaml2 for tests/peers/saml_idp.py) in a venv at $MOBIUS_PEERS_VENV
 # (default /var/cache/mobius/peers-venv). Runs in well under a second when
 # everything is present. tests/run.sh and .ci/run call it; it needs node,
 # npm and python3 with venv (.ci/run installs those from Debian).

@@ -1,5 +1,5 @@
 //! The cloud edition end to end, with the real `mobius-server-cloud`
-//! binary (built with its default features `billing` and `kms`) on
+//! binary (built with its default features `billing`, `kms` and `saml`) on
 //! Postgres:
 //!
 //! - Stripe webhooks, signed exactly as Stripe signs them (HMAC-SHA256 of

@@ -331,6 +331,74 @@ async fn agents_reconnecting_at_once_after_a_restart_are_all_served() {
     }
 }
 
+/// The push-stream scenarios: plan-fanout still answers every execution
+/// (its stream reader now also answers live queries), and serve-queries
+/// holds every agent's stream and report connection for its duration
+/// without a failed request.
+#[tokio::test]
+async fn simulated_agents_hold_streams_for_plans_and_queries() {
+    const STREAMING: usize = 20;
+    let db = TestDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(
+        dir.path(),
+        &["--database-url", db.owner_url().expose_secret()],
+        &[],
+    );
+    let http = reqwest::Client::new();
+    let (access, token) = owner_and_token(&http, &server, STREAMING).await;
+    let identities = dir.path().join("identities.json");
+    let identities_arg = identities.to_str().unwrap();
+    let device_url = format!("https://{}", server.device_addr);
+    let admin_url = server.url("");
+    let agents = STREAMING.to_string();
+    let common = [
+        "--server",
+        &device_url,
+        "--token",
+        &token,
+        "--identities",
+        identities_arg,
+        "--admin",
+        admin_url.trim_end_matches('/'),
+        "--admin-token",
+        &access,
+    ];
+
+    let mut args = common.to_vec();
+    args.extend(["plan-fanout", "--agents", &agents, "--wait", "30"]);
+    let (status, report) = loadgen(&args).await;
+    assert!(status.success(), "{status:?}: {report}");
+    let fanout = report["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["phase"] == "plan-fanout")
+        .expect("a plan-fanout phase")
+        .clone();
+    assert_eq!(fanout["ok"], STREAMING, "{fanout}");
+    assert_eq!(fanout["errors"], 0, "{fanout}");
+
+    let mut args = common.to_vec();
+    args.extend(["serve-queries", "--agents", &agents, "--duration", "1"]);
+    let (status, report) = loadgen(&args).await;
+    assert!(status.success(), "{status:?}: {report}");
+    let phases = report["phases"].as_array().unwrap();
+    let named = |name: &str| {
+        phases
+            .iter()
+            .find(|p| p["phase"] == name)
+            .unwrap_or_else(|| panic!("no {name} phase: {report}"))
+            .clone()
+    };
+    assert_eq!(named("stream-connect")["ok"], STREAMING);
+    assert_eq!(named("report-connect")["ok"], STREAMING);
+    let answers = named("query-answers");
+    assert_eq!(answers["agents"], STREAMING);
+    // Nothing pushed a query, and no stream broke while held.
+    assert_eq!(answers["errors"], 0, "{answers}");
+}
+
 /// Runs mobius-loadgen with `args` and --json in the background.
 fn spawn_loadgen(args: &[&str]) -> tokio::process::Child {
     tokio::process::Command::new(workspace_binary("mobius-loadgen"))

@@ -299,7 +299,7 @@ async fn each_job_runs_once_per_period_while_replicas_come_and_go() {
     let mut cluster = Cluster::new().await;
     let periods = [(
         "MOBIUS_JOB_PERIODS_SECS",
-        "{purge-expired=3,prune-cluster=3}",
+        "{purge-expired=3,prune-cluster=3,purge-plan-logs=3}",
     )];
     let a = cluster.start(&periods);
     let b = cluster.start(&periods);
@@ -314,7 +314,7 @@ async fn each_job_runs_once_per_period_while_replicas_come_and_go() {
         events.extend(server.log_events());
     }
     let mut logged_runs = std::collections::HashMap::new();
-    for job in ["purge-expired", "prune-cluster"] {
+    for job in ["purge-expired", "prune-cluster", "purge-plan-logs"] {
         let starts = job_starts(&events, job);
         logged_runs.insert(job, starts.len() as i64);
         // Every run any replica made, spaced at least a period apart.

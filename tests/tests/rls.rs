@@ -108,6 +108,55 @@ async fn two_populated_tenants(store: &Store) -> (Uuid, Uuid) {
             .report(&actor, device.id, &report, 1 << 20)
             .await
             .unwrap();
+        scope
+            .software()
+            .replace_inventory(
+                &actor,
+                device.id,
+                &[mobius_api::software::InstalledPackage {
+                    source: "deb".into(),
+                    name: "tool".into(),
+                    version: "1.0".into(),
+                }],
+            )
+            .await
+            .unwrap();
+        // The software catalog: a title, a version and an install.
+        let (_, version) = scope
+            .software()
+            .add_version(
+                &actor,
+                mobius_core::software::NewVersion {
+                    name: "tool".into(),
+                    version: "1.0".into(),
+                    platform: "linux".into(),
+                    installer_kind: "sh".into(),
+                    file_name: "tool.sh".into(),
+                    storage_key: format!("{}/tool", tenant.id.simple()),
+                    size_bytes: 1,
+                    sha256: "0".repeat(64),
+                    install_script: Some("true".into()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        scope
+            .software()
+            .install(
+                &actor,
+                &signer,
+                mobius_core::software::InstallSpec {
+                    version_id: version.id,
+                    targets: mobius_core::plans::PlanTargets {
+                        device_ids: vec![device.id],
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
         scope.devices().revoke(&actor, device.id).await.unwrap();
         let pki = Pki::new(
             Arc::new(LocalSealer::new(&[3u8; 32])),
@@ -191,6 +240,33 @@ async fn two_populated_tenants(store: &Store) -> (Uuid, Uuid) {
             )
             .await
             .unwrap();
+        // SAML: a configuration and an AuthnRequest in flight.
+        scope
+            .sso()
+            .put_saml_config(
+                &actor,
+                mobius_core::identity::sso::saml::SamlConfigInput {
+                    idp_metadata_xml: "<EntityDescriptor/>".into(),
+                    idp_metadata_url: None,
+                    email_attribute: None,
+                    name_attribute: None,
+                    groups_attribute: None,
+                    group_roles: Vec::new(),
+                    allowed_email_domains: Vec::new(),
+                    jit_enabled: false,
+                    default_role: Role::Observer,
+                    allow_idp_initiated: false,
+                    enabled: true,
+                },
+                &FixedIdpMetadata,
+            )
+            .await
+            .unwrap();
+        scope
+            .sso()
+            .record_saml_request(&format!("relay-{slug}"), "_request", "/")
+            .await
+            .unwrap();
         // The backbone: a service (with its token), a principal (which
         // creates the tenant's sealed master secret) and a grant.
         let sealer = LocalSealer::new(&[3u8; 32]);
@@ -241,6 +317,59 @@ async fn two_populated_tenants(store: &Store) -> (Uuid, Uuid) {
         .await
         .unwrap();
     (ids[0], ids[1])
+}
+
+/// Stands in for the cloud edition's SAML engine (this crate does not
+/// link samael): only so `put_saml_config` can write a row for the
+/// isolation checks; SAML itself is tested in `sso.rs` with the real one.
+struct FixedIdpMetadata;
+
+impl mobius_core::identity::sso::saml::SamlProtocol for FixedIdpMetadata {
+    fn describe(&self) -> String {
+        "fixed IdP metadata (RLS fixture)".into()
+    }
+
+    fn parse_idp_metadata(
+        &self,
+        _: &str,
+    ) -> Result<mobius_core::identity::sso::saml::IdpMetadata, String> {
+        Ok(mobius_core::identity::sso::saml::IdpMetadata {
+            entity_id: "https://idp.example.com".into(),
+            sso_url: "https://idp.example.com/sso".into(),
+            signing_certs_der: vec![vec![1, 2, 3]],
+        })
+    }
+
+    fn sp_metadata(
+        &self,
+        _: &mobius_core::identity::sso::saml::ServiceProviderUrls,
+    ) -> Result<String, String> {
+        Err("not used by the RLS checks".into())
+    }
+
+    fn authn_request(
+        &self,
+        _: &mobius_core::identity::sso::saml::ServiceProviderUrls,
+        _: &str,
+        _: &str,
+    ) -> Result<mobius_core::identity::sso::saml::AuthnRequest, String> {
+        Err("not used by the RLS checks".into())
+    }
+
+    fn verify_response(
+        &self,
+        _: &mobius_core::identity::sso::saml::ServiceProviderUrls,
+        _: &str,
+        _: &str,
+        _: mobius_core::identity::sso::saml::Expected<'_>,
+    ) -> Result<
+        mobius_core::identity::sso::saml::VerifiedAssertion,
+        mobius_core::identity::sso::SsoError,
+    > {
+        Err(mobius_core::identity::sso::SsoError::InvalidAssertion(
+            "not used by the RLS checks".into(),
+        ))
+    }
 }
 
 async fn count(conn: &mut PgConnection, sql: String) -> i64 {

@@ -745,3 +745,623 @@ async fn the_cli_signs_in_through_the_identity_provider() {
     assert_eq!(config["hasClientSecret"], true);
     assert!(!shown.contains("mobius-secret"), "{shown}");
 }
+
+/// SAML single sign-on end to end: the real `mobius-server-cloud` (the
+/// edition with the samael engine) against a real SAML IdP (pysaml2 with
+/// Debian xmlsec1, `tests/peers/saml_idp.py`), the browser's part (the
+/// redirect to the IdP, the auto-posted form back) driven over HTTP.
+mod saml {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Child, Command, Stdio};
+
+    use mobius_tests::{ServerProcess, TestDatabase};
+    use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
+    use secrecy::ExposeSecret;
+    use serde_json::{Value, json};
+
+    use super::{OWNER_PASSWORD, cookie, graphql};
+
+    const OWNER: &str = "owner@saml.test";
+
+    /// The pysaml2 IdP process; killed on drop.
+    struct SamlIdp {
+        child: Child,
+        base: String,
+    }
+
+    impl Drop for SamlIdp {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    impl SamlIdp {
+        fn start() -> SamlIdp {
+            let venv = std::env::var("MOBIUS_PEERS_VENV")
+                .unwrap_or_else(|_| "/var/cache/mobius/peers-venv".to_owned());
+            let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/saml_idp.py");
+            let mut child = Command::new(format!("{venv}/bin/python"))
+                .arg(script)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start tests/peers/saml_idp.py (run tests/peers/install.sh for pysaml2)");
+            let stdout = child.stdout.take().expect("piped stdout");
+            let mut lines = BufReader::new(stdout).lines();
+            let base = loop {
+                let line = lines
+                    .next()
+                    .expect("saml_idp.py exited before listening (is pysaml2 installed?)")
+                    .expect("read saml_idp.py output");
+                if let Some(base) = line.strip_prefix("listening on ") {
+                    break base.trim().to_owned();
+                }
+            };
+            std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+            SamlIdp { child, base }
+        }
+    }
+
+    struct Cloud {
+        server: ServerProcess,
+        _db: TestDatabase,
+        _dir: tempfile::TempDir,
+        http: reqwest::Client,
+        token: String,
+    }
+
+    impl Cloud {
+        async fn start(config: &str) -> Cloud {
+            let db = TestDatabase::create().await;
+            let dir = tempfile::tempdir().unwrap();
+            let config_path = dir.path().join("cloud.toml");
+            std::fs::write(&config_path, config).unwrap();
+            let server = ServerProcess::start_binary(
+                "mobius-server-cloud",
+                dir.path(),
+                &[
+                    "--database-url",
+                    db.owner_url().expose_secret(),
+                    "--config",
+                    config_path.to_str().unwrap(),
+                ],
+                &[],
+            );
+            let http = reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap();
+            let code = server.setup_code.clone().expect("setup code");
+            let setup = graphql(
+                &http,
+                &server,
+                None,
+                "mutation($i: SetupInput!) { setup(input: $i) { accessToken } }",
+                json!({ "i": { "code": code, "email": OWNER, "password": OWNER_PASSWORD, "displayName": "Owner" } }),
+            )
+            .await;
+            let token = setup["data"]["setup"]["accessToken"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{setup}"))
+                .to_owned();
+            Cloud {
+                server,
+                _db: db,
+                _dir: dir,
+                http,
+                token,
+            }
+        }
+
+        async fn gql(&self, query: &str, variables: Value) -> Value {
+            graphql(
+                &self.http,
+                &self.server,
+                Some(&self.token),
+                query,
+                variables,
+            )
+            .await
+        }
+
+        async fn put_config(&self, body: Value) -> (u16, Value) {
+            let response = self
+                .http
+                .put(self.server.url("/api/v1/mobius/sso/saml/config"))
+                .bearer_auth(&self.token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (status, response.json().await.unwrap_or(Value::Null))
+        }
+
+        async fn audit(&self, action: &str) -> Vec<Value> {
+            let answer = self
+                .gql(
+                    "{ auditEvents(last: 200) { nodes { action details } } }",
+                    json!({}),
+                )
+                .await;
+            answer["data"]["auditEvents"]["nodes"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{answer}"))
+                .iter()
+                .filter(|e| e["action"] == action)
+                .cloned()
+                .collect()
+        }
+
+        async fn user_emails(&self) -> Vec<String> {
+            let answer = self.gql("{ users { nodes { email } } }", json!({})).await;
+            answer["data"]["users"]["nodes"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{answer}"))
+                .iter()
+                .map(|u| u["email"].as_str().unwrap().to_owned())
+                .collect()
+        }
+
+        /// SP-initiated: asks Mobius to start, checks the AuthnRequest
+        /// redirect, and lets the IdP answer with `idp_params` (`case`,
+        /// `email`, `groups`). Returns the ACS URL and form fields.
+        async fn sp_initiated(
+            &self,
+            idp: &SamlIdp,
+            idp_params: &str,
+        ) -> (String, Vec<(String, String)>) {
+            let start = self
+                .http
+                .get(
+                    self.server
+                        .url("/api/v1/mobius/sso/default/saml/login?redirect_to=/devices"),
+                )
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(start.status(), 303, "login redirects to the IdP");
+            let location = start.headers()[LOCATION].to_str().unwrap().to_owned();
+            assert!(
+                location.starts_with(&format!("{}/sso?", idp.base)),
+                "{location}"
+            );
+            assert!(location.contains("SAMLRequest="), "{location}");
+            assert!(location.contains("RelayState="), "{location}");
+            idp_form(&self.http, &format!("{location}&{idp_params}")).await
+        }
+
+        async fn post_acs(&self, acs: &str, fields: &[(String, String)]) -> reqwest::Response {
+            let body = url::form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(fields)
+                .finish();
+            self.http
+                .post(acs)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+        }
+
+        /// The signed-in viewer behind an ACS answer's session cookies.
+        async fn viewer(&self, response: &reqwest::Response) -> Value {
+            let refresh = cookie(response, "mobius_refresh").expect("refresh cookie");
+            let csrf = cookie(response, "mobius_csrf").expect("csrf cookie");
+            let answer: Value = self
+                .http
+                .post(self.server.url("/api/graphql"))
+                .header(COOKIE, format!("mobius_refresh={refresh}; mobius_csrf={csrf}"))
+                .header("x-csrf-token", csrf)
+                .json(&json!({ "query": "mutation { refreshSession { user { email role displayName } } }" }))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert!(answer["errors"].is_null(), "{answer}");
+            answer["data"]["refreshSession"]["user"].clone()
+        }
+    }
+
+    /// Reads the IdP's auto-post form: its action and hidden fields.
+    async fn idp_form(http: &reqwest::Client, url: &str) -> (String, Vec<(String, String)>) {
+        let response = http.get(url).send().await.unwrap();
+        let status = response.status();
+        let page = response.text().await.unwrap();
+        assert_eq!(status, 200, "{page}");
+        let attr = |tag: &str, name: &str| {
+            let at = tag.find(&format!("{name}=\""))? + name.len() + 2;
+            let end = tag[at..].find('"')? + at;
+            Some(tag[at..end].replace("&amp;", "&").replace("&quot;", "\""))
+        };
+        let form_tag = page.split("<form").nth(1).unwrap();
+        let action = attr(form_tag, "action").unwrap();
+        let fields = page
+            .split("<input")
+            .skip(1)
+            .filter_map(|tag| Some((attr(tag, "name")?, attr(tag, "value")?)))
+            .collect();
+        (action, fields)
+    }
+
+    /// Asserts a refusal: status 401, the message, no session cookie.
+    async fn refused(response: reqwest::Response, needle: &str) -> Value {
+        let status = response.status().as_u16();
+        assert!(
+            response
+                .headers()
+                .get_all(SET_COOKIE)
+                .iter()
+                .next()
+                .is_none(),
+            "a refused response sets no cookie"
+        );
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, 401, "{body}");
+        assert_eq!(body["error"]["code"], "UNAUTHENTICATED", "{body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(needle),
+            "expected `{needle}` in: {message}"
+        );
+        body
+    }
+
+    #[tokio::test]
+    async fn saml_sign_in_against_a_pysaml2_idp() {
+        let idp = SamlIdp::start();
+        let cloud = Cloud::start("").await;
+
+        // The SP metadata the IdP admin needs: entity id and ACS.
+        let metadata = cloud
+            .http
+            .get(cloud.server.url("/api/v1/mobius/sso/default/saml/metadata"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(metadata.status(), 200);
+        let metadata = metadata.text().await.unwrap();
+        let acs_url = cloud.server.url("/api/v1/mobius/sso/default/saml/acs");
+        assert!(
+            metadata.contains(&format!(
+                "entityID=\"{}\"",
+                cloud.server.url("/api/v1/mobius/sso/default/saml/metadata")
+            )),
+            "{metadata}"
+        );
+        assert!(
+            metadata.contains(&format!("Location=\"{acs_url}\"")),
+            "{metadata}"
+        );
+        assert!(!metadata.contains("SingleLogoutService"), "{metadata}");
+
+        // Not configured yet: sign-in says so.
+        let early = cloud
+            .http
+            .get(cloud.server.url("/api/v1/mobius/sso/default/saml/login"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(early.status(), 404);
+
+        // Bad metadata is refused with a field.
+        let (status, body) = cloud
+            .put_config(json!({ "metadata_xml": "<not-metadata/>" }))
+            .await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["error"]["code"], "BAD_USER_INPUT");
+
+        // Configure from the IdP's metadata URL.
+        let (status, config) = cloud
+            .put_config(json!({
+                "metadata_url": format!("{}/metadata", idp.base),
+                "groups_attribute": "groups",
+                "name_attribute": "displayName",
+                "group_roles": [{ "group": "mobius-admins", "role": "admin" }],
+                "allowed_email_domains": ["example.com"],
+                "jit_enabled": true,
+                "default_role": "observer",
+            }))
+            .await;
+        assert_eq!(status, 200, "{config}");
+        assert_eq!(config["idp_entity_id"], format!("{}/metadata", idp.base));
+        assert_eq!(config["idp_cert_fingerprints"].as_array().unwrap().len(), 1);
+        assert_eq!(config["acs_url"], acs_url);
+        assert_eq!(config["allow_idp_initiated"], false);
+        assert_eq!(cloud.audit("sso.saml_configured").await.len(), 1);
+
+        // 1. A good signed response: JIT user with the mapped role, a
+        //    session, an audit event.
+        let (acs, fields) = cloud
+            .sp_initiated(
+                &idp,
+                "case=good&email=ada@example.com&groups=mobius-admins&name=Ada",
+            )
+            .await;
+        assert_eq!(acs, acs_url);
+        let response = cloud.post_acs(&acs, &fields).await;
+        assert_eq!(response.status(), 303, "{:?}", response.headers());
+        assert_eq!(response.headers()[LOCATION], "/devices");
+        let viewer = cloud.viewer(&response).await;
+        assert_eq!(viewer["email"], "ada@example.com");
+        assert_eq!(viewer["role"], "ADMIN");
+        assert_eq!(viewer["displayName"], "Ada");
+        let signed_in = cloud.audit("user.sso_signed_in").await;
+        assert_eq!(signed_in.len(), 1);
+        assert_eq!(signed_in[0]["details"]["protocol"], "saml");
+        assert_eq!(signed_in[0]["details"]["provisioned"], true);
+
+        // 2. The same form posted again: its request was answered.
+        let again = cloud.post_acs(&acs, &fields).await;
+        refused(again, "unsolicited").await;
+
+        // 3. Each forged or stale response is refused, audited, no session.
+        let cases = [
+            ("unsigned", "not signed by the IdP's configured certificate"),
+            (
+                "other-key",
+                "not signed by the IdP's configured certificate",
+            ),
+            ("wrapped", "exactly one is accepted"),
+            ("expired", "expired"),
+            ("audience", "another audience"),
+            ("recipient", "Recipient is not this tenant's ACS URL"),
+        ];
+        for (case, needle) in cases {
+            let before = cloud.audit("sso.sign_in_refused").await.len();
+            let (acs, fields) = cloud
+                .sp_initiated(
+                    &idp,
+                    &format!("case={case}&email=mallory@example.com&groups=mobius-admins"),
+                )
+                .await;
+            refused(cloud.post_acs(&acs, &fields).await, needle).await;
+            let refusals = cloud.audit("sso.sign_in_refused").await;
+            assert_eq!(refusals.len(), before + 1, "{case}: one refusal audited");
+            assert!(
+                refusals.iter().any(|e| e["details"]["protocol"] == "saml"
+                    && e["details"]["reason"] == "invalid_assertion"
+                    && e["details"]["message"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .contains(needle)),
+                "{case}: {refusals:?}"
+            );
+        }
+        assert!(
+            !cloud
+                .user_emails()
+                .await
+                .iter()
+                .any(|e| e.starts_with("mallory")),
+            "no forged response created a user"
+        );
+
+        // InResponseTo: a response to one sign-in, posted with the
+        // RelayState of another, answers a request it was not made for.
+        let other = cloud
+            .http
+            .get(cloud.server.url("/api/v1/mobius/sso/default/saml/login"))
+            .send()
+            .await
+            .unwrap();
+        let other_location = url::Url::parse(other.headers()[LOCATION].to_str().unwrap()).unwrap();
+        let other_relay = other_location
+            .query_pairs()
+            .find(|(k, _)| k == "RelayState")
+            .map(|(_, v)| v.into_owned())
+            .unwrap();
+        let (acs, mut fields) = cloud
+            .sp_initiated(&idp, "case=good&email=carol@example.com")
+            .await;
+        for (name, value) in fields.iter_mut() {
+            if name == "RelayState" {
+                *value = other_relay.clone();
+            }
+        }
+        refused(
+            cloud.post_acs(&acs, &fields).await,
+            "does not answer the sign-in this server started",
+        )
+        .await;
+
+        // An XML comment slipped into the signed NameID and email must
+        // not shorten `eve@example.com.evil.test` to `eve@example.com`
+        // (the 2018 comment-truncation bug of several SAML libraries).
+        // The signature alone still verifies (`xmlsec1 --verify` accepts
+        // it: comments are outside the canonical form), but samael's
+        // reduction to the verified content refuses the altered element.
+        let (acs, fields) = cloud
+            .sp_initiated(&idp, "case=comment&email=eve@example.com.evil.test&cut=15")
+            .await;
+        refused(
+            cloud.post_acs(&acs, &fields).await,
+            "not signed by the IdP's configured certificate",
+        )
+        .await;
+        assert!(
+            !cloud
+                .user_emails()
+                .await
+                .iter()
+                .any(|e| e.starts_with("eve")),
+            "no user from the comment trick"
+        );
+
+        // 4. IdP-initiated is off: an unsolicited good response is refused.
+        let unsolicited_url = format!(
+            "{}/unsolicited?acs={}&audience={}&case=good&email=bob@example.com",
+            idp.base,
+            acs_url,
+            cloud.server.url("/api/v1/mobius/sso/default/saml/metadata"),
+        );
+        let (acs, fields) = idp_form(&cloud.http, &unsolicited_url).await;
+        refused(
+            cloud.post_acs(&acs, &fields).await,
+            "IdP-initiated sign-in is off",
+        )
+        .await;
+
+        // 5. Turned on (through the CLI, GraphQL `setSamlConfig`), it signs
+        //    in; the same response replayed is refused by the assertion-id
+        //    replay cache.
+        let metadata_file = tempfile::NamedTempFile::new().unwrap();
+        let idp_metadata = cloud
+            .http
+            .get(format!("{}/metadata", idp.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        std::fs::write(metadata_file.path(), idp_metadata).unwrap();
+        let output = Command::new(mobius_tests::workspace_binary("mobius"))
+            .args(["-o", "json", "sso", "saml", "set", "--metadata"])
+            .arg(metadata_file.path())
+            .args([
+                "--jit",
+                "--allow-idp-initiated",
+                "--group-role",
+                "mobius-admins=admin",
+            ])
+            .env("MOBIUS_SERVER", cloud.server.url(""))
+            .env("MOBIUS_TOKEN", &cloud.token)
+            .env("MOBIUS_CONFIG_DIR", cloud._dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let set: Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(set["allowIdpInitiated"], true, "{set}");
+        assert_eq!(set["idpMetadataUrl"], Value::Null, "{set}");
+        assert_eq!(set["acsPath"], "/api/v1/mobius/sso/default/saml/acs");
+        let read = cloud
+            .gql(
+                "{ samlConfig { allowIdpInitiated jitEnabled groupRoles { group role } } }",
+                json!({}),
+            )
+            .await;
+        assert_eq!(
+            read["data"]["samlConfig"]["allowIdpInitiated"], true,
+            "{read}"
+        );
+        assert_eq!(
+            read["data"]["samlConfig"]["groupRoles"][0]["role"], "ADMIN",
+            "{read}"
+        );
+        // Without metadata the CLI refuses before asking the server.
+        let missing = Command::new(mobius_tests::workspace_binary("mobius"))
+            .args(["sso", "saml", "set", "--jit"])
+            .env("MOBIUS_SERVER", cloud.server.url(""))
+            .env("MOBIUS_TOKEN", &cloud.token)
+            .output()
+            .unwrap();
+        assert!(!missing.status.success());
+        assert!(
+            String::from_utf8_lossy(&missing.stderr).contains("--metadata"),
+            "{}",
+            String::from_utf8_lossy(&missing.stderr)
+        );
+        let (acs, fields) = idp_form(&cloud.http, &unsolicited_url).await;
+        let response = cloud.post_acs(&acs, &fields).await;
+        assert_eq!(response.status(), 303);
+        assert_eq!(cloud.viewer(&response).await["email"], "bob@example.com");
+        refused(cloud.post_acs(&acs, &fields).await, "already used").await;
+        assert!(
+            cloud
+                .audit("sso.sign_in_refused")
+                .await
+                .iter()
+                .any(|e| e["details"]["reason"] == "replayed"),
+            "the replay is audited"
+        );
+    }
+
+    /// The OSS binary has no SAML engine (samael is cloud-only): its SAML
+    /// endpoints say so instead of pretending to work.
+    #[tokio::test]
+    async fn the_oss_edition_answers_that_saml_is_in_the_cloud_edition() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = ServerProcess::start(dir.path(), &[], &[]);
+        let http = reqwest::Client::new();
+        for path in ["metadata", "login"] {
+            let response = http
+                .get(server.url(&format!("/api/v1/mobius/sso/default/saml/{path}")))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 404, "{path}");
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "NOT_FOUND");
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("cloud edition"),
+                "{body}"
+            );
+        }
+    }
+
+    /// A tenant whose plan lacks SAML gets LICENSE_REQUIRED, naming the
+    /// feature, from every SAML endpoint.
+    #[tokio::test]
+    async fn saml_needs_a_plan_with_it() {
+        let cloud = Cloud::start(
+            r#"
+[billing]
+webhook_secrets = ["whsec_0123456789abcdef0123"]
+
+[billing.free]
+tier = "free"
+device_limit = 5
+features = []
+"#,
+        )
+        .await;
+        let (status, body) = cloud
+            .put_config(json!({ "metadata_xml": "<md:EntityDescriptor/>" }))
+            .await;
+        assert_eq!(status, 402, "{body}");
+        assert_eq!(body["error"]["code"], "LICENSE_REQUIRED");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("SAML single sign-on"), "{message}");
+        assert!(message.contains("premium"), "{message}");
+        let gql = cloud.gql("{ samlConfig { enabled } }", json!({})).await;
+        assert_eq!(
+            gql["errors"][0]["extensions"]["code"], "LICENSE_REQUIRED",
+            "{gql}"
+        );
+        for path in ["metadata", "login"] {
+            let response = cloud
+                .http
+                .get(
+                    cloud
+                        .server
+                        .url(&format!("/api/v1/mobius/sso/default/saml/{path}")),
+                )
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 402, "{path}");
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "LICENSE_REQUIRED", "{path}");
+        }
+        let response = cloud
+            .http
+            .post(cloud.server.url("/api/v1/mobius/sso/default/saml/acs"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("SAMLResponse=PHg%2B")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 402);
+    }
+}

@@ -66,6 +66,26 @@ pub enum Command {
     /// Print the host facts the agent reports to the server.
     Facts(FactsArgs),
 
+    /// Run one read-only SQL query against this host's tables.
+    #[command(
+        long_about = "Run one read-only SQL query against this host's tables, locally, \
+            as a live query from the server would run (for debugging queries and policies).\n\n\
+            The tables follow osquery's names and columns (system_info, os_version, \
+            processes, users, listening_ports, deb_packages, ... and mobius_agent); \
+            `--tables` lists them. Only reading is allowed: writes, ATTACH, \
+            state-changing PRAGMAs and load_extension() are refused, and a query \
+            running past --timeout-ms is stopped. Every value is printed as a string, \
+            NULL as an empty string.\n\n\
+            Exit status: 0 with the rows, 1 with the reason when the query is refused, \
+            invalid or timed out.",
+        after_help = "Examples:\n  \
+            mobius-agent query \"SELECT hostname, cpu_brand, physical_memory FROM system_info\"\n  \
+            mobius-agent query --output json \"SELECT name, version FROM deb_packages WHERE name LIKE 'openssl%'\"\n  \
+            mobius-agent query \"SELECT p.name, l.port FROM listening_ports l JOIN processes p USING (pid)\"\n  \
+            mobius-agent query --tables"
+    )]
+    Query(crate::queries::command::QueryArgs),
+
     /// Make a local HTTP service reachable through the Mobius backbone.
     #[command(
         after_help = "Example:\n  mobius-agent tunnel --server https://backbone.example.com \\\n      --service myapp --to http://127.0.0.1:3000 --token-file /etc/mobius/myapp.token"

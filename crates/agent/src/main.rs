@@ -11,9 +11,11 @@ mod heartbeat;
 mod identity;
 mod logging;
 mod output;
+mod queries;
 mod renewal;
 mod state;
 mod status;
+mod tables;
 #[cfg(test)]
 mod testing;
 mod tls;
@@ -62,6 +64,7 @@ fn main() -> ExitCode {
             Command::Run(args) => heartbeat::run(args).await,
             Command::Status(args) => status::status(args),
             Command::Facts(args) => status::facts(args),
+            Command::Query(args) => queries::command::query(args),
             Command::Tunnel(args) => tunnel::run(args).await,
         }
     });

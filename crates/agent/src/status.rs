@@ -30,6 +30,8 @@ pub struct StatusReport {
     pub last_heartbeat_at: Option<DateTime<Utc>>,
     pub last_heartbeat_ok: Option<bool>,
     pub last_error: Option<String>,
+    /// The agent options bundle last applied (options.json).
+    pub options_version: Option<i64>,
 }
 
 impl StatusReport {
@@ -37,7 +39,9 @@ impl StatusReport {
         let state = dir.load_state()?;
         let certificate = CertificateInfo::from_pem(&dir.read_string(CERT_FILE)?)
             .with_context(|| format!("{CERT_FILE} is unreadable"))?;
-        Ok(StatusReport::new(state, &certificate, now))
+        let mut report = StatusReport::new(state, &certificate, now);
+        report.options_version = crate::queries::options::stored_version(dir);
+        Ok(report)
     }
 
     fn new(state: AgentState, certificate: &CertificateInfo, now: DateTime<Utc>) -> StatusReport {
@@ -55,6 +59,7 @@ impl StatusReport {
             last_heartbeat_at: state.last_heartbeat_at,
             last_heartbeat_ok: state.last_heartbeat_ok,
             last_error: state.last_error,
+            options_version: None,
         }
     }
 
@@ -81,6 +86,11 @@ impl StatusReport {
             ("enrolled", self.enrolled_at.to_rfc3339()),
             ("certificate expires", expiry),
             ("last heartbeat", heartbeat),
+            (
+                "options version",
+                self.options_version
+                    .map_or_else(|| "none yet".to_owned(), |v| v.to_string()),
+            ),
         ];
         rows.iter()
             .map(|(label, value)| format!("{label:<20} {value}\n"))

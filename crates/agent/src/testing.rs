@@ -314,6 +314,7 @@ impl FakeMobius {
                     (200, serde_json::to_string(&response).unwrap())
                 }
                 PING_PATH => ping(pings.fetch_add(1, std::sync::atomic::Ordering::SeqCst)),
+                mobius_api::queries::QUERY_RESULTS_PATH => (204, String::new()),
                 _ => error_body(404, "NOT_FOUND", "no such endpoint"),
             }
         });

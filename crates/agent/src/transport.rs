@@ -107,6 +107,78 @@ impl DeviceClient {
             .await
     }
 
+    /// Asks for a download URL of an install's installer.
+    pub async fn software_download_url(
+        &self,
+        request: &mobius_api::software::DownloadUrlRequest,
+    ) -> Result<mobius_api::software::DownloadUrl, CallError> {
+        self.post(mobius_api::software::DOWNLOAD_URL_PATH, request)
+            .await
+    }
+
+    /// Reports the installed packages.
+    pub async fn software_inventory(
+        &self,
+        report: &mobius_api::software::InventoryReport,
+    ) -> Result<(), CallError> {
+        self.post::<_, serde_json::Value>(mobius_api::software::INVENTORY_PATH, report)
+            .await
+            .map(drop)
+    }
+
+    /// Reports an install's progress.
+    pub async fn software_progress(
+        &self,
+        progress: &mobius_api::software::InstallProgress,
+    ) -> Result<serde_json::Value, CallError> {
+        self.post(mobius_api::software::PROGRESS_PATH, progress)
+            .await
+    }
+
+    /// Starts a download of `path` from byte `from` (a `Range` request
+    /// when `from` > 0). No overall timeout: the caller times out each
+    /// chunk instead, so a large installer on a slow link is not cut.
+    pub async fn download(&self, path: &str, from: u64) -> Result<reqwest::Response, CallError> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.http.get(&url).timeout(STREAM_TIMEOUT);
+        if from > 0 {
+            request = request.header(reqwest::header::RANGE, format!("bytes={from}-"));
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|err| classify_transport_error(&err))?;
+        let status = response.status();
+        if status.is_success() || status == StatusCode::RANGE_NOT_SATISFIABLE {
+            return Ok(response);
+        }
+        let bytes = response.bytes().await.unwrap_or_default();
+        let (code, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(body) => (body.error.code, body.error.message),
+            Err(_) => (format!("HTTP {}", status.as_u16()), "error".to_owned()),
+        };
+        if status.is_server_error() {
+            return Err(CallError::Unreachable(format!(
+                "the server failed: {message} ({code})"
+            )));
+        }
+        Err(CallError::Refused {
+            status,
+            code,
+            message,
+        })
+    }
+
+    /// Answers a live query or policy check; the server answers 204.
+    pub async fn submit_query_result(
+        &self,
+        result: &mobius_api::queries::QueryResult,
+    ) -> Result<(), CallError> {
+        self.post_bytes(mobius_api::queries::QUERY_RESULTS_PATH, result)
+            .await
+            .map(drop)
+    }
+
     /// Opens a long-lived response (the work stream): no overall timeout,
     /// the caller watches for silence instead.
     pub async fn open_stream(&self, path: &str) -> Result<reqwest::Response, CallError> {
@@ -133,6 +205,18 @@ impl DeviceClient {
         path: &str,
         body: &Req,
     ) -> Result<Resp, CallError> {
+        let bytes = self.post_bytes(path, body).await?;
+        serde_json::from_slice(&bytes).map_err(|err| {
+            CallError::Unreachable(format!("unexpected answer from {}{path}: {err}", self.base))
+        })
+    }
+
+    /// A successful answer's body, whatever it holds (204s hold nothing).
+    async fn post_bytes<Req: Serialize>(
+        &self,
+        path: &str,
+        body: &Req,
+    ) -> Result<Vec<u8>, CallError> {
         let url = format!("{}{path}", self.base);
         let response = self
             .http
@@ -147,9 +231,7 @@ impl DeviceClient {
             .await
             .map_err(|err| classify_transport_error(&err))?;
         if status.is_success() {
-            return serde_json::from_slice(&bytes).map_err(|err| {
-                CallError::Unreachable(format!("unexpected answer from {url}: {err}"))
-            });
+            return Ok(bytes.to_vec());
         }
         let (code, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
             Ok(body) => (body.error.code, body.error.message),

@@ -42,3 +42,4 @@ pub mod device;
 pub mod license;
 pub mod plans;
 pub mod queries;
+pub mod software;

@@ -161,6 +161,9 @@ pub enum Command {
     /// Apply, list, follow and cancel plans (work run by agents)
     #[command(subcommand)]
     Plans(crate::commands::plans::PlansCommand),
+    /// Upload, list and install software (installers in the catalog)
+    #[command(subcommand)]
+    Software(crate::commands::software::SoftwareCommand),
 
     /// Run a command on devices and stream its output; exits with the remote exit status
     Run(crate::commands::plans::RunArgs),
@@ -251,6 +254,67 @@ pub enum SsoCommand {
         --client-secret-stdin --allowed-domain acme.com --groups-claim groups \\\n    \
         --group-role mobius-admins=admin --jit --default-role observer")]
     Set(Box<SsoSetArgs>),
+    /// SAML single sign-on (cloud edition, premium)
+    #[command(subcommand)]
+    Saml(SamlCommand),
+}
+
+/// `mobius sso saml`: the tenant's SAML IdP configuration (owners only).
+#[derive(Debug, Subcommand)]
+pub enum SamlCommand {
+    /// Show the configuration and the URLs to give the IdP
+    Get,
+    /// Replace the configuration
+    #[command(after_help = "Example:\n  \
+        mobius sso saml set --metadata-url https://idp.example.com/saml/metadata \\\n    \
+        --groups-attribute groups --group-role mobius-admins=admin --jit \\\n    \
+        --allowed-domain acme.com")]
+    Set(Box<SamlSetArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct SamlSetArgs {
+    /// The IdP metadata XML file
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with = "metadata_url",
+        required_unless_present = "metadata_url"
+    )]
+    pub metadata: Option<std::path::PathBuf>,
+    /// An https URL the server fetches the IdP metadata from (once, now)
+    #[arg(long, value_name = "URL")]
+    pub metadata_url: Option<String>,
+    /// The attribute with the email (default: common names, then the NameID)
+    #[arg(long, value_name = "NAME")]
+    pub email_attribute: Option<String>,
+    /// The attribute with the display name
+    #[arg(long, value_name = "NAME")]
+    pub name_attribute: Option<String>,
+    /// The attribute listing the person's groups
+    #[arg(long, value_name = "NAME")]
+    pub groups_attribute: Option<String>,
+    /// GROUP=ROLE: members of GROUP get ROLE (repeat)
+    #[arg(long = "group-role", value_name = "GROUP=ROLE")]
+    pub group_roles: Vec<String>,
+    /// GROUP=TEAM_ID:TEAM_ROLE: members of GROUP join the team (repeat)
+    #[arg(long = "group-team-role", value_name = "GROUP=TEAM_ID:ROLE")]
+    pub group_team_roles: Vec<String>,
+    /// An email domain allowed to sign in (repeat; none: any)
+    #[arg(long = "allowed-domain", value_name = "DOMAIN")]
+    pub allowed_domains: Vec<String>,
+    /// Create people on their first sign-in
+    #[arg(long)]
+    pub jit: bool,
+    /// The role of people no group matches
+    #[arg(long, default_value = "observer")]
+    pub default_role: String,
+    /// Accept IdP-initiated sign-ins (unsolicited responses)
+    #[arg(long)]
+    pub allow_idp_initiated: bool,
+    /// Store the configuration but turn SAML sign-in off
+    #[arg(long)]
+    pub disabled: bool,
 }
 
 #[derive(Debug, Args)]

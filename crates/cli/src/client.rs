@@ -63,6 +63,21 @@ impl Client {
         &self.server
     }
 
+    /// The bearer token for a REST call (refreshing a saved session that
+    /// has expired), for the few surfaces that are REST (software uploads).
+    pub async fn bearer(&mut self) -> Result<String> {
+        match &self.auth {
+            Auth::Token(token) => Ok(token.expose().to_owned()),
+            Auth::Anonymous { hint } => Err(ApiError::unauthenticated(hint.clone()).into()),
+            Auth::Session { .. } => {
+                if self.saved_access_token_expired() {
+                    self.refresh_session().await?;
+                }
+                Ok(self.saved_access_token().unwrap_or_default().to_owned())
+            }
+        }
+    }
+
     /// Runs an operation that needs credentials and returns `data[field]`.
     pub async fn query<T: DeserializeOwned>(
         &mut self,

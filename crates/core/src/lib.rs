@@ -19,6 +19,7 @@ pub mod licensing;
 pub mod pki;
 pub mod plans;
 pub mod platform;
+pub mod software;
 pub mod tenancy;
 
 pub use db::{Store, StoreError, StoreResult, TenantScope};

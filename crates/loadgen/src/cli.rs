@@ -31,7 +31,8 @@ use clap::{Args, Parser, Subcommand};
         mobius-loadgen --server https://127.0.0.1:8443 --token TOKEN --identities ids.json enroll --duration 60\n  \
         mobius-loadgen --server https://127.0.0.1:8443 --identities ids.json heartbeat --agents 10000 --rate 3500 --duration 60\n  \
         mobius-loadgen --server https://127.0.0.1:8443 --identities ids.json --server-pid 1234 connect --agents 10000 --hold 30\n  \
-        mobius-loadgen --server https://127.0.0.1:8443 --identities ids.json reconnect --agents 10000"
+        mobius-loadgen --server https://127.0.0.1:8443 --identities ids.json reconnect --agents 10000\n  \
+        mobius-loadgen --server https://127.0.0.1:8443 --identities ids.json serve-queries --agents 10000 --duration 120"
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -153,6 +154,14 @@ pub enum Command {
     /// the server memory the held streams cost. Needs --admin and
     /// --admin-token (to apply the plan).
     PlanFanout(PlanFanoutArgs),
+    /// The agent side of a live-query benchmark: every agent holds the
+    /// push stream (plus a connection for its answers) and answers each
+    /// live query or policy check pushed to it with a fixed two-row
+    /// result, for --duration seconds. Run the campaign from the admin
+    /// side once stderr says the agents hold their streams. Reports each
+    /// answer's time from its frame arriving to the server accepting it,
+    /// and the server's CPU and memory over the run.
+    ServeQueries(ServeQueriesArgs),
     /// Every agent opens its push stream (GET work/stream, one mutual-TLS
     /// connection each) and holds it idle, reading the keep-alive frames.
     /// Reports streams opened, streams still open and alive after --hold,
@@ -184,6 +193,22 @@ pub struct StreamsArgs {
     /// Give up waiting for --start-file after this many seconds.
     #[arg(long, default_value_t = 3600, value_name = "SECS")]
     pub start_timeout: u64,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct ServeQueriesArgs {
+    /// Agents (each holds two connections: the stream and one for answers).
+    #[arg(long)]
+    pub agents: usize,
+    /// Connections being set up at once.
+    #[arg(long, default_value_t = 64)]
+    pub connect_concurrency: usize,
+    /// Enrollments in flight at once, for agents --identities lacks.
+    #[arg(long, default_value_t = 32)]
+    pub enroll_concurrency: usize,
+    /// Answer queries for this many seconds once every stream is open.
+    #[arg(long, default_value_t = 60.0, value_name = "SECS")]
+    pub duration: f64,
 }
 
 #[derive(Clone, Debug, Args)]

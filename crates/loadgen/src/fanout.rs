@@ -6,6 +6,9 @@
 //! server acknowledged its SUCCEEDED report (committed), so the phase's
 //! p99 and maximum are the times until 99% and 100% of executions were
 //! SUCCEEDED.
+//!
+//! The same held streams serve the live-query benchmark: every agent
+//! answers each pushed query with a fixed row set ([`serve_queries`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +16,6 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use http_body_util::BodyExt;
 use mobius_api::plans::{
     ExecutionPayload, ExecutionReport, ExecutionStatus, OperationReport, ReportResponse,
     WORK_REPORT_PATH, WORK_STREAM_PATH, WorkFrame,
@@ -24,6 +26,7 @@ use tokio::time::Instant;
 
 use crate::heartbeat::{Agent, for_each_agent, phase, unconnected};
 use crate::identity::Identity;
+use crate::queries::{self, FrameReader};
 use crate::report::{PhaseReport, Recorder};
 use crate::tls::ServerTrust;
 use crate::transport::{Connection, Failure, Target};
@@ -51,16 +54,38 @@ pub async fn run(
     identities: &[Identity],
     args: FanoutArgs<'_>,
 ) -> Result<Vec<PhaseReport>> {
+    let (mut reports, streaming) = connect_streams(
+        target.clone(),
+        trust,
+        identities,
+        args.connect_concurrency,
+        args.server_pid,
+    )
+    .await?;
+    let count = streaming.len();
+    reports.push(fan_out(target, streaming, &args, count).await?);
+    Ok(reports)
+}
+
+/// Phases 1 and 2: every agent opens its work stream, then the
+/// connection it reports on.
+async fn connect_streams(
+    target: Arc<Target>,
+    trust: &ServerTrust,
+    identities: &[Identity],
+    connect_concurrency: usize,
+    server_pid: Option<u32>,
+) -> Result<(Vec<PhaseReport>, Vec<Streaming>)> {
     let agents = unconnected(trust, identities)?;
     let count = agents.len();
 
     // Phase 1: open every agent's work stream.
     let recorder = Arc::new(Recorder::new()?);
-    let watch = Watch::start(args.server_pid);
+    let watch = Watch::start(server_pid);
     let started = Instant::now();
     let streams: Arc<std::sync::Mutex<Vec<Option<hyper::body::Incoming>>>> =
         Arc::new(std::sync::Mutex::new((0..count).map(|_| None).collect()));
-    let agents = for_each_agent(agents, Some(args.connect_concurrency), |agent| {
+    let agents = for_each_agent(agents, Some(connect_concurrency), |agent| {
         let target = target.clone();
         let recorder = recorder.clone();
         let streams = streams.clone();
@@ -97,9 +122,9 @@ pub async fn run(
 
     // Phase 2: the report connections.
     let recorder = Arc::new(Recorder::new()?);
-    let watch = Watch::start(args.server_pid);
+    let watch = Watch::start(server_pid);
     let started = Instant::now();
-    let agents = for_each_agent(agents, Some(args.connect_concurrency), |mut agent| {
+    let agents = for_each_agent(agents, Some(connect_concurrency), |mut agent| {
         let target = target.clone();
         let recorder = recorder.clone();
         async move {
@@ -135,8 +160,17 @@ pub async fn run(
             Streaming { agent, body }
         })
         .collect();
+    Ok((reports, streaming))
+}
 
-    // Phase 3: one plan to all; each agent answers its execution.
+/// Phase 3: one plan to all; each agent answers its execution (and any
+/// live query that arrives meanwhile).
+async fn fan_out(
+    target: Arc<Target>,
+    streaming: Vec<Streaming>,
+    args: &FanoutArgs<'_>,
+    count: usize,
+) -> Result<PhaseReport> {
     let device_ids: Vec<String> = streaming
         .iter()
         .map(|s| URL_SAFE_NO_PAD.encode(format!("Device:{}", s.agent.identity.device_id)))
@@ -151,29 +185,28 @@ pub async fn run(
         let deadline = args.wait;
         tasks.spawn(async move {
             let Streaming { mut agent, body } = s;
-            let Some(mut body) = body else {
+            let Some(body) = body else {
                 recorder.error("no stream");
                 return;
             };
             let answered = tokio::time::timeout(deadline, async {
-                let mut pending = Vec::new();
+                let mut frames = FrameReader::new(body);
                 loop {
-                    let Some(frame) = body.frame().await else {
-                        return Err(Failure("stream: closed".into()));
-                    };
-                    let frame = frame.map_err(|e| Failure::new("stream", e))?;
-                    let Some(data) = frame.data_ref() else {
-                        continue;
-                    };
-                    pending.extend_from_slice(data);
-                    while let Some(end) = pending.iter().position(|b| *b == b'\n') {
-                        let line: Vec<u8> = pending.drain(..=end).collect();
-                        if let Ok(WorkFrame::Work(work)) =
-                            serde_json::from_slice::<WorkFrame>(&line[..line.len() - 1])
-                        {
+                    match frames.next().await? {
+                        WorkFrame::Work(work) => {
                             answer(&target, &mut agent, &work.payload, work.execution_id).await?;
-                            return Ok(());
+                            return Ok::<(), Failure>(());
                         }
+                        WorkFrame::Query(request) => {
+                            queries::answer(
+                                &target,
+                                &mut agent,
+                                &request,
+                                std::time::Instant::now(),
+                            )
+                            .await?;
+                        }
+                        _ => {}
                     }
                 }
             })
@@ -197,7 +230,93 @@ pub async fn run(
     let usage_agents: Vec<Agent> = Vec::new();
     let mut fanout = recorder.finish(phase("plan-fanout", &usage_agents, elapsed, None, watch));
     fanout.agents = count;
-    reports.push(fanout);
+    Ok(fanout)
+}
+
+pub struct ServeQueriesArgs {
+    pub connect_concurrency: usize,
+    pub duration: Duration,
+    pub server_pid: Option<u32>,
+}
+
+/// The agent side of a live-query benchmark: every agent holds its work
+/// stream and answers each query pushed to it with the fixed row set,
+/// for `duration`. Whoever runs the campaign (the admin side) measures
+/// the time to results; this reports each answer's time from its frame
+/// arriving to the server accepting the result, and the server's CPU and
+/// memory while it fanned out.
+pub async fn serve_queries(
+    target: Arc<Target>,
+    trust: &ServerTrust,
+    identities: &[Identity],
+    args: ServeQueriesArgs,
+) -> Result<Vec<PhaseReport>> {
+    let (mut reports, streaming) = connect_streams(
+        target.clone(),
+        trust,
+        identities,
+        args.connect_concurrency,
+        args.server_pid,
+    )
+    .await?;
+    let count = streaming.len();
+    let recorder = Arc::new(Recorder::new()?);
+    let watch = Watch::start(args.server_pid);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    let duration = args.duration;
+    for s in streaming {
+        let target = target.clone();
+        let recorder = recorder.clone();
+        tasks.spawn(async move {
+            let Streaming { mut agent, body } = s;
+            let Some(body) = body else {
+                recorder.error("no stream");
+                return;
+            };
+            let mut frames = FrameReader::new(body);
+            let until = tokio::time::sleep(duration);
+            tokio::pin!(until);
+            loop {
+                let frame = tokio::select! {
+                    () = &mut until => return,
+                    frame = frames.next() => frame,
+                };
+                match frame {
+                    Ok(WorkFrame::Query(request)) => {
+                        let received = std::time::Instant::now();
+                        match queries::answer(&target, &mut agent, &request, received).await {
+                            Ok(()) => recorder.ok(received.elapsed()),
+                            Err(failure) => {
+                                agent.connection = None;
+                                recorder.error(failure.0);
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(failure) => {
+                        recorder.error(failure.0);
+                        return;
+                    }
+                }
+            }
+        });
+    }
+    eprintln!(
+        "mobius-loadgen: {count} agents hold their work streams and answer queries for {} s",
+        duration.as_secs()
+    );
+    while tasks.join_next().await.is_some() {}
+    let usage_agents: Vec<Agent> = Vec::new();
+    let mut answers = recorder.finish(phase(
+        "query-answers",
+        &usage_agents,
+        started.elapsed(),
+        None,
+        watch,
+    ));
+    answers.agents = count;
+    reports.push(answers);
     Ok(reports)
 }
 

@@ -6,6 +6,7 @@ mod enroll;
 mod fanout;
 mod heartbeat;
 mod identity;
+mod queries;
 mod report;
 mod streams;
 mod tls;
@@ -21,7 +22,8 @@ use clap::Parser;
 use mobius_api::device::EnrollmentToken;
 
 use crate::cli::{
-    Cli, Command, Common, ConnectArgs, HeartbeatArgs, PlanFanoutArgs, ReconnectArgs, StreamsArgs,
+    Cli, Command, Common, ConnectArgs, HeartbeatArgs, PlanFanoutArgs, ReconnectArgs,
+    ServeQueriesArgs, StreamsArgs,
 };
 use crate::enroll::Stop;
 use crate::heartbeat::{Beat, Pace};
@@ -103,6 +105,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Connect(args) => run.connect(&args, descriptors).await?,
         Command::Reconnect(args) => run.reconnect(&args, descriptors).await?,
         Command::PlanFanout(args) => run.plan_fanout(&args, descriptors).await?,
+        Command::ServeQueries(args) => run.serve_queries(&args, descriptors).await?,
         Command::Streams(args) => run.streams(&args, descriptors).await?,
     }
 
@@ -379,6 +382,31 @@ impl Run {
                 ready_file: args.ready_file.as_deref(),
                 start_file: args.start_file.as_deref(),
                 start_timeout: Duration::from_secs(args.start_timeout),
+                server_pid: self.common.server_pid,
+            },
+        )
+        .await?;
+        self.report.phases.extend(phases);
+        Ok(())
+    }
+
+    async fn serve_queries(&mut self, args: &ServeQueriesArgs, descriptors: u64) -> Result<()> {
+        // Two connections per agent: the stream and the answers.
+        check_descriptors(args.agents * 2, descriptors)?;
+        let trust = self
+            .prepare(args.agents, args.enroll_concurrency, descriptors)
+            .await?;
+        eprintln!(
+            "mobius-loadgen: {} agents open their work streams ({} at once)",
+            args.agents, args.connect_concurrency
+        );
+        let phases = fanout::serve_queries(
+            self.target.clone(),
+            &trust,
+            &self.fleet.agents[..args.agents],
+            fanout::ServeQueriesArgs {
+                connect_concurrency: args.connect_concurrency,
+                duration: Duration::from_secs_f64(args.duration.max(0.0)),
                 server_pid: self.common.server_pid,
             },
         )

@@ -186,6 +186,22 @@ impl Connection {
         serde_json::from_slice(&bytes).map_err(|_| Failure::new("answer", "unreadable JSON"))
     }
 
+    /// POSTs `body` as JSON where the answer has no body (204).
+    pub async fn post_accepted<Req: Serialize>(
+        &mut self,
+        target: &Target,
+        path: &str,
+        body: &Req,
+    ) -> Result<(), Failure> {
+        let json = serde_json::to_vec(body).map_err(|e| Failure::new("request", e))?;
+        let request = target.request(Method::POST, path, Bytes::from(json))?;
+        let (status, bytes) = self.send(request).await?;
+        if !status.is_success() {
+            return Err(refusal(status, &bytes));
+        }
+        Ok(())
+    }
+
     /// GETs a long-lived response (the work stream) and hands back its
     /// body to read frame by frame; the connection is busy until it ends.
     pub async fn open_stream(

@@ -70,6 +70,10 @@ pub struct EditionServices {
     /// Whether this edition offers self sign-up of tenants (cloud only);
     /// it is on when `signup_enabled` is also set.
     pub self_signup: bool,
+    /// The SAML protocol engine (cloud: samael with xmlsec). `None` in an
+    /// edition without one: the SAML routes answer that this edition has
+    /// no SAML.
+    pub saml: Option<Arc<dyn mobius_core::identity::sso::saml::SamlProtocol>>,
 }
 
 /// Which implementation an edition uses for each service, for the
@@ -184,6 +188,7 @@ impl EditionProvider for LocalServices {
             // OSS is single-tenant: no operator above its one tenant.
             platform_operator: false,
             self_signup: false,
+            saml: None,
         })
     }
 }

@@ -13,6 +13,7 @@ pub mod jobs;
 pub mod mail;
 pub mod serve;
 pub mod settings;
+pub mod software;
 pub mod telemetry;
 
 pub use edition::{Edition, EditionServices};

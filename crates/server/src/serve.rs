@@ -79,6 +79,7 @@ struct DeviceSide {
     revocation_lookback: chrono::Duration,
     plans: crate::device::PlanServices,
     plan_log_retention_days: u32,
+    software_install_pending_days: u32,
 }
 
 impl Server {
@@ -164,6 +165,7 @@ impl Server {
             events: crate::device::PlanEvents::default(),
             log_cap_bytes: settings.plan_log_cap_bytes,
         };
+        let software = crate::software::SoftwareServices::from_settings(settings)?;
         let pki = Arc::new(Pki::new(sealer, certificate_ttl));
         {
             let scope = store
@@ -223,6 +225,7 @@ impl Server {
                 ))
             }),
             plans: plans.clone(),
+            software: software.clone(),
         };
         let device_listener = TcpListener::bind(settings.device_listen)
             .await
@@ -242,6 +245,7 @@ impl Server {
             revocation_lookback: certificate_ttl,
             plans: plans.clone(),
             plan_log_retention_days: settings.plan_log_retention_days,
+            software_install_pending_days: settings.software_install_pending_days,
         };
         let signup = match (settings.signup_enabled, services.self_signup) {
             (true, true) => {
@@ -302,7 +306,8 @@ impl Server {
                 sealer: services.sealer.clone(),
                 entitlements: services.entitlements.clone(),
                 signup: signup.clone(),
-                plans,
+                plans: plans.clone(),
+                saml: services.saml.clone(),
             })),
             store: store.clone(),
             identity,
@@ -318,6 +323,8 @@ impl Server {
             store.clone(),
             identity_for_sso,
             services.sealer.clone(),
+            services.saml.clone(),
+            services.entitlements.clone(),
             settings,
         )?);
         let platform = match (
@@ -344,8 +351,15 @@ impl Server {
             (Some(platform), Some(signup)) => Some(platform.merge(signup)),
             (platform, signup) => platform.or(signup),
         };
+        let software_rest =
+            crate::software::rest::router(crate::software::rest::SoftwareRestState {
+                graphql: graphql.clone(),
+                software: software.clone(),
+                plans: plans.clone(),
+            });
         let router = router::router_with(state, settings, Some(graphql), rest, tenant_routes)
-            .merge(services.routes);
+            .merge(services.routes)
+            .merge(software_rest);
         let bus = crate::cluster::Bus::new(store.clone());
         Ok(Server {
             store,
@@ -451,9 +465,10 @@ impl Server {
                 self.license_watch.0.clone(),
                 self.license_watch.1,
             )),
-            tokio::spawn(jobs::plan_logs::purge_periodically(
+            tokio::spawn(crate::software::expire_pending_periodically(
                 self.store.clone(),
-                devices.plan_log_retention_days,
+                devices.plans.clone(),
+                devices.software_install_pending_days,
             )),
             tokio::spawn({
                 // Work streams never finish on their own: end them at the
@@ -486,7 +501,10 @@ impl Server {
                 self.store.clone(),
                 node_name(addr),
                 &cluster.job_periods_secs,
-                devices.revocation_lookback,
+                jobs::scheduler::Retention {
+                    revocation_lookback: devices.revocation_lookback,
+                    plan_logs: chrono::Duration::days(i64::from(devices.plan_log_retention_days)),
+                },
                 cluster.metrics.clone(),
             );
             background.push(tokio::spawn(scheduler.run()));

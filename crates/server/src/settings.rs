@@ -174,7 +174,8 @@ pub struct Settings {
     pub role: ServerRole,
     /// Scheduled job periods in seconds by job name, overriding the
     /// defaults (`purge-expired` 3600, `prune-cluster` 300,
-    /// `audit-chain-sweep` 10), e.g. `{ purge-expired = 600 }`.
+    /// `audit-chain-sweep` 10, `purge-plan-logs` 3600), e.g.
+    /// `{ purge-expired = 600 }`.
     pub job_periods_secs: std::collections::BTreeMap<String, u64>,
     /// Output kept per plan execution, in bytes; beyond it the oldest
     /// lines are dropped (the tail is kept) and the drop is marked.
@@ -194,6 +195,30 @@ pub struct Settings {
     /// Unauthenticated principal registrations allowed per minute from one
     /// client address.
     pub backbone_registrations_per_minute_per_client: u32,
+    /// Where software installers are stored: `local` (a directory, the
+    /// default) or `s3` (an S3-compatible bucket).
+    pub software_storage: String,
+    /// The local installer directory. Unset: `<data_dir>/installers`.
+    pub software_local_dir: Option<PathBuf>,
+    /// The bucket of `software_storage = "s3"`.
+    pub software_s3_bucket: Option<String>,
+    /// An S3-compatible endpoint (MinIO, Ceph, ...). Unset: AWS.
+    pub software_s3_endpoint: Option<String>,
+    pub software_s3_region: String,
+    /// Path-style addressing (`endpoint/bucket/key`), which most
+    /// S3-compatible stores need.
+    pub software_s3_path_style: bool,
+    /// Credentials; unset: the standard AWS environment variables.
+    pub software_s3_access_key_id: Option<String>,
+    #[serde(serialize_with = "redact_secret")]
+    pub software_s3_secret_access_key: Option<SecretString>,
+    /// The largest installer accepted, in bytes.
+    pub software_max_installer_bytes: u64,
+    /// How long a device's signed download URL stays valid.
+    pub software_download_url_ttl_secs: u64,
+    /// An install still pending after this many days (its device offline)
+    /// fails with "device offline too long".
+    pub software_install_pending_days: u32,
 }
 
 /// How the SMTP connection is protected.
@@ -267,6 +292,17 @@ impl Default for Settings {
             backbone_tls_cert_file: None,
             backbone_tls_key_file: None,
             backbone_registrations_per_minute_per_client: 10,
+            software_storage: "local".into(),
+            software_local_dir: None,
+            software_s3_bucket: None,
+            software_s3_endpoint: None,
+            software_s3_region: "us-east-1".into(),
+            software_s3_path_style: false,
+            software_s3_access_key_id: None,
+            software_s3_secret_access_key: None,
+            software_max_installer_bytes: 4 * 1024 * 1024 * 1024,
+            software_download_url_ttl_secs: 900,
+            software_install_pending_days: 7,
         }
     }
 }
@@ -328,6 +364,17 @@ const SETTING_NAMES: &[&str] = &[
     "backbone_tls_cert_file",
     "backbone_tls_key_file",
     "backbone_registrations_per_minute_per_client",
+    "software_storage",
+    "software_local_dir",
+    "software_s3_bucket",
+    "software_s3_endpoint",
+    "software_s3_region",
+    "software_s3_path_style",
+    "software_s3_access_key_id",
+    "software_s3_secret_access_key",
+    "software_max_installer_bytes",
+    "software_download_url_ttl_secs",
+    "software_install_pending_days",
 ];
 
 /// Values given as command-line flags; `None` means "not given".

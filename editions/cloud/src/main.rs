@@ -8,6 +8,8 @@ mod billing;
 mod commands;
 #[cfg(feature = "kms")]
 mod kms;
+#[cfg(feature = "saml")]
+mod saml;
 mod sealer;
 mod services;
 

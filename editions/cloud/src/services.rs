@@ -47,6 +47,10 @@ impl EditionProvider for CloudServices {
             routes: axum::Router::new(),
             platform_operator: true,
             self_signup: true,
+            #[cfg(feature = "saml")]
+            saml: Some(Arc::new(crate::saml::SamaelProtocol)),
+            #[cfg(not(feature = "saml"))]
+            saml: None,
         })
     }
 

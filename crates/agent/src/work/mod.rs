@@ -4,6 +4,8 @@
 //! streams their output, and reports how each ended. One execution runs at
 //! a time; one that failed, timed out or was cancelled never blocks the next.
 
+mod install;
+mod inventory;
 mod journal;
 mod stream;
 pub mod workloads;
@@ -71,7 +73,9 @@ pub fn start(dir: StateDir, tenant_id: Uuid, device_id: Uuid) -> Result<WorkHand
     let journal = Journal::load(&dir).context("journal.json is unreadable")?;
     let (frames, rx) = mpsc::unbounded_channel();
     tokio::spawn(stream::hold(dir.clone(), frames.clone()));
+    tokio::spawn(inventory::report_periodically(dir.clone()));
     let runner = Runner {
+        queries: crate::queries::QueryRunner::new(dir.clone()),
         dir,
         tenant_id,
         device_id,
@@ -99,6 +103,8 @@ struct Current {
 }
 
 struct Runner {
+    /// Live queries and options: handled beside executions, not queued.
+    queries: crate::queries::QueryRunner,
     dir: StateDir,
     tenant_id: Uuid,
     device_id: Uuid,
@@ -200,8 +206,9 @@ impl Runner {
         match frame {
             WorkFrame::Work(work) => self.accept(work),
             WorkFrame::Cancel { execution_id } => self.cancel(execution_id),
-            // Host-table queries and options are the queries issue's.
-            WorkFrame::Query(_) | WorkFrame::Options(_) | WorkFrame::KeepAlive => {}
+            WorkFrame::Query(request) => self.queries.answer(request),
+            WorkFrame::Options(options) => self.queries.apply_options(options),
+            WorkFrame::KeepAlive => {}
         }
     }
 
@@ -486,7 +493,8 @@ async fn execute(
                 let ctx = workloads::Context {
                     output: output.clone(),
                     cancel: cancel_rx.clone(),
-                    started_group: Box::new(move |pgid| {
+                    dir: dir.clone(),
+                    started_group: Arc::new(move |pgid| {
                         with_journal(&group_journal, &group_dir, |journal| {
                             if let Some(entry) = journal.operations.get_mut(&op_id) {
                                 entry.process_group = Some(pgid);

@@ -28,7 +28,7 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn ok() -> Outcome {
+    pub(super) fn ok() -> Outcome {
         Outcome {
             status: ExecutionStatus::Succeeded,
             exit_code: None,
@@ -36,7 +36,7 @@ impl Outcome {
         }
     }
 
-    fn failed(error: impl Into<String>) -> Outcome {
+    pub(super) fn failed(error: impl Into<String>) -> Outcome {
         Outcome {
             status: ExecutionStatus::Failed,
             exit_code: None,
@@ -51,11 +51,13 @@ pub struct Context {
     pub cancel: watch::Receiver<bool>,
     /// Told the process group of a spawned child, so a restarted agent can
     /// kill what an agent that died left behind.
-    pub started_group: Box<dyn Fn(i32) + Send + Sync>,
+    pub started_group: std::sync::Arc<dyn Fn(i32) + Send + Sync>,
+    /// The agent's state directory (its client identity; downloads).
+    pub dir: crate::state::StateDir,
 }
 
 impl Context {
-    fn say(&self, stream: &str, line: impl Into<String>) {
+    pub(super) fn say(&self, stream: &str, line: impl Into<String>) {
         let _ = self.output.send(LogLine {
             stream: stream.into(),
             time: Utc::now().to_rfc3339(),
@@ -78,6 +80,7 @@ pub fn all() -> Vec<Box<dyn Workload>> {
         Box::new(Script),
         Box::new(FileWorkload),
         Box::new(Service),
+        Box::new(super::install::InstallSoftware),
         Box::new(Noop),
     ]
 }
@@ -346,20 +349,20 @@ fn lookup_user(name: &str) -> Result<(u32, u32), Outcome> {
 
 /// A child process in its own process group, so timeout and cancel kill
 /// everything it started.
-struct Spawn {
-    program: String,
-    args: Vec<String>,
-    env: BTreeMap<String, String>,
-    cwd: Option<PathBuf>,
-    user: Option<String>,
-    timeout: Duration,
+pub(super) struct Spawn {
+    pub(super) program: String,
+    pub(super) args: Vec<String>,
+    pub(super) env: BTreeMap<String, String>,
+    pub(super) cwd: Option<PathBuf>,
+    pub(super) user: Option<String>,
+    pub(super) timeout: Duration,
 }
 
 /// After SIGTERM to the group, how long before SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(2);
 
 impl Spawn {
-    async fn run(self, ctx: &Context) -> Outcome {
+    pub(super) async fn run(self, ctx: &Context) -> Outcome {
         let mut command = tokio::process::Command::new(&self.program);
         command
             .args(&self.args)

@@ -11,6 +11,7 @@ pub mod license;
 pub mod plans;
 pub mod session;
 pub mod sites_and_teams;
+pub mod software;
 pub mod sso;
 pub mod users;
 
@@ -143,6 +144,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Backbone(command) => backbone::run(&ctx, command).await,
         Command::Graphql(args) => graphql::run(&ctx, args).await,
         Command::Plans(command) => plans::run(&ctx, command).await,
+        Command::Software(command) => software::run(&ctx, command).await,
         Command::Run(args) => {
             let code = plans::run_command(&ctx, args).await?;
             use std::io::Write;

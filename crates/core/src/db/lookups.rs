@@ -324,6 +324,26 @@ impl Store {
     }
 }
 
+/// The software install-expiry job's lookup.
+impl Store {
+    /// Tenants with installs PENDING since before `cutoff` (ids only).
+    pub(crate) async fn stale_install_tenants(
+        &self,
+        cutoff: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<Vec<FoundTenant>> {
+        let sql = match self.backend {
+            Backend::Postgres => "SELECT tenant_id FROM mobius_software_stale_install_tenants($1)",
+            Backend::Sqlite => {
+                "SELECT DISTINCT tenant_id FROM software_installs WHERE status = 'PENDING' AND created_at < ?"
+            }
+        };
+        let rows = self.lookup_rows(sql, [cutoff.into()]).await?;
+        rows.iter()
+            .map(|row| Ok(FoundTenant::new(row.try_get("", "tenant_id")?)))
+            .collect()
+    }
+}
+
 /// Billing's cross-tenant lookups (cloud): the tenant of a Stripe
 /// customer, whether a tenant id exists, the plans changed since a time,
 /// every tenant's id, and the usage rows for the operator's export.

@@ -127,6 +127,25 @@ impl PlanSigner {
         Some(STANDARD.encode(key.verifying_key().to_bytes()))
     }
 
+    /// A 32-byte secret for `purpose`, the same on every replica and
+    /// known only to holders of the tenant's signing key: SHA-256 of the
+    /// key's (deterministic) Ed25519 signature over a purpose label. Used
+    /// to key HMACs (signed download URLs) without another stored secret.
+    /// The label starts with a line no plan payload (JSON) can start with,
+    /// so such a signature is never a valid plan signature.
+    pub async fn derived_secret(
+        &self,
+        scope: &TenantScope,
+        actor: &Actor,
+        purpose: &str,
+    ) -> StoreResult<[u8; 32]> {
+        use sha2::Digest;
+        let key = self.key(scope, actor).await?;
+        let label = format!("mobius derived secret\n{purpose}");
+        let signature = key.sign(label.as_bytes()).to_bytes();
+        Ok(sha2::Sha256::digest(signature).into())
+    }
+
     /// Signs `payload`; standard base64.
     pub(crate) fn sign(key: &SigningKey, payload: &[u8]) -> String {
         STANDARD.encode(key.sign(payload).to_bytes())

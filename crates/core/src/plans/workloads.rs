@@ -11,7 +11,14 @@ use sha2::{Digest, Sha256};
 
 /// The workloads an agent knows. `noop` does nothing and succeeds: the
 /// load generator's simulated agents answer it.
-pub const WORKLOAD_KINDS: &[&str] = &["exec", "script", "file", "service", "noop"];
+pub const WORKLOAD_KINDS: &[&str] = &[
+    "exec",
+    "script",
+    "file",
+    "service",
+    "install_software",
+    "noop",
+];
 
 /// A refused parameter: the field path (`operations[0].params.argv`) and why.
 pub type FieldError = (String, String);
@@ -96,6 +103,39 @@ pub fn validate(kind: &str, params: &serde_json::Value, at: &str) -> Result<(), 
                 ));
             }
             Ok(())
+        }
+        "install_software" => {
+            let p: mobius_api::software::InstallSoftwareParams = parse(params, at)?;
+            if !["install", "uninstall"].contains(&p.action.as_str()) {
+                return Err((field("action"), "must be install or uninstall".into()));
+            }
+            if !mobius_api::software::INSTALLER_KINDS.contains(&p.installer_kind.as_str()) {
+                return Err((
+                    field("installer_kind"),
+                    format!(
+                        "must be one of {}",
+                        mobius_api::software::INSTALLER_KINDS.join(", ")
+                    ),
+                ));
+            }
+            if p.sha256.len() != 64 || !p.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err((field("sha256"), "must be 64 hex digits".into()));
+            }
+            if p.file_name.is_empty() || p.file_name.contains('/') || p.file_name.starts_with('.') {
+                return Err((field("file_name"), "must be a plain file name".into()));
+            }
+            if p.installer_kind != "deb"
+                && p.install_script
+                    .as_deref()
+                    .is_none_or(|s| s.trim().is_empty())
+            {
+                return Err((
+                    field("install_script"),
+                    format!("is required for {} installers", p.installer_kind),
+                ));
+            }
+            check_timeout(p.timeout_secs, &field("timeout_secs"))?;
+            no_nul_anywhere(params, &format!("{at}.params"))
         }
         "noop" => Ok(()),
         _ => Err((
@@ -188,6 +228,20 @@ mod tests {
 
     use super::*;
 
+    fn install_params(action: &str, kind: &str, script: Option<&str>) -> serde_json::Value {
+        json!({
+            "request_id": "01930000-0000-7000-8000-000000000000",
+            "action": action,
+            "name": "tool",
+            "version": "1",
+            "installer_kind": kind,
+            "file_name": "tool.bin",
+            "size_bytes": 1,
+            "sha256": "0".repeat(64),
+            "install_script": script,
+        })
+    }
+
     #[test]
     fn bad_parameters_name_their_field() {
         let cases = [
@@ -229,12 +283,33 @@ mod tests {
                 "op.params.action",
             ),
             ("reboot", json!({}), "op.kind"),
+            (
+                "install_software",
+                install_params("rm", "sh", Some("true")),
+                "op.params.action",
+            ),
+            (
+                "install_software",
+                install_params("install", "exe", Some("true")),
+                "op.params.installer_kind",
+            ),
+            (
+                "install_software",
+                install_params("install", "sh", None),
+                "op.params.install_script",
+            ),
         ];
         for (kind, params, field) in cases {
             let err = validate(kind, &params, "op").unwrap_err();
             assert_eq!(err.0, field, "{kind} {params}: {}", err.1);
         }
         validate("exec", &json!({"argv": ["true"]}), "op").unwrap();
+        validate(
+            "install_software",
+            &install_params("install", "deb", None),
+            "op",
+        )
+        .unwrap();
         validate(
             "service",
             &json!({"unit": "nginx.service", "action": "restart"}),

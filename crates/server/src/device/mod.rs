@@ -56,6 +56,7 @@ pub struct DeviceState {
     /// (`enrollment_attempts_per_minute_per_client`; unset: no limit).
     pub enrollment_limit: Option<Arc<crate::cluster::limits::EnrollmentLimiter>>,
     pub plans: PlanServices,
+    pub software: crate::software::SoftwareServices,
 }
 
 pub fn router(state: DeviceState) -> Router {
@@ -66,6 +67,24 @@ pub fn router(state: DeviceState) -> Router {
         .route(RENEW_PATH, post(renew::renew))
         .route(WORK_STREAM_PATH, get(work::stream))
         .route(WORK_REPORT_PATH, post(work::report))
+        .route(
+            mobius_api::software::DOWNLOAD_URL_PATH,
+            post(crate::software::device::download_url),
+        )
+        .route(
+            "/api/v1/mobius/device/software/download/{token}",
+            get(crate::software::device::download),
+        )
+        .route(
+            mobius_api::software::PROGRESS_PATH,
+            post(crate::software::device::progress),
+        )
+        .route(
+            mobius_api::software::INVENTORY_PATH,
+            post(crate::software::device::inventory).layer(DefaultBodyLimit::max(
+                crate::software::device::MAX_INVENTORY_BODY_BYTES,
+            )),
+        )
         .fallback(|| async {
             errors::error(
                 StatusCode::NOT_FOUND,

@@ -354,6 +354,14 @@ pub(super) async fn report(
                 state.plans.log_cap_bytes,
             )
             .await?;
+        if reported.status_changed {
+            // An install whose execution ended without the agent saying
+            // how (killed mid-install, cancelled, refused) ends with it.
+            scope
+                .software()
+                .execution_finished(&device_actor(identity), &reported.execution)
+                .await?;
+        }
         scope.commit().await?;
         Ok::<_, PlanError>(reported)
     }

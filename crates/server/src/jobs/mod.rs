@@ -9,8 +9,6 @@
 
 pub mod scheduler;
 
-pub mod plan_logs;
-
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! Jobs that must run once per period across all replicas, not once per
 //! replica: cleanup of expired rows, pruning of the cluster tables, the
-//! audit chainer's sweep.
+//! audit chainer's sweep, plan-output retention.
 //!
 //! Each job has a row in `job_runs`. A replica that sees a job due claims
 //! it with `SELECT ... FOR UPDATE SKIP LOCKED` in a transaction
@@ -46,13 +46,16 @@ pub enum JobKind {
     /// Links audit events no server was woken for (the per-replica
     /// chainer links the rest as they commit).
     AuditChainSweep,
+    /// Plan output lines older than `plan_log_retention_days`.
+    PurgePlanLogs,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 3] = [
+    pub const ALL: [JobKind; 4] = [
         JobKind::PurgeExpired,
         JobKind::PruneCluster,
         JobKind::AuditChainSweep,
+        JobKind::PurgePlanLogs,
     ];
 
     pub fn name(self) -> &'static str {
@@ -60,6 +63,7 @@ impl JobKind {
             JobKind::PurgeExpired => "purge-expired",
             JobKind::PruneCluster => "prune-cluster",
             JobKind::AuditChainSweep => "audit-chain-sweep",
+            JobKind::PurgePlanLogs => "purge-plan-logs",
         }
     }
 
@@ -69,6 +73,7 @@ impl JobKind {
             JobKind::PurgeExpired => Duration::from_secs(3600),
             JobKind::PruneCluster => Duration::from_secs(300),
             JobKind::AuditChainSweep => Duration::from_secs(10),
+            JobKind::PurgePlanLogs => Duration::from_secs(3600),
         }
     }
 }
@@ -79,7 +84,17 @@ pub struct Scheduler {
     node: String,
     jobs: Vec<(JobKind, Duration)>,
     revocation_lookback: chrono::Duration,
+    plan_log_retention: chrono::Duration,
     metrics: Arc<Metrics>,
+}
+
+/// What the jobs keep and for how long.
+#[derive(Clone, Copy, Debug)]
+pub struct Retention {
+    /// Revocation records older than this (one certificate lifetime) go.
+    pub revocation_lookback: chrono::Duration,
+    /// Plan output lines older than this go.
+    pub plan_logs: chrono::Duration,
 }
 
 impl Scheduler {
@@ -88,7 +103,7 @@ impl Scheduler {
         store: Store,
         node: String,
         periods: &BTreeMap<String, u64>,
-        revocation_lookback: chrono::Duration,
+        retention: Retention,
         metrics: Arc<Metrics>,
     ) -> Scheduler {
         let jobs = JobKind::ALL
@@ -107,7 +122,8 @@ impl Scheduler {
             store,
             node,
             jobs,
-            revocation_lookback,
+            revocation_lookback: retention.revocation_lookback,
+            plan_log_retention: retention.plan_logs,
             metrics,
         }
     }
@@ -168,6 +184,14 @@ impl Scheduler {
                 .chain_audit_events()
                 .await
                 .map(|linked| format!("linked={linked}")),
+            // Per tenant, each in its own transaction: a deletion of
+            // expired rows is idempotent, so a replica killed half way
+            // leaves only rows the next run deletes.
+            JobKind::PurgePlanLogs => self
+                .store
+                .purge_plan_logs(now - self.plan_log_retention)
+                .await
+                .map(|removed| format!("plan_log_lines={removed}")),
         };
         let outcome = match work {
             Ok(outcome) => outcome,

@@ -86,38 +86,14 @@ impl SsoConfig {
 
     /// Whether `email`'s domain may sign in (an empty list allows all).
     pub fn allows_email(&self, email: &str) -> bool {
-        let domain = email
-            .rsplit_once('@')
-            .map(|(_, d)| d.to_ascii_lowercase())
-            .unwrap_or_default();
-        self.allowed_email_domains.is_empty() || self.allowed_email_domains.contains(&domain)
+        domain_allowed(&self.allowed_email_domains, email)
     }
 
     fn from_row(row: sso_config::Model) -> StoreResult<SsoConfig> {
         let strings = |value: serde_json::Value, what: &'static str| {
             serde_json::from_value::<Vec<String>>(value).map_err(StoreError::internal(what))
         };
-        let stored: Vec<StoredGroupRole> = serde_json::from_value(row.group_roles)
-            .map_err(StoreError::internal("reading SSO group roles"))?;
-        let group_roles = stored
-            .into_iter()
-            .map(|g| {
-                Ok(GroupRole {
-                    group: g.group,
-                    role: g
-                        .role
-                        .map(|r| r.parse::<Role>())
-                        .transpose()
-                        .map_err(StoreError::internal("reading an SSO group role"))?,
-                    team_id: g.team_id,
-                    team_role: g
-                        .team_role
-                        .map(|r| r.parse::<TeamRole>())
-                        .transpose()
-                        .map_err(StoreError::internal("reading an SSO team role"))?,
-                })
-            })
-            .collect::<StoreResult<Vec<_>>>()?;
+        let group_roles = read_group_roles(row.group_roles)?;
         Ok(SsoConfig {
             tenant_id: row.tenant_id,
             issuer_url: row.issuer_url,
@@ -161,7 +137,7 @@ pub struct SsoConfigInput {
     pub enabled: bool,
 }
 
-fn invalid(field: &'static str, reason: impl Into<String>) -> StoreError {
+pub(super) fn invalid(field: &'static str, reason: impl Into<String>) -> StoreError {
     StoreError::Invalid {
         field,
         reason: reason.into(),
@@ -192,50 +168,65 @@ fn valid_origin(origin: &str) -> StoreResult<String> {
     Ok(url.origin().ascii_serialization())
 }
 
-impl Sso<'_> {
-    /// The tenant's configuration, if one was set.
-    pub async fn config(&self) -> StoreResult<Option<SsoConfig>> {
-        sso_config::Entity::find()
-            .filter(sso_config::Column::TenantId.eq(self.scope.tenant_id()))
-            .one(self.scope.connection())
-            .await?
-            .map(SsoConfig::from_row)
-            .transpose()
-    }
-
-    /// Creates or replaces the configuration; audited as `sso.configured`
-    /// (the secret itself never enters the audit log).
-    pub async fn put_config(
-        &self,
-        actor: &Actor,
-        input: SsoConfigInput,
-        sealer: &dyn SecretSealer,
-    ) -> StoreResult<SsoConfig> {
-        let tenant_id = self.scope.tenant_id();
-        let issuer_url = valid_issuer(&input.issuer_url)?;
-        let client_id = input.client_id.trim().to_owned();
-        if client_id.is_empty() || client_id.len() > 255 {
-            return Err(invalid("clientId", "must be 1 to 255 characters"));
-        }
-        if input.default_role == Role::Owner {
+/// The allowed email domains, lower-cased and without a leading `@`.
+pub(super) fn valid_domains(domains: &[String]) -> StoreResult<Vec<String>> {
+    let mut valid = Vec::new();
+    for domain in domains {
+        let domain = domain.trim().trim_start_matches('@').to_ascii_lowercase();
+        if domain.is_empty() || domain.contains(['@', '/', ' ']) {
             return Err(invalid(
-                "defaultRole",
-                "owner cannot be granted by single sign-on",
+                "allowedEmailDomains",
+                "each must be a domain such as example.com",
             ));
         }
-        let mut domains = Vec::new();
-        for domain in &input.allowed_email_domains {
-            let domain = domain.trim().trim_start_matches('@').to_ascii_lowercase();
-            if domain.is_empty() || domain.contains(['@', '/', ' ']) {
-                return Err(invalid(
-                    "allowedEmailDomains",
-                    "each must be a domain such as example.com",
-                ));
-            }
-            domains.push(domain);
-        }
+        valid.push(domain);
+    }
+    Ok(valid)
+}
+
+/// Whether `email`'s domain is in `domains` (an empty list allows all).
+pub(super) fn domain_allowed(domains: &[String], email: &str) -> bool {
+    let domain = email
+        .rsplit_once('@')
+        .map(|(_, d)| d.to_ascii_lowercase())
+        .unwrap_or_default();
+    domains.is_empty() || domains.contains(&domain)
+}
+
+/// Reads the `group_roles` JSON column (OIDC and SAML share its shape).
+pub(super) fn read_group_roles(value: serde_json::Value) -> StoreResult<Vec<GroupRole>> {
+    let stored: Vec<StoredGroupRole> =
+        serde_json::from_value(value).map_err(StoreError::internal("reading SSO group roles"))?;
+    stored
+        .into_iter()
+        .map(|g| {
+            Ok(GroupRole {
+                group: g.group,
+                role: g
+                    .role
+                    .map(|r| r.parse::<Role>())
+                    .transpose()
+                    .map_err(StoreError::internal("reading an SSO group role"))?,
+                team_id: g.team_id,
+                team_role: g
+                    .team_role
+                    .map(|r| r.parse::<TeamRole>())
+                    .transpose()
+                    .map_err(StoreError::internal("reading an SSO team role"))?,
+            })
+        })
+        .collect()
+}
+
+impl Sso<'_> {
+    /// Checks group → role mappings (no owner, teams of this tenant) and
+    /// gives their stored JSON form.
+    pub(super) async fn valid_group_roles(
+        &self,
+        group_roles: &[GroupRole],
+    ) -> StoreResult<serde_json::Value> {
         let mut stored_groups = Vec::new();
-        for mapping in &input.group_roles {
+        for mapping in group_roles {
             if mapping.group.trim().is_empty() {
                 return Err(invalid("groupRoles", "a mapping needs a group name"));
             }
@@ -266,6 +257,42 @@ impl Sso<'_> {
                 team_role: mapping.team_role.map(|r| r.as_str().to_owned()),
             });
         }
+        serde_json::to_value(&stored_groups)
+            .map_err(StoreError::internal("writing SSO group roles"))
+    }
+
+    /// The tenant's configuration, if one was set.
+    pub async fn config(&self) -> StoreResult<Option<SsoConfig>> {
+        sso_config::Entity::find()
+            .filter(sso_config::Column::TenantId.eq(self.scope.tenant_id()))
+            .one(self.scope.connection())
+            .await?
+            .map(SsoConfig::from_row)
+            .transpose()
+    }
+
+    /// Creates or replaces the configuration; audited as `sso.configured`
+    /// (the secret itself never enters the audit log).
+    pub async fn put_config(
+        &self,
+        actor: &Actor,
+        input: SsoConfigInput,
+        sealer: &dyn SecretSealer,
+    ) -> StoreResult<SsoConfig> {
+        let tenant_id = self.scope.tenant_id();
+        let issuer_url = valid_issuer(&input.issuer_url)?;
+        let client_id = input.client_id.trim().to_owned();
+        if client_id.is_empty() || client_id.len() > 255 {
+            return Err(invalid("clientId", "must be 1 to 255 characters"));
+        }
+        if input.default_role == Role::Owner {
+            return Err(invalid(
+                "defaultRole",
+                "owner cannot be granted by single sign-on",
+            ));
+        }
+        let domains = valid_domains(&input.allowed_email_domains)?;
+        let stored_groups = self.valid_group_roles(&input.group_roles).await?;
         for user_id in &input.break_glass_user_ids {
             let user =
                 self.scope.users().get(*user_id).await.map_err(|_| {
@@ -336,8 +363,7 @@ impl Sso<'_> {
         row.scopes = Set(serde_json::json!(scopes));
         row.allowed_email_domains = Set(serde_json::json!(domains));
         row.groups_claim = Set(groups_claim);
-        row.group_roles = Set(serde_json::to_value(&stored_groups)
-            .map_err(StoreError::internal("writing SSO group roles"))?);
+        row.group_roles = Set(stored_groups);
         row.jit_enabled = Set(input.jit_enabled);
         row.default_role = Set(input.default_role);
         row.sso_required = Set(input.sso_required);

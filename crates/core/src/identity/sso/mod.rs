@@ -11,6 +11,7 @@ mod entities;
 mod login_states;
 mod provisioning;
 mod replay;
+pub mod saml;
 
 pub use config::{GroupRole, SsoConfig, SsoConfigInput};
 pub use login_states::{LOGIN_STATE_SECONDS, StartedLogin, TakenLogin};
@@ -33,6 +34,12 @@ pub enum SsoError {
     ProviderUnavailable(String),
     #[error("the ID token was refused: {0}")]
     InvalidIdToken(String),
+    #[error("the SAML response was refused: {0}")]
+    InvalidAssertion(String),
+    #[error(
+        "an unsolicited SAML response (no sign-in of ours asked for it, and IdP-initiated sign-in is off for this tenant); start the sign-in again"
+    )]
+    Unsolicited,
     #[error("this assertion was already used")]
     Replayed,
     #[error("the identity provider sent no verified email address")]
@@ -58,6 +65,8 @@ impl SsoError {
             SsoError::ProviderRefused(_) => "provider_refused",
             SsoError::ProviderUnavailable(_) => "provider_unavailable",
             SsoError::InvalidIdToken(_) => "invalid_id_token",
+            SsoError::InvalidAssertion(_) => "invalid_assertion",
+            SsoError::Unsolicited => "unsolicited",
             SsoError::Replayed => "replayed",
             SsoError::EmailMissing => "email_missing",
             SsoError::EmailDomainNotAllowed(_) => "email_domain_not_allowed",

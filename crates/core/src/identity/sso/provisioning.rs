@@ -8,7 +8,7 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, Query
 use uuid::Uuid;
 
 use super::entities::sso_identity;
-use super::{SsoConfig, SsoError, SsoResult, TakenLogin};
+use super::{GroupRole, SsoConfig, SsoError, SsoResult, TakenLogin};
 use crate::audit::{Actor, ActorKind, AuditRecord};
 use crate::authz::{Role, TeamRole};
 use crate::db::entities::team_membership;
@@ -57,10 +57,13 @@ fn rank(role: Role) -> u8 {
 /// Teams named by any mapping are "managed": the person's membership in
 /// them follows the groups (removed when no group grants it any more);
 /// other teams are left alone.
-fn mapped_roles(config: &SsoConfig, groups: &[String]) -> (Role, Vec<(Uuid, Option<TeamRole>)>) {
+fn mapped_roles(
+    policy: &Provisioning<'_>,
+    groups: &[String],
+) -> (Role, Vec<(Uuid, Option<TeamRole>)>) {
     let mut role: Option<Role> = None;
     let mut teams: Vec<(Uuid, Option<TeamRole>)> = Vec::new();
-    for mapping in &config.group_roles {
+    for mapping in policy.group_roles {
         let member = groups.contains(&mapping.group);
         if let Some(team_id) = mapping.team_id {
             let entry = match teams.iter_mut().find(|(t, _)| *t == team_id) {
@@ -89,10 +92,33 @@ fn mapped_roles(config: &SsoConfig, groups: &[String]) -> (Role, Vec<(Uuid, Opti
             });
         }
     }
-    (role.unwrap_or(config.default_role), teams)
+    (role.unwrap_or(policy.default_role), teams)
 }
 
-fn sso_actor(user: Option<&User>, meta: &RequestMeta) -> Actor {
+/// How a protocol's verified identities become users: the part of a
+/// tenant's OIDC or SAML configuration that provisioning reads.
+pub(crate) struct Provisioning<'a> {
+    /// `oidc` or `saml`, for the audit log.
+    pub protocol: &'static str,
+    pub allowed_email_domains: &'a [String],
+    pub group_roles: &'a [GroupRole],
+    pub jit_enabled: bool,
+    pub default_role: Role,
+}
+
+impl SsoConfig {
+    fn provisioning(&self) -> Provisioning<'_> {
+        Provisioning {
+            protocol: "oidc",
+            allowed_email_domains: &self.allowed_email_domains,
+            group_roles: &self.group_roles,
+            jit_enabled: self.jit_enabled,
+            default_role: self.default_role,
+        }
+    }
+}
+
+pub(super) fn sso_actor(user: Option<&User>, meta: &RequestMeta) -> Actor {
     match user {
         Some(user) => user_actor(user, meta),
         None => Actor {
@@ -149,18 +175,56 @@ impl Identity {
             .sso()
             .remember_once(replay_key, replay_expires_at)
             .await?;
+        let user = self
+            .sign_in_identity(
+                &scope,
+                &config.provisioning(),
+                &identity,
+                login.cli_challenge.is_some(),
+                meta,
+            )
+            .await?;
+        let outcome = if login.cli_challenge.is_some() {
+            let code = scope.sso().set_handoff(login.id, user.id).await?;
+            SsoOutcome::CliHandoff {
+                code,
+                redirect_to: login.redirect_to.clone(),
+            }
+        } else {
+            let session = self.start_session(&scope, user, meta).await?;
+            SsoOutcome::Session {
+                session,
+                redirect_to: login.redirect_to.clone(),
+            }
+        };
+        scope.commit().await?;
+        Ok(outcome)
+    }
+
+    /// Finds, links or (just in time) creates the user `identity` names,
+    /// applies the group → role mapping and audits the sign-in
+    /// (`user.sso_signed_in`), inside `scope`'s transaction. Shared by
+    /// OIDC and SAML: only how the identity was verified differs.
+    pub(crate) async fn sign_in_identity(
+        &self,
+        scope: &TenantScope,
+        policy: &Provisioning<'_>,
+        identity: &VerifiedIdentity,
+        cli: bool,
+        meta: &RequestMeta,
+    ) -> SsoResult<User> {
         let email = identity
             .email
             .as_deref()
             .map(|e| e.trim().to_owned())
             .filter(|e| e.contains('@'))
             .ok_or(SsoError::EmailMissing)?;
-        if !config.allows_email(&email) {
+        if !super::config::domain_allowed(policy.allowed_email_domains, &email) {
             let domain = email.rsplit_once('@').map(|(_, d)| d).unwrap_or_default();
             return Err(SsoError::EmailDomainNotAllowed(domain.to_ascii_lowercase()));
         }
-        let (role, teams) = mapped_roles(&config, &identity.groups);
-        let (user, created) = match self.linked_user(&scope, &identity).await? {
+        let (role, teams) = mapped_roles(policy, &identity.groups);
+        let (user, created) = match self.linked_user(scope, identity).await? {
             Some(user) => (user, false),
             None => match scope.users().find_by_email(&email).await? {
                 // Linking by email is only safe when the IdP vouches for
@@ -173,7 +237,7 @@ impl Identity {
                     (user, false)
                 }
                 Some(_) => return Err(SsoError::EmailMissing),
-                None if config.jit_enabled => {
+                None if policy.jit_enabled => {
                     let name = identity
                         .name
                         .clone()
@@ -208,7 +272,7 @@ impl Identity {
             user
         };
         if user.role != Role::Owner {
-            sync_teams(&scope, &actor, user.id, &teams).await?;
+            sync_teams(scope, &actor, user.id, &teams).await?;
         }
         scope
             .audit()
@@ -216,32 +280,18 @@ impl Identity {
                 &actor,
                 AuditRecord::new("user.sso_signed_in", "user", Some(user.id)).with_details(
                     serde_json::json!({
-                        "protocol": "oidc",
+                        "protocol": policy.protocol,
                         "issuer": identity.issuer,
                         "subject": identity.subject,
                         "groups": identity.groups,
                         "role": user.role.as_str(),
                         "provisioned": created,
-                        "cli": login.cli_challenge.is_some(),
+                        "cli": cli,
                     }),
                 ),
             )
             .await?;
-        let outcome = if login.cli_challenge.is_some() {
-            let code = scope.sso().set_handoff(login.id, user.id).await?;
-            SsoOutcome::CliHandoff {
-                code,
-                redirect_to: login.redirect_to.clone(),
-            }
-        } else {
-            let session = self.start_session(&scope, user, meta).await?;
-            SsoOutcome::Session {
-                session,
-                redirect_to: login.redirect_to.clone(),
-            }
-        };
-        scope.commit().await?;
-        Ok(outcome)
+        Ok(user)
     }
 
     /// The CLI's half of `mobius login --sso`: the code its loopback

@@ -18,6 +18,7 @@ mod node;
 mod pagination;
 mod plans;
 pub mod signup;
+mod software;
 mod sso;
 mod tenancy;
 
@@ -93,9 +94,11 @@ pub struct QueryRoot(
     audit::AuditQuery,
     node::NodeQuery,
     sso::SsoQuery,
+    sso::SamlQuery,
     licensing::LicenseQuery,
     plans::PlanQuery,
     backbone::BackboneQuery,
+    software::SoftwareQuery,
 );
 
 /// Mutations are split by area and merged.
@@ -106,9 +109,11 @@ pub struct MutationRoot(
     devices::DeviceMutation,
     enrollment::EnrollmentMutation,
     sso::SsoMutation,
+    sso::SamlMutation,
     signup::SignUpMutation,
     plans::PlanMutation,
     backbone::BackboneMutation,
+    software::SoftwareMutation,
 );
 
 // Each area's subscriptions, merged.
@@ -145,6 +150,8 @@ pub struct Services {
     /// Self sign-up, where the edition and settings turn it on.
     pub signup: Option<Arc<signup::SignUpService>>,
     pub plans: crate::device::PlanServices,
+    /// The edition's SAML engine (none in the OSS edition).
+    pub saml: Option<Arc<dyn mobius_core::identity::sso::saml::SamlProtocol>>,
 }
 
 /// The device side, as the admin API needs it.
@@ -180,6 +187,7 @@ pub fn schema(services: Option<Services>) -> MobiusSchema {
             .data(services.limiter)
             .data(services.devices)
             .data(sso::SsoSealer(services.sealer))
+            .data(sso::SamlEngine(services.saml))
             .data(services.entitlements)
             .data(services.plans);
         if let Some(signup) = services.signup {

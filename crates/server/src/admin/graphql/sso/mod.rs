@@ -9,6 +9,9 @@ use mobius_core::identity::sso::{GroupRole, SsoConfig, SsoConfigInput};
 use super::identity::types::Role;
 use crate::admin::graphql::prelude::*;
 
+mod saml;
+pub use saml::{SamlEngine, SamlMutation, SamlQuery};
+
 /// The sealer the SSO mutation seals client secrets with.
 pub struct SsoSealer(pub Arc<dyn SecretSealer>);
 

@@ -10,6 +10,7 @@
 //! tenant's allow-list. Every refusal is audited (`sso.sign_in_refused`).
 
 mod oidc;
+mod saml;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,8 +24,10 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use mobius_core::Store;
+use mobius_core::authz::Entitlements;
 use mobius_core::crypto::sealing::SecretSealer;
 use mobius_core::db::FoundTenant;
+use mobius_core::identity::sso::saml::SamlProtocol;
 use mobius_core::identity::sso::{SsoConfig, SsoError, SsoOutcome};
 use mobius_core::identity::{Identity, RequestMeta, Session};
 use serde::{Deserialize, Serialize};
@@ -34,6 +37,7 @@ use crate::http::limits::LoginLimiter;
 use crate::settings::Settings;
 
 pub use oidc::OidcProviders;
+pub(crate) use saml::fetch_metadata as fetch_saml_metadata;
 
 /// Must match the GraphQL session cookies (`admin/graphql/identity/session.rs`):
 /// `refreshSession` reads these.
@@ -47,6 +51,10 @@ pub struct SsoState {
     identity: Identity,
     sealer: Arc<dyn SecretSealer>,
     providers: Arc<OidcProviders>,
+    /// The edition's SAML engine (none in the OSS edition).
+    saml: Option<Arc<dyn SamlProtocol>>,
+    /// The premium gate SAML passes first.
+    entitlements: Arc<dyn Entitlements>,
     limiter: Arc<LoginLimiter>,
     public_url: Option<String>,
     scheme: &'static str,
@@ -57,6 +65,8 @@ impl SsoState {
         store: Store,
         identity: Identity,
         sealer: Arc<dyn SecretSealer>,
+        saml: Option<Arc<dyn SamlProtocol>>,
+        entitlements: Arc<dyn Entitlements>,
         settings: &Settings,
     ) -> anyhow::Result<SsoState> {
         Ok(SsoState {
@@ -64,6 +74,8 @@ impl SsoState {
             identity,
             sealer,
             providers: Arc::new(OidcProviders::new()?),
+            saml,
+            entitlements,
             limiter: Arc::new(LoginLimiter::new(
                 settings.login_attempts_per_minute_per_client,
                 settings.login_attempts_per_minute_per_account,
@@ -93,6 +105,16 @@ pub fn routes(state: SsoState) -> Router {
             "/api/v1/mobius/sso/{tenant}/oidc/cli-token",
             post(cli_token),
         )
+        .route(
+            "/api/v1/mobius/sso/{tenant}/saml/metadata",
+            get(saml::metadata),
+        )
+        .route("/api/v1/mobius/sso/{tenant}/saml/login", get(saml::login))
+        .route("/api/v1/mobius/sso/{tenant}/saml/acs", post(saml::acs))
+        .route(
+            "/api/v1/mobius/sso/saml/config",
+            get(saml::get_config).put(saml::put_config),
+        )
         .with_state(state)
 }
 
@@ -121,6 +143,8 @@ fn sso_error(err: SsoError) -> ApiError {
         },
         SsoError::ProviderRefused(_)
         | SsoError::InvalidIdToken(_)
+        | SsoError::InvalidAssertion(_)
+        | SsoError::Unsolicited
         | SsoError::Replayed
         | SsoError::InvalidHandoff => ApiError::new(ErrorCode::Unauthenticated, message),
         SsoError::EmailMissing | SsoError::EmailDomainNotAllowed(_) | SsoError::NoAccount => {

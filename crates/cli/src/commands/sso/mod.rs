@@ -17,6 +17,8 @@ use serde_json::json;
 use sha2::Digest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod saml;
+
 use super::Context;
 use crate::cli::{LoginArgs, SsoCommand, SsoSetArgs};
 use crate::credentials::Credentials;
@@ -186,6 +188,27 @@ async fn wait_for_code(listener: &tokio::net::TcpListener) -> Result<String> {
     }
 }
 
+/// Parses GROUP=ROLE and GROUP=TEAM_ID:ROLE mappings into GraphQL input.
+fn group_role_input(roles: &[String], team_roles: &[String]) -> Result<Vec<serde_json::Value>> {
+    let mut group_roles = Vec::new();
+    for mapping in roles {
+        let (group, role) = mapping
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--group-role {mapping}: expected GROUP=ROLE"))?;
+        group_roles.push(json!({ "group": group, "role": graphql_role(role) }));
+    }
+    for mapping in team_roles {
+        let parsed = mapping
+            .split_once('=')
+            .and_then(|(group, rest)| Some((group, rest.split_once(':')?)));
+        let Some((group, (team, role))) = parsed else {
+            bail!("--group-team-role {mapping}: expected GROUP=TEAM_ID:ROLE");
+        };
+        group_roles.push(json!({ "group": group, "teamId": team, "teamRole": graphql_role(role) }));
+    }
+    Ok(group_roles)
+}
+
 const GET: &str = "query SsoConfig { ssoConfig {
   issuerUrl clientId hasClientSecret scopes allowedEmailDomains groupsClaim
   groupRoles { group role teamId teamRole }
@@ -308,6 +331,7 @@ pub async fn run(ctx: &Context, command: SsoCommand) -> Result<()> {
                 ),
             }
         }
+        SsoCommand::Saml(command) => saml::run(ctx, &mut client, command).await,
         SsoCommand::Set(args) => {
             let input = set_input(&args).await?;
             let config: SsoConfig = client
@@ -333,22 +357,7 @@ async fn set_input(args: &SsoSetArgs) -> Result<serde_json::Value> {
     } else {
         None
     };
-    let mut group_roles = Vec::new();
-    for mapping in &args.group_roles {
-        let (group, role) = mapping
-            .split_once('=')
-            .ok_or_else(|| anyhow!("--group-role {mapping}: expected GROUP=ROLE"))?;
-        group_roles.push(json!({ "group": group, "role": graphql_role(role) }));
-    }
-    for mapping in &args.group_team_roles {
-        let parsed = mapping
-            .split_once('=')
-            .and_then(|(group, rest)| Some((group, rest.split_once(':')?)));
-        let Some((group, (team, role))) = parsed else {
-            bail!("--group-team-role {mapping}: expected GROUP=TEAM_ID:ROLE");
-        };
-        group_roles.push(json!({ "group": group, "teamId": team, "teamRole": graphql_role(role) }));
-    }
+    let group_roles = group_role_input(&args.group_roles, &args.group_team_roles)?;
     Ok(json!({
         "issuerUrl": args.issuer_url,
         "clientId": args.client_id,
