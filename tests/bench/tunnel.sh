@@ -163,7 +163,7 @@ start_node() { # name -> sets NODE_PID, NODE_ADMIN, NODE_BACKBONE
         --device-listen "127.0.0.1:$device" --database-url "$DB_URL" --log-format json \
         >"$WORK/$name.log" 2>&1 &
     NODE_PID=$!; PIDS+=("$NODE_PID")
-    for _ in $(seq 1 400); do grep -q '"admin API listening"' "$WORK/$name.log" && break; sleep 0.05; done
+    for _ in $(seq 1 400); do grep -qs '"admin API listening"' "$WORK/$name.log" && break; sleep 0.05; done
     grep -q '"admin API listening"' "$WORK/$name.log" || die "server $name did not start: $(tail -5 "$WORK/$name.log")"
     NODE_ADMIN="$admin"; NODE_BACKBONE="$backbone"
 }
