@@ -429,33 +429,51 @@ if os.path.exists(notes):
     md += "\n" + open(notes).read().strip() + "\n"
 
 os.makedirs(OUT, exist_ok=True)
-# tests/bench/tunnel.sh writes its own figures (tunnel_* keys and a section
-# between <!-- tunnel:begin --> and <!-- tunnel:end -->) into the same two
-# files; a run of this benchmark keeps them rather than wiping them.
-def kept_tunnel_section(path):
+# tests/bench/tunnel.sh and tests/bench/replicas.sh write their own figures
+# (tunnel_*, rathole_* and direct_max_rps keys; replicas, replicas_* and, once it ran, idle_agents_held and
+# server_rss_bytes_idle summed over replicas) and sections (between their
+# <!-- NAME:begin --> and <!-- NAME:end --> markers) into the same two files;
+# a run of this benchmark keeps them rather than wiping them.
+KEPT_SECTIONS = (("tunnel", "## Backbone tunnel"), ("replicas", "## Idle agents across replicas"))
+
+
+def kept_section(path, name, heading):
     try:
         text = open(path).read()
     except FileNotFoundError:
         return None
-    begin, end = "<!-- tunnel:begin -->", "<!-- tunnel:end -->"
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     if begin in text and end in text and text.index(begin) < text.index(end):
-        return text[text.index(begin):text.index(end) + len(end)]
+        block = text[text.index(begin):text.index(end) + len(end)]
+        # The heading may sit just above the markers (older files).
+        return block if heading in block else f"{heading}\n\n{block}"
     return None
 
 
-def kept_tunnel_figures(path):
+def kept_figures(path):
     try:
         old = json.load(open(path))
     except (FileNotFoundError, ValueError):
         return {}
-    return {k: v for k, v in old.items() if k.startswith("tunnel_")}
+    kept = {k: v for k, v in old.items() if k.startswith(("tunnel_", "rathole_", "direct_max_rps", "replicas"))}
+    if "replicas" in old:
+        # The idle figures are the replicas benchmark's (100,000
+        # agents over replicas); this single-server run's go beside them.
+        for key in ("idle_agents_held", "server_rss_bytes_idle"):
+            if key in old:
+                kept[key] = old[key]
+    return kept
 
 
-tunnel_md = kept_tunnel_section(os.path.join(OUT, "performance.md"))
-if tunnel_md:
-    md += "\n" + tunnel_md + "\n"
-figures.update({k: v for k, v in kept_tunnel_figures(os.path.join(OUT, "performance.json")).items()
-                if k not in figures})
+for name, heading in KEPT_SECTIONS:
+    section = kept_section(os.path.join(OUT, "performance.md"), name, heading)
+    if section:
+        md += "\n" + section + "\n"
+kept = kept_figures(os.path.join(OUT, "performance.json"))
+if "replicas" in kept:
+    for key in ("idle_agents_held", "server_rss_bytes_idle"):
+        figures[f"single_server_{key}"] = figures.pop(key)
+figures.update({k: v for k, v in kept.items() if k not in figures})
 with open(os.path.join(OUT, "performance.md"), "w") as f:
     f.write(md)
 with open(os.path.join(OUT, "performance.json"), "w") as f:

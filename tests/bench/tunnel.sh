@@ -94,10 +94,15 @@ done
 PROFILE="${BENCH_TUNNEL_PROFILE:-release}"
 log "building $PROFILE binaries (mobius-server, mobius-agent, tunnel_bench)"
 if [[ "$PROFILE" == release ]]; then
-    (cd "$ROOT" && cargo build --release -q -p mobius-oss -p mobius-agent -p mobius-tests --example tunnel_bench)
+    # One set of packages for this and tests/bench/replicas.sh, so neither
+    # rebuilds the other's dependencies with other features; `--bins
+    # --examples` (an `--example` alone would leave the binaries unbuilt).
+    (cd "$ROOT" && cargo build --release --locked -q -p mobius-oss -p mobius-agent -p mobius-loadgen \
+        -p mobius-tests --bins --examples)
     BIN="$TARGET_DIR/release"
 else
-    (cd "$ROOT" && cargo build -q -p mobius-oss -p mobius-agent -p mobius-tests --example tunnel_bench)
+    (cd "$ROOT" && cargo build --locked -q -p mobius-oss -p mobius-agent -p mobius-loadgen \
+        -p mobius-tests --bins --examples)
     BIN="$TARGET_DIR/debug"
 fi
 BENCH="$BIN/examples/tunnel_bench"
@@ -158,7 +163,7 @@ start_node() { # name -> sets NODE_PID, NODE_ADMIN, NODE_BACKBONE
         --device-listen "127.0.0.1:$device" --database-url "$DB_URL" --log-format json \
         >"$WORK/$name.log" 2>&1 &
     NODE_PID=$!; PIDS+=("$NODE_PID")
-    for _ in $(seq 1 400); do grep -q '"admin API listening"' "$WORK/$name.log" && break; sleep 0.05; done
+    for _ in $(seq 1 400); do grep -qs '"admin API listening"' "$WORK/$name.log" && break; sleep 0.05; done
     grep -q '"admin API listening"' "$WORK/$name.log" || die "server $name did not start: $(tail -5 "$WORK/$name.log")"
     NODE_ADMIN="$admin"; NODE_BACKBONE="$backbone"
 }
@@ -254,90 +259,4 @@ wait "$PROBE" || true
 record backbone failover "$(cat "$WORK/probe.json")"
 
 log "writing $OUT/performance.json and $OUT/performance.md"
-python3 - "$RESULTS" "$OUT" "$SCALE" "$SECS" "$MAX_SECS" "$TRANSFER" "$WS_SECS" "${RATHOLE:-}" "$PROFILE" <<'PY'
-import json, os, sys, datetime, subprocess
-results, out, scale, secs, max_secs, transfer, ws_secs, rathole, profile = sys.argv[1:10]
-rows = [json.loads(l) for l in open(results)]
-def get(path, scenario):
-    return next((r for r in rows if r["path"] == path and r["scenario"] == scenario), None)
-def f(v, digits=2):
-    return "n/a" if v is None else f"{v:.{digits}f}"
-figures = {}
-for rate in (1000, 4000):
-    d, b, r = get("direct", f"load_{rate}"), get("backbone", f"load_{rate}"), get("rathole", f"load_{rate}")
-    figures[f"tunnel_added_p50_ms_at_{rate}"] = round(b["p50_ms"] - d["p50_ms"], 3)
-    figures[f"tunnel_added_p99_ms_at_{rate}"] = round(b["p99_ms"] - d["p99_ms"], 3)
-    if r:
-        figures[f"rathole_added_p50_ms_at_{rate}"] = round(r["p50_ms"] - d["p50_ms"], 3)
-        figures[f"rathole_added_p99_ms_at_{rate}"] = round(r["p99_ms"] - d["p99_ms"], 3)
-figures["tunnel_max_rps"] = round(get("backbone", "max")["rps"], 1)
-figures["direct_max_rps"] = round(get("direct", "max")["rps"], 1)
-if get("rathole", "max"):
-    figures["rathole_max_rps"] = round(get("rathole", "max")["rps"], 1)
-t = get("backbone", "transfer")
-figures["tunnel_transfer_bytes"] = t["bytes"]
-figures["tunnel_download_mib_s"] = round(t["download_mib_s"], 1)
-figures["tunnel_upload_mib_s"] = round(t["upload_mib_s"], 1)
-figures["tunnel_transfer_rss_growth_mib"] = round(t["rss_growth_mib"], 1)
-rt = get("rathole", "transfer")
-if rt:
-    figures["rathole_download_mib_s"] = round(rt["download_mib_s"], 1)
-    figures["rathole_upload_mib_s"] = round(rt["upload_mib_s"], 1)
-w = get("backbone", "ws")
-figures["tunnel_websocket_secs"] = round(w["secs"], 1)
-figures["tunnel_websocket_errors"] = w["errors"]
-fo = get("backbone", "failover")
-figures["tunnel_failover_s"] = None if fo["failover_s"] is None else round(fo["failover_s"], 4)
-figures["tunnel_build_profile"] = profile
-figures["tunnel_measured_at"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-path = os.path.join(out, "performance.json")
-data = json.load(open(path)) if os.path.exists(path) else {}
-data.update(figures)
-with open(path, "w") as fh:
-    json.dump(data, fh, indent=2)
-    fh.write("\n")
-
-lines = []
-lines.append(f"Measured {figures['tunnel_measured_at']} by `tests/bench/tunnel.sh` ({scale}), "
-             f"{profile} builds of mobius-server and mobius-agent, everything on this machine over 127.0.0.1 in plain HTTP "
-             f"(the load client, server, agent, rathole and the target share {os.cpu_count()} cores), "
-             f"one parked connection.")
-lines.append("")
-lines.append("| figure | direct | backbone | rathole |")
-lines.append("|---|--:|--:|--:|")
-def cell(p, scen, key, digits=2):
-    r = get(p, scen)
-    if r is None:
-        return "not built" if p == "rathole" and not rathole else "n/a"
-    return f(r.get(key), digits)
-for rate in (1000, 4000):
-    for q in ("p50", "p99"):
-        lines.append(f"| {q} latency at {rate:,}/s ({secs} s, open loop), ms | "
-                     + " | ".join(cell(p, f"load_{rate}", f"{q}_ms", 3) for p in ("direct", "backbone", "rathole")) + " |")
-    lines.append(f"| errors at {rate:,}/s | " + " | ".join(cell(p, f"load_{rate}", "errors", 0) for p in ("direct", "backbone", "rathole")) + " |")
-lines.append(f"| max requests/s (64 clients, {max_secs} s) | " + " | ".join(cell(p, "max", "rps", 0) for p in ("direct", "backbone", "rathole")) + " |")
-gib = int(transfer) / 2**30
-lines.append(f"| {gib:g} GiB download, MiB/s | - | " + cell("backbone", "transfer", "download_mib_s", 0) + " | " + cell("rathole", "transfer", "download_mib_s", 0) + " |")
-lines.append(f"| {gib:g} GiB upload, MiB/s | - | " + cell("backbone", "transfer", "upload_mib_s", 0) + " | " + cell("rathole", "transfer", "upload_mib_s", 0) + " |")
-lines.append(f"| tunnel server RSS growth during the transfers, MiB | - | " + cell("backbone", "transfer", "rss_growth_mib", 1) + " | " + cell("rathole", "transfer", "rss_growth_mib", 1) + " |")
-lines.append(f"| WebSocket echoing every 100 ms: seconds, errors | - | {f(w['secs'], 0)} s, {w['errors']} errors | - |")
-lines.append(f"| fail-over, 2 nodes, one killed: first failure to first success, s | - | {f(fo['failover_s'], 4)} | - |")
-lines.append("")
-lines.append(f"Added latency over direct (target: p50 ≤ 1 ms, p99 ≤ 5 ms): "
-             f"backbone p50 +{figures['tunnel_added_p50_ms_at_1000']} / p99 +{figures['tunnel_added_p99_ms_at_1000']} ms at 1,000/s, "
-             f"p50 +{figures['tunnel_added_p50_ms_at_4000']} / p99 +{figures['tunnel_added_p99_ms_at_4000']} ms at 4,000/s"
-             + (f"; rathole p99 +{figures.get('rathole_added_p99_ms_at_4000')} ms at 4,000/s." if 'rathole_added_p99_ms_at_4000' in figures else "."))
-table = "\n".join(lines)
-
-md = os.path.join(out, "performance.md")
-text = open(md).read() if os.path.exists(md) else ""
-begin, end = "<!-- tunnel:begin -->", "<!-- tunnel:end -->"
-block = f"{begin}\n{table}\n{end}"
-if begin in text and end in text:
-    text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
-else:
-    text = text.rstrip("\n") + "\n\n## Backbone tunnel\n\n" + block + "\n"
-open(md, "w").write(text)
-print(json.dumps(figures, indent=2))
-PY
+python3 "$ROOT/tests/bench/tunnel_report.py" "$RESULTS" "$OUT" "$SCALE" "$SECS" "$MAX_SECS" "$TRANSFER" "$WS_SECS" "${RATHOLE:-}" "$PROFILE"

@@ -392,3 +392,143 @@ async fn simulated_agents_hold_streams_for_plans_and_queries() {
     assert_eq!(live["ok"], STREAMING, "{live}");
     assert_eq!(live["errors"], 0, "{live}");
 }
+
+/// Runs mobius-loadgen with `args` and --json in the background.
+fn spawn_loadgen(args: &[&str]) -> tokio::process::Child {
+    tokio::process::Command::new(workspace_binary("mobius-loadgen"))
+        .arg("--json")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+async fn finished(child: tokio::process::Child) -> (std::process::ExitStatus, Value) {
+    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("mobius-loadgen finished within 60 s")
+        .unwrap();
+    eprint!("{}", String::from_utf8_lossy(&output.stderr));
+    let report = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "--json printed no JSON ({e}):\n{}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    });
+    (output.status, report)
+}
+
+async fn appears(path: &std::path::Path) -> Value {
+    for _ in 0..600 {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            return serde_json::from_str(&text).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{} did not appear within 30 s", path.display());
+}
+
+/// The idle push-channel scenario of tests/bench/replicas.sh in small:
+/// agents open their work streams, say so in the ready file, hold only once
+/// the start file exists, and are all still open after the hold; when the
+/// server stops during a hold, every ended stream is an error and the exit
+/// status says so.
+#[tokio::test]
+async fn agents_hold_their_work_streams_until_the_server_ends_them() {
+    const STREAMING: usize = 20;
+    let db = TestDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let owner_url = db.owner_url();
+    let server = ServerProcess::start(
+        dir.path(),
+        &["--database-url", owner_url.expose_secret()],
+        &[],
+    );
+    let http = reqwest::Client::new();
+    let (_access, token) = owner_and_token(&http, &server, STREAMING).await;
+    let identities = dir.path().join("identities.json");
+    let identities_arg = identities.to_str().unwrap();
+    let device_url = format!("https://{}", server.device_addr);
+    let count = STREAMING.to_string();
+    let (status, report) = loadgen(&[
+        "--server",
+        &device_url,
+        "--token",
+        &token,
+        "--identities",
+        identities_arg,
+        "enroll",
+        "--count",
+        &count,
+    ])
+    .await;
+    assert!(status.success(), "{report}");
+
+    let ready = dir.path().join("ready.json");
+    let start = dir.path().join("go");
+    let mut child = spawn_loadgen(&[
+        "--server",
+        &device_url,
+        "--identities",
+        identities_arg,
+        "streams",
+        "--agents",
+        &count,
+        "--hold",
+        "1",
+        "--ready-file",
+        ready.to_str().unwrap(),
+        "--start-file",
+        start.to_str().unwrap(),
+    ]);
+    let opened = appears(&ready).await;
+    assert_eq!(opened["opened"], STREAMING, "{opened}");
+    assert_eq!(opened["errors"], 0, "{opened}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the hold waits for the start file"
+    );
+    std::fs::write(&start, b"").unwrap();
+    let (status, report) = finished(child).await;
+    assert!(status.success(), "{status:?}: {report}");
+    let phases = report["phases"].as_array().unwrap();
+    let names: Vec<&str> = phases
+        .iter()
+        .map(|p| p["phase"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["stream-connect", "stream-hold"], "{report}");
+    assert_eq!(phases[0]["ok"], STREAMING, "{report}");
+    assert_eq!(phases[1]["connections_held"], STREAMING, "{report}");
+    assert_eq!(phases[1]["errors"], 0, "{report}");
+
+    // The server stops in the middle of a hold: no stream survives it.
+    let ready = dir.path().join("ready-2.json");
+    let child = spawn_loadgen(&[
+        "--server",
+        &device_url,
+        "--identities",
+        identities_arg,
+        "streams",
+        "--agents",
+        &count,
+        "--hold",
+        "4",
+        "--ready-file",
+        ready.to_str().unwrap(),
+    ]);
+    assert_eq!(appears(&ready).await["opened"], STREAMING);
+    let stopping = tokio::task::spawn_blocking(move || server.terminate());
+    assert_eq!(stopping.await.unwrap(), Some(0), "a clean stop");
+    let (status, report) = finished(child).await;
+    assert_eq!(status.code(), Some(3), "{report}");
+    let hold = &report["phases"][1];
+    assert_eq!(hold["connections_held"], 0, "{hold}");
+    assert_eq!(hold["errors"], STREAMING, "{hold}");
+    for kind in hold["errors_by_kind"].as_object().unwrap().keys() {
+        assert!(kind.starts_with("stream: "), "{hold}");
+    }
+}

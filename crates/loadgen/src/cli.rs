@@ -160,6 +160,37 @@ pub enum Command {
     /// subscription. Needs --admin and --admin-token. Same options as
     /// plan-fanout.
     LiveQuery(PlanFanoutArgs),
+    /// Every agent opens its push stream (GET work/stream, one mutual-TLS
+    /// connection each) and holds it idle, reading the keep-alive frames.
+    /// Reports streams opened, streams still open and alive after --hold,
+    /// and why the others ended. For several simulator processes sharing
+    /// one run: --ready-file and --start-file.
+    Streams(StreamsArgs),
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct StreamsArgs {
+    /// Agents (one held stream each).
+    #[arg(long)]
+    pub agents: usize,
+    /// Hold the streams this many seconds (counted from the start file, if given).
+    #[arg(long, default_value_t = 60.0, value_name = "SECS")]
+    pub hold: f64,
+    /// Streams being opened at once.
+    #[arg(long, default_value_t = 64)]
+    pub connect_concurrency: usize,
+    /// Enrollments in flight at once, for agents --identities lacks.
+    #[arg(long, default_value_t = 32)]
+    pub enroll_concurrency: usize,
+    /// Write this file (JSON: opened, errors) once every stream was tried.
+    #[arg(long, value_name = "FILE")]
+    pub ready_file: Option<PathBuf>,
+    /// Begin the hold only once this file exists.
+    #[arg(long, value_name = "FILE")]
+    pub start_file: Option<PathBuf>,
+    /// Give up waiting for --start-file after this many seconds.
+    #[arg(long, default_value_t = 3600, value_name = "SECS")]
+    pub start_timeout: u64,
 }
 
 #[derive(Clone, Debug, Args)]

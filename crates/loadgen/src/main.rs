@@ -8,6 +8,7 @@ mod heartbeat;
 mod identity;
 mod live_query;
 mod report;
+mod streams;
 mod tls;
 mod transport;
 mod usage;
@@ -20,7 +21,9 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use mobius_api::device::EnrollmentToken;
 
-use crate::cli::{Cli, Command, Common, ConnectArgs, HeartbeatArgs, PlanFanoutArgs, ReconnectArgs};
+use crate::cli::{
+    Cli, Command, Common, ConnectArgs, HeartbeatArgs, PlanFanoutArgs, ReconnectArgs, StreamsArgs,
+};
 use crate::enroll::Stop;
 use crate::heartbeat::{Beat, Pace};
 use crate::identity::Fleet;
@@ -102,6 +105,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Reconnect(args) => run.reconnect(&args, descriptors).await?,
         Command::PlanFanout(args) => run.plan_fanout(&args, descriptors).await?,
         Command::LiveQuery(args) => run.live_query(&args, descriptors).await?,
+        Command::Streams(args) => run.streams(&args, descriptors).await?,
     }
 
     if run.common.json {
@@ -351,6 +355,32 @@ impl Run {
                 access_token: &access_token,
                 connect_concurrency: args.connect_concurrency,
                 wait: Duration::from_secs_f64(args.wait.max(1.0)),
+                server_pid: self.common.server_pid,
+            },
+        )
+        .await?;
+        self.report.phases.extend(phases);
+        Ok(())
+    }
+
+    async fn streams(&mut self, args: &StreamsArgs, descriptors: u64) -> Result<()> {
+        let trust = self
+            .prepare(args.agents, args.enroll_concurrency, descriptors)
+            .await?;
+        eprintln!(
+            "mobius-loadgen: {} agents open their work streams ({} at once)",
+            args.agents, args.connect_concurrency
+        );
+        let phases = streams::run(
+            self.target.clone(),
+            &trust,
+            &self.fleet.agents[..args.agents],
+            streams::StreamsArgs {
+                connect_concurrency: args.connect_concurrency,
+                hold: Duration::from_secs_f64(args.hold.max(0.0)),
+                ready_file: args.ready_file.as_deref(),
+                start_file: args.start_file.as_deref(),
+                start_timeout: Duration::from_secs(args.start_timeout),
                 server_pid: self.common.server_pid,
             },
         )
