@@ -84,6 +84,13 @@ impl JobKind {
         }
     }
 
+    /// Whether its work runs in the claim's own transaction (SQL across
+    /// tenants through the owner's functions) rather than in transactions
+    /// of its own.
+    pub fn works_in_claim(self) -> bool {
+        matches!(self, JobKind::PurgeExpired | JobKind::PruneCluster)
+    }
+
     /// How often it runs unless `job_periods_secs` says otherwise.
     pub fn default_period(self) -> Duration {
         match self {
@@ -201,6 +208,17 @@ impl Scheduler {
     }
 
     async fn run_if_claimed(&self, job: JobKind, period: Duration) {
+        // The embedded store has one connection, which the claim's
+        // transaction would hold while a job that opens its own
+        // transactions waited for it forever. One process owns an embedded
+        // store (the data-directory lock), so there is nobody to race: the
+        // work runs first and the claim only records it.
+        let done_before_claim = if self.store.backend() == Backend::Sqlite && !job.works_in_claim()
+        {
+            Some(self.work_outside_claim(job).await)
+        } else {
+            None
+        };
         let claim = match self.store.claim_job(job.name()).await {
             Ok(Some(claim)) => claim,
             // Another replica has it, or it is no longer due.
@@ -211,15 +229,48 @@ impl Scheduler {
             }
         };
         let now = chrono::Utc::now();
-        let work = match job {
-            JobKind::PurgeExpired => claim
+        let work = match (job, done_before_claim) {
+            (_, Some(done)) => done,
+            (JobKind::PurgeExpired, None) => claim
                 .purge_expired(now - self.revocation_lookback)
                 .await
                 .map(|counts| describe(&counts)),
-            JobKind::PruneCluster => claim
+            (JobKind::PruneCluster, None) => claim
                 .prune_cluster_tables(now - BUS_RETENTION, now - COUNTER_RETENTION)
                 .await
                 .map(|counts| describe(&counts)),
+            (other, None) => self.work_outside_claim(other).await,
+        };
+        let outcome = match work {
+            Ok(outcome) => outcome,
+            Err(err) => {
+                // Dropping the claim rolls back its work; the job stays due.
+                tracing::warn!(error = %err, job = job.name(), "job failed; it stays due");
+                return;
+            }
+        };
+        match claim.finish(period, &self.node, &outcome).await {
+            Ok(record) => {
+                tracing::info!(
+                    job = job.name(),
+                    node = %self.node,
+                    started_at = %record.last_started_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
+                    duration_ms = record.last_duration_ms.unwrap_or_default(),
+                    outcome = %outcome,
+                    "job ran"
+                );
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, job = job.name(), "could not record a job run; it stays due");
+            }
+        }
+    }
+
+    /// The jobs whose work opens its own transactions (each tenant's
+    /// scope, or none); the claim's row lock still makes them run once.
+    async fn work_outside_claim(&self, job: JobKind) -> mobius_core::StoreResult<String> {
+        let now = chrono::Utc::now();
+        match job {
             JobKind::AuditChainSweep => self
                 .store
                 .chain_audit_events()
@@ -255,29 +306,8 @@ impl Scheduler {
             )
             .await
             .map(|removed| format!("removed={removed}")),
-        };
-        let outcome = match work {
-            Ok(outcome) => outcome,
-            Err(err) => {
-                // Dropping the claim rolls back its work; the job stays due.
-                tracing::warn!(error = %err, job = job.name(), "job failed; it stays due");
-                return;
-            }
-        };
-        match claim.finish(period, &self.node, &outcome).await {
-            Ok(record) => {
-                tracing::info!(
-                    job = job.name(),
-                    node = %self.node,
-                    started_at = %record.last_started_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
-                    duration_ms = record.last_duration_ms.unwrap_or_default(),
-                    outcome = %outcome,
-                    "job ran"
-                );
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, job = job.name(), "could not record a job run; it stays due");
-            }
+            // These run in their claim's transaction (`run_if_claimed`).
+            JobKind::PurgeExpired | JobKind::PruneCluster => Ok(String::new()),
         }
     }
 }
