@@ -153,7 +153,9 @@ psql_admin -c "CREATE DATABASE ${DB_NAME}" >/dev/null
 DB_CREATED=1
 log "created database ${DB_NAME}"
 
-ulimit -n "$(ulimit -Hn)" || true
+# Two descriptors per live-query agent in the server and in the simulator:
+# ask for that much (root may raise the hard limit), else take the hard limit.
+ulimit -n "$((BENCH_LQ_AGENTS * 2 + 1000))" 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
 FD_LIMIT="$(ulimit -n)"
 # Two connections per live-query agent, both ends on this machine.
 MAX_LQ_AGENTS=$(((FD_LIMIT - 500) / 2))
@@ -221,6 +223,11 @@ cut -d' ' -f1-3 /proc/loadavg >"$WORK/loadavg_after"
 # What dominated, if the targets were missed: the server's slow warnings.
 jq -rR 'fromjson? | select(.level == "WARN") | .message' "$SERVER_LOG" | sort | uniq -c |
     sort -rn >"$WORK/server_warnings" || true
+
+# Pool waits over sqlx's 2 s slow-acquire threshold: count and longest.
+jq -rR 'fromjson? | select(.message | test("time to acquire exceeded")) | .acquired_after_secs' \
+    "$SERVER_LOG" | awk '{n++; if ($1 > m) m = $1} END {printf "%d %.2f\n", n, m}' >"$WORK/slow_acquires"
+echo "$FD_LIMIT" >"$WORK/fd_limit"
 
 mkdir -p "$OUT_DIR"
 python3 "$ROOT/tests/bench/queries_report.py" "$WORK" "$OUT_DIR" "$SCALE" "$BENCH_OSQ_INTERVAL"

@@ -98,7 +98,7 @@ lines = [
     f"| ... 100% of results (`live_query_all_s`), s | {figures['live_query_all_s']:.2f} |",
     f"| ... results answered, errors | {lq['ok']:,} of {lq['agents']:,}, {errors_text(lq)} |",
     f"| ... server CPU / Postgres CPU during the query, s | {figures['live_query_server_cpu_s'] or 0:.1f} / "
-    f"{lq_pg:.1f} (Postgres: whole scenario incl. stream set-up) |",
+    f"{lq_pg:.1f} (Postgres: whole scenario, incl. enrolling the agents and opening their streams) |",
     f"| osquery enrollment of {enroll['agents']:,} hosts (POST /api/osquery/enroll, 32 at once): per s | "
     f"{enroll['throughput_per_s']:,.1f} ({enroll['duration_secs']:.1f} s in all, p99 "
     f"{enroll['latency_ms']['p99']:.0f} ms, {errors_text(enroll)}) |",
@@ -119,7 +119,18 @@ lines = [
     f"(the server sees as many connections as reads in flight, not one per host); an osquery read's "
     f"latency counts from when it was due (open loop).",
 ]
-warnings = read("server_warnings")
+if lq["agents"] < 10000:
+    lines += ["", f"The live query went to {lq['agents']:,} agents, not 10,000: the open-file limit "
+              f"({read('fd_limit', '?')}, not raisable here) allows two connections per agent for no more, "
+              f"in the server and in the simulator alike."]
+slow = read("slow_acquires").split()
+if slow and slow[0] != "0":
+    lines += ["", f"The server logged {int(slow[0]):,} database pool acquisitions slower than 2 s over the run "
+              f"(longest {slow[1]} s; the pool has 16 connections by default)."]
+notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "queries_analysis.md")
+if os.path.exists(notes):
+    lines += ["", open(notes).read().strip()]
+warnings = "\n".join(line.strip() for line in read("server_warnings").splitlines())
 if warnings:
     lines += ["", "Server warnings during the run (count, message):", "", "```", warnings[:2000], "```"]
 table = "\n".join(lines)
