@@ -429,12 +429,16 @@ if os.path.exists(notes):
     md += "\n" + open(notes).read().strip() + "\n"
 
 os.makedirs(OUT, exist_ok=True)
-# tests/bench/tunnel.sh and tests/bench/replicas.sh write their own figures
+# tests/bench/tunnel.sh, tests/bench/replicas.sh and tests/bench/queries.sh write their own figures
 # (tunnel_*, rathole_* and direct_max_rps keys; replicas, replicas_* and, once it ran, idle_agents_held and
-# server_rss_bytes_idle summed over replicas) and sections (between their
+# server_rss_bytes_idle summed over replicas; live_query_* and osquery_*) and sections (between their
 # <!-- NAME:begin --> and <!-- NAME:end --> markers) into the same two files;
 # a run of this benchmark keeps them rather than wiping them.
-KEPT_SECTIONS = (("tunnel", "## Backbone tunnel"), ("replicas", "## Idle agents across replicas"))
+KEPT_SECTIONS = (
+    ("tunnel", "## Backbone tunnel"),
+    ("replicas", "## Idle agents across replicas"),
+    ("queries", "## Live queries and osquery polling"),
+)
 
 
 def kept_section(path, name, heading):
@@ -455,7 +459,7 @@ def kept_figures(path):
         old = json.load(open(path))
     except (FileNotFoundError, ValueError):
         return {}
-    kept = {k: v for k, v in old.items() if k.startswith(("tunnel_", "rathole_", "direct_max_rps", "replicas"))}
+    kept = {k: v for k, v in old.items() if k.startswith(("tunnel_", "rathole_", "direct_max_rps", "replicas", "live_query_", "osquery_"))}
     if "replicas" in old:
         # The idle figures are the replicas benchmark's (100,000
         # agents over replicas); this single-server run's go beside them.

@@ -166,6 +166,29 @@ pub enum Command {
     /// and why the others ended. For several simulator processes sharing
     /// one run: --ready-file and --start-file.
     Streams(StreamsArgs),
+    /// osquery's remote protocol on the admin listener: N clients enroll
+    /// with an enroll secret (created through GraphQL), then each POSTs
+    /// distributed/read every --interval seconds (±10% jitter, open loop)
+    /// for --duration. Reports enrollment rate and latency, reads served
+    /// per second, their latency and errors. Needs --admin and
+    /// --admin-token.
+    OsqueryPoll(OsqueryPollArgs),
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct OsqueryPollArgs {
+    /// osquery clients (hosts).
+    #[arg(long)]
+    pub clients: usize,
+    /// Each client polls every this many seconds, ±10% jitter.
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    pub interval: f64,
+    /// Poll for this many seconds, after every client enrolled.
+    #[arg(long, default_value_t = 60.0, value_name = "SECS")]
+    pub duration: f64,
+    /// Enrollments in flight at once.
+    #[arg(long, default_value_t = 32)]
+    pub enroll_concurrency: usize,
 }
 
 #[derive(Clone, Debug, Args)]

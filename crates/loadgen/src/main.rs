@@ -7,6 +7,7 @@ mod fanout;
 mod heartbeat;
 mod identity;
 mod live_query;
+mod osquery;
 mod report;
 mod streams;
 mod tls;
@@ -22,7 +23,8 @@ use clap::Parser;
 use mobius_api::device::EnrollmentToken;
 
 use crate::cli::{
-    Cli, Command, Common, ConnectArgs, HeartbeatArgs, PlanFanoutArgs, ReconnectArgs, StreamsArgs,
+    Cli, Command, Common, ConnectArgs, HeartbeatArgs, OsqueryPollArgs, PlanFanoutArgs,
+    ReconnectArgs, StreamsArgs,
 };
 use crate::enroll::Stop;
 use crate::heartbeat::{Beat, Pace};
@@ -106,6 +108,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::PlanFanout(args) => run.plan_fanout(&args, descriptors).await?,
         Command::LiveQuery(args) => run.live_query(&args, descriptors).await?,
         Command::Streams(args) => run.streams(&args, descriptors).await?,
+        Command::OsqueryPoll(args) => run.osquery_poll(&args).await?,
     }
 
     if run.common.json {
@@ -422,6 +425,42 @@ impl Run {
                 server_pid: self.common.server_pid,
             },
         )
+        .await?;
+        self.report.phases.extend(phases);
+        Ok(())
+    }
+
+    async fn osquery_poll(&mut self, args: &OsqueryPollArgs) -> Result<()> {
+        let admin = self
+            .common
+            .admin
+            .admin
+            .clone()
+            .context("osquery-poll talks to the admin listener: give --admin URL")?;
+        let access_token = self
+            .common
+            .admin
+            .admin_token
+            .clone()
+            .context("osquery-poll creates an enroll secret: give --admin-token")?;
+        if args.clients == 0
+            || args.interval.is_nan()
+            || args.interval <= 0.0
+            || args.duration.is_nan()
+            || args.duration < 0.0
+        {
+            bail!("osquery-poll needs --clients > 0, --interval > 0 and --duration >= 0");
+        }
+        let phases = osquery::run(osquery::OsqueryArgs {
+            admin: &admin,
+            access_token: &access_token,
+            clients: args.clients,
+            interval: Duration::from_secs_f64(args.interval),
+            duration: Duration::from_secs_f64(args.duration),
+            enroll_concurrency: args.enroll_concurrency,
+            timeout: Duration::from_secs(self.common.timeout.max(1)),
+            server_pid: self.common.server_pid,
+        })
         .await?;
         self.report.phases.extend(phases);
         Ok(())
