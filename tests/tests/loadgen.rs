@@ -532,3 +532,57 @@ async fn agents_hold_their_work_streams_until_the_server_ends_them() {
         assert!(kind.starts_with("stream: "), "{hold}");
     }
 }
+
+/// The osquery scenario: simulated osquery hosts enroll with a secret the
+/// simulator creates, then poll `distributed/read`; every request answers.
+#[tokio::test]
+async fn simulated_osquery_hosts_enroll_and_poll_distributed_read() {
+    const CLIENTS: usize = 20;
+    let db = TestDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(
+        dir.path(),
+        &["--database-url", db.owner_url().expose_secret()],
+        &[],
+    );
+    let http = reqwest::Client::new();
+    let (access, token) = owner_and_token(&http, &server, 1).await;
+    let device_url = format!("https://{}", server.device_addr);
+    let admin_url = server.url("");
+    let clients = CLIENTS.to_string();
+    let (status, report) = loadgen(&[
+        "--server",
+        &device_url,
+        "--token",
+        &token,
+        "--admin",
+        admin_url.trim_end_matches('/'),
+        "--admin-token",
+        &access,
+        "osquery-poll",
+        "--clients",
+        &clients,
+        "--interval",
+        "1",
+        "--duration",
+        "3",
+    ])
+    .await;
+    assert!(status.success(), "{status:?}: {report}");
+    let phase = |name: &str| {
+        report["phases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["phase"] == name)
+            .unwrap_or_else(|| panic!("no {name} phase: {report}"))
+            .clone()
+    };
+    let enroll = phase("osquery-enroll");
+    assert_eq!(enroll["ok"], CLIENTS, "{enroll}");
+    assert_eq!(enroll["errors"], 0, "{enroll}");
+    let read = phase("osquery-read");
+    // 20 hosts polling every second for 3 s: about 60 reads.
+    assert!(read["ok"].as_u64().unwrap() >= 40, "{read}");
+    assert_eq!(read["errors"], 0, "{read}");
+}
