@@ -503,11 +503,6 @@ impl Server {
                 self.license_watch.0.clone(),
                 self.license_watch.1,
             )),
-            tokio::spawn(crate::software::expire_pending_periodically(
-                self.store.clone(),
-                devices.plans.clone(),
-                devices.software_install_pending_days,
-            )),
             tokio::spawn({
                 // Work streams never finish on their own: end them at the
                 // stop signal so the device listener drains at once.
@@ -549,7 +544,11 @@ impl Server {
                 cluster.metrics.clone(),
             )
             .with_queries(devices.queries.clone())
-            .with_osquery_log_retention(cluster.osquery_log_retention_days);
+            .with_osquery_log_retention(cluster.osquery_log_retention_days)
+            .with_software_expiry(
+                devices.software_install_pending_days,
+                devices.plans.notifier.clone(),
+            );
             background.push(tokio::spawn(scheduler.run()));
         }
         tracing::info!(role = ?cluster.role, shared_bus = cluster.bus.is_shared(), "cluster role");

@@ -54,13 +54,16 @@ pub enum JobKind {
     WebhookDelivery,
     /// Plan output lines older than `plan_log_retention_days`.
     PurgePlanLogs,
+    /// Software installs still pending after `software_install_pending_days`
+    /// (their device offline that long) fail with "device offline too long".
+    ExpirePendingInstalls,
     /// osquery result and status logs older than
     /// `osquery_log_retention_days`.
     OsqueryLogRetention,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 8] = [
+    pub const ALL: [JobKind; 9] = [
         JobKind::PurgeExpired,
         JobKind::PruneCluster,
         JobKind::AuditChainSweep,
@@ -69,6 +72,7 @@ impl JobKind {
         JobKind::WebhookDelivery,
         JobKind::PurgePlanLogs,
         JobKind::OsqueryLogRetention,
+        JobKind::ExpirePendingInstalls,
     ];
 
     pub fn name(self) -> &'static str {
@@ -80,6 +84,7 @@ impl JobKind {
             JobKind::LiveQueryMaintenance => "live-query-maintenance",
             JobKind::WebhookDelivery => "webhook-delivery",
             JobKind::PurgePlanLogs => "purge-plan-logs",
+            JobKind::ExpirePendingInstalls => "expire-pending-installs",
             JobKind::OsqueryLogRetention => "osquery-log-retention",
         }
     }
@@ -103,6 +108,7 @@ impl JobKind {
             // first attempt can be.
             JobKind::WebhookDelivery => Duration::from_secs(2),
             JobKind::PurgePlanLogs => Duration::from_secs(3600),
+            JobKind::ExpirePendingInstalls => Duration::from_secs(3600),
             JobKind::OsqueryLogRetention => Duration::from_secs(3600),
         }
     }
@@ -120,6 +126,9 @@ pub struct Scheduler {
     queries: Option<(crate::queries::QueryServices, reqwest::Client)>,
     /// How long osquery logs are kept.
     osquery_log_retention: chrono::Duration,
+    /// Days a software install may stay pending, and the streams to wake
+    /// when one is failed (its execution cancelled).
+    software_expiry: Option<(u32, Arc<crate::device::WorkNotifier>)>,
 }
 
 /// What the jobs keep and for how long.
@@ -167,7 +176,19 @@ impl Scheduler {
             metrics,
             queries: None,
             osquery_log_retention: chrono::Duration::days(7),
+            software_expiry: None,
         }
+    }
+
+    /// Fails software installs pending longer than `days`; `notifier`
+    /// tells their devices' streams that the execution was cancelled.
+    pub fn with_software_expiry(
+        mut self,
+        days: u32,
+        notifier: Arc<crate::device::WorkNotifier>,
+    ) -> Scheduler {
+        self.software_expiry = Some((days, notifier));
+        self
     }
 
     /// Keeps osquery logs for `days` (default 7).
@@ -306,6 +327,21 @@ impl Scheduler {
             )
             .await
             .map(|removed| format!("removed={removed}")),
+            JobKind::ExpirePendingInstalls => match &self.software_expiry {
+                Some((days, notifier)) => {
+                    let cutoff = now - chrono::Duration::days(i64::from(*days));
+                    self.store
+                        .fail_stale_software_installs(cutoff, *days)
+                        .await
+                        .map(|failed| {
+                            for install in &failed {
+                                notifier.notify(install.tenant_id, install.device_id);
+                            }
+                            format!("failed_installs={}", failed.len())
+                        })
+                }
+                None => Ok("no software services".into()),
+            },
             // These run in their claim's transaction (`run_if_claimed`).
             JobKind::PurgeExpired | JobKind::PruneCluster => Ok(String::new()),
         }

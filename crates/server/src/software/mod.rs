@@ -9,13 +9,10 @@ pub mod storage;
 pub mod token;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use mobius_core::Store;
 use secrecy::ExposeSecret;
 
-use crate::device::PlanServices;
 use crate::settings::Settings;
 use storage::InstallerStorage;
 
@@ -85,33 +82,5 @@ impl SoftwareServices {
                 i64::try_from(settings.software_download_url_ttl_secs).unwrap_or(i64::MAX / 1000),
             ),
         })
-    }
-}
-
-/// How often pending installs are checked against the deadline.
-const EXPIRY_INTERVAL: Duration = Duration::from_secs(3600);
-
-/// Fails installs still PENDING after `days` (their device offline that
-/// long) with "device offline too long", hourly. Idempotent, so every
-/// replica may run it.
-pub async fn expire_pending_periodically(store: Store, plans: PlanServices, days: u32) {
-    let mut tick = tokio::time::interval(EXPIRY_INTERVAL);
-    loop {
-        tick.tick().await;
-        let cutoff = chrono::Utc::now() - chrono::Duration::days(i64::from(days));
-        match store.fail_stale_software_installs(cutoff, days).await {
-            Ok(failed) if failed.is_empty() => {}
-            Ok(failed) => {
-                tracing::info!(
-                    failed = failed.len(),
-                    days,
-                    "failed installs whose device stayed offline"
-                );
-                for install in failed {
-                    plans.notifier.notify(install.tenant_id, install.device_id);
-                }
-            }
-            Err(err) => tracing::warn!(error = %err, "could not expire pending installs"),
-        }
     }
 }
