@@ -180,8 +180,15 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// Runs the agent of `state_dir` enrolled by [`Fleet::enroll`].
     pub fn start(state_dir: &Path) -> Agent {
-        let mut child = agent_command(state_dir, &["run", "--log-format", "json"])
+        Agent::start_as(state_dir, "plans-host")
+    }
+
+    /// Runs the agent of `state_dir` on a host whose fingerprint is
+    /// `fingerprint` (as enrolled with [`Fleet::enroll_at`]).
+    pub fn start_as(state_dir: &Path, fingerprint: &str) -> Agent {
+        let mut child = agent_command_as(state_dir, fingerprint, &["run", "--log-format", "json"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -224,27 +231,6 @@ impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-impl Agent {
-    /// Runs the agent of `state_dir` on a host whose fingerprint is
-    /// `fingerprint` (as enrolled with [`Fleet::enroll_at`]).
-    pub fn start_as(state_dir: &Path, fingerprint: &str) -> Agent {
-        let mut child = agent_command_as(state_dir, fingerprint, &["run", "--log-format", "json"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Agent { child, log }
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use futures_util::{SinkExt, StreamExt};
+use mobius_tests::fleet::{Agent, agent_command_as};
 use mobius_tests::{ServerProcess, TestDatabase, eventually};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
@@ -1031,48 +1032,21 @@ async fn a_plan_applied_on_one_replica_reaches_an_agent_on_another_within_a_seco
 
     // The agent talks only to B's device listener.
     let state = tempfile::tempdir().unwrap();
-    let agent_on_b = |args: &[&str]| {
-        let mut command =
-            std::process::Command::new(mobius_tests::workspace_binary("mobius-agent"));
-        command
-            .args(args)
-            .arg("--state-dir")
-            .arg(state.path())
-            .env("MOBIUS_AGENT_HOST_FINGERPRINT", "replica-plan-host")
-            .stdin(std::process::Stdio::null());
-        command
-    };
     let server_b = format!("https://{}", b.device_addr);
-    let enrolled = agent_on_b(&["enroll", "--server", &server_b, "--token", &enrollment])
-        .output()
-        .unwrap();
+    let enrolled = agent_command_as(
+        state.path(),
+        "replica-plan-host",
+        &["enroll", "--server", &server_b, "--token", &enrollment],
+    )
+    .output()
+    .unwrap();
     assert!(
         enrolled.status.success(),
         "{}",
         String::from_utf8_lossy(&enrolled.stderr)
     );
-    let mut running = agent_on_b(&["run", "--log-format", "json"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = running.stderr.take().unwrap();
-    let _agent = RunningAgent(running);
-    let (connected_tx, connected_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if line.contains("work stream connected") {
-                let _ = connected_tx.send(());
-            }
-        }
-    });
-    connected_rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("the agent never connected its work stream to replica B");
+    let agent = Agent::start_as(state.path(), "replica-plan-host");
+    agent.connected().await;
 
     let device = cluster
         .gql(&a, &token, "{ devices { nodes { id } } }", json!({}))
@@ -1154,48 +1128,21 @@ async fn agent_options_set_on_one_replica_reach_an_agent_and_an_osquery_host_on_
 
     // The agent and the osquery host talk only to B.
     let state = tempfile::tempdir().unwrap();
-    let agent_on_b = |args: &[&str]| {
-        let mut command =
-            std::process::Command::new(mobius_tests::workspace_binary("mobius-agent"));
-        command
-            .args(args)
-            .arg("--state-dir")
-            .arg(state.path())
-            .env("MOBIUS_AGENT_HOST_FINGERPRINT", "replica-options-host")
-            .stdin(std::process::Stdio::null());
-        command
-    };
     let server_b = format!("https://{}", b.device_addr);
-    let enrolled = agent_on_b(&["enroll", "--server", &server_b, "--token", &enrollment])
-        .output()
-        .unwrap();
+    let enrolled = agent_command_as(
+        state.path(),
+        "replica-options-host",
+        &["enroll", "--server", &server_b, "--token", &enrollment],
+    )
+    .output()
+    .unwrap();
     assert!(
         enrolled.status.success(),
         "{}",
         String::from_utf8_lossy(&enrolled.stderr)
     );
-    let mut running = agent_on_b(&["run", "--log-format", "json"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = running.stderr.take().unwrap();
-    let _agent = RunningAgent(running);
-    let (connected_tx, connected_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if line.contains("work stream connected") {
-                let _ = connected_tx.send(());
-            }
-        }
-    });
-    connected_rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("the agent never connected its work stream to replica B");
+    let agent = Agent::start_as(state.path(), "replica-options-host");
+    agent.connected().await;
     let mut host = mobius_tests::osquery_peer::OsqueryPeer::new(&b.url(""), "replica-osquery");
     assert!(host.enroll(&secret).await.0.is_success());
     // B caches the (empty) merged view now.

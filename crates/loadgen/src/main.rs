@@ -327,19 +327,23 @@ impl Run {
         Ok(())
     }
 
-    async fn plan_fanout(&mut self, args: &PlanFanoutArgs, descriptors: u64) -> Result<()> {
-        let admin = self
-            .common
-            .admin
+    /// The admin API's URL and token, which scenarios that act as an
+    /// admin (`why`) need.
+    fn admin_access(&self, why: &str) -> Result<(String, String)> {
+        let admin = &self.common.admin;
+        let url = admin
             .admin
             .clone()
-            .context("plan-fanout applies a plan: give --admin URL")?;
-        let access_token = self
-            .common
-            .admin
+            .with_context(|| format!("{why}: give --admin URL"))?;
+        let token = admin
             .admin_token
             .clone()
-            .context("plan-fanout applies a plan: give --admin-token")?;
+            .with_context(|| format!("{why}: give --admin-token"))?;
+        Ok((url, token))
+    }
+
+    async fn plan_fanout(&mut self, args: &PlanFanoutArgs, descriptors: u64) -> Result<()> {
+        let (admin, access_token) = self.admin_access("plan-fanout applies a plan")?;
         // Two connections per agent: the stream and the reports.
         check_descriptors(args.agents * 2, descriptors)?;
         let trust = self
@@ -393,18 +397,7 @@ impl Run {
     }
 
     async fn live_query(&mut self, args: &PlanFanoutArgs, descriptors: u64) -> Result<()> {
-        let admin = self
-            .common
-            .admin
-            .admin
-            .clone()
-            .context("live-query starts a live query: give --admin URL")?;
-        let access_token = self
-            .common
-            .admin
-            .admin_token
-            .clone()
-            .context("live-query starts a live query: give --admin-token")?;
+        let (admin, access_token) = self.admin_access("live-query starts a live query")?;
         check_descriptors(args.agents * 2, descriptors)?;
         let trust = self
             .prepare(args.agents, args.enroll_concurrency, descriptors)
@@ -431,18 +424,8 @@ impl Run {
     }
 
     async fn osquery_poll(&mut self, args: &OsqueryPollArgs) -> Result<()> {
-        let admin = self
-            .common
-            .admin
-            .admin
-            .clone()
-            .context("osquery-poll talks to the admin listener: give --admin URL")?;
-        let access_token = self
-            .common
-            .admin
-            .admin_token
-            .clone()
-            .context("osquery-poll creates an enroll secret: give --admin-token")?;
+        let (admin, access_token) =
+            self.admin_access("osquery-poll creates an enroll secret on the admin listener")?;
         if args.clients == 0
             || args.interval.is_nan()
             || args.interval <= 0.0
