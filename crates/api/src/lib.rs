@@ -41,5 +41,6 @@ pub struct HealthCheck {
 pub mod device;
 pub mod license;
 pub mod plans;
+pub mod portal;
 pub mod queries;
 pub mod software;
