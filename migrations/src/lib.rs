@@ -24,6 +24,7 @@ mod m20261209_000001_osquery;
 mod m20261210_000001_software;
 mod m20261210_000002_software_inventory;
 mod m20261211_000001_saml;
+mod m20261212_000001_portal;
 mod tables;
 
 pub use tables::{LOOKUP_FUNCTION_SIGNATURES, SHARED_TABLES, TENANT_TABLES};
@@ -56,6 +57,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261210_000001_software::Migration),
             Box::new(m20261210_000002_software_inventory::Migration),
             Box::new(m20261211_000001_saml::Migration),
+            Box::new(m20261212_000001_portal::Migration),
         ]
     }
 }

@@ -57,6 +57,9 @@ pub const TENANT_TABLES: &[&str] = &[
     "osquery_nodes",
     "osquery_result_logs",
     "osquery_status_logs",
+    // m20261212_000001_portal
+    "portal_tokens",
+    "portal_branding",
 ];
 
 /// Tables without `tenant_id` that the request role may still use, with
@@ -108,6 +111,7 @@ pub const LOOKUP_FUNCTION_SIGNATURES: &[&str] = &[
     "mobius_osquery_enroll_secret_tenant(bytea)",
     "mobius_osquery_node_tenant(bytea)",
     "mobius_osquery_log_tenants(timestamptz)",
+    "mobius_portal_token_tenant(bytea)",
 ];
 
 /// The tenant of the current transaction, or NULL (never an error) when

@@ -86,6 +86,24 @@ pub enum Command {
     )]
     Query(crate::queries::command::QueryArgs),
 
+    /// Print (or open) the link to this device's self-service portal.
+    #[command(
+        long_about = "Print the link to this device's self-service portal (Mobius Cocoon), \
+            where its user sees the device's status and failing policies and installs \
+            approved software.\n\n\
+            The running agent keeps a fresh link in the portal file and replaces it every \
+            hour (the previous link keeps working for a few minutes). When the file is \
+            missing or about to expire, this command asks the server for a new link itself, \
+            which needs the agent's state directory.\n\n\
+            Exit status: 0 with the link; 1 when there is none (the server has no portal \
+            set up, or it cannot be reached and no valid link is on file).",
+        after_help = "Examples:\n  \
+            mobius-agent portal\n  \
+            mobius-agent portal --open\n  \
+            mobius-agent portal --output json"
+    )]
+    Portal(PortalArgs),
+
     /// Make a local HTTP service reachable through the Mobius backbone.
     #[command(
         after_help = "Example:\n  mobius-agent tunnel --server https://backbone.example.com \\\n      --service myapp --to http://127.0.0.1:3000 --token-file /etc/mobius/myapp.token"
@@ -160,6 +178,37 @@ pub struct RunArgs {
     #[arg(long, env = "MOBIUS_AGENT_MAX_BACKOFF_SECS", value_name = "SECS",
           default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=300))]
     pub max_backoff_secs: u64,
+
+    #[command(flatten)]
+    pub portal: PortalFileArg,
+}
+
+/// Where the running agent keeps the current portal link.
+#[derive(Debug, Args)]
+pub struct PortalFileArg {
+    /// The portal link file (default: portal.json in the state directory,
+    /// readable by the agent's user only). Give a path outside the state
+    /// directory to let the device's other users open the portal: the file
+    /// is then written readable by all, since the link shows only this
+    /// device's own portal.
+    #[arg(long, env = "MOBIUS_AGENT_PORTAL_FILE", value_name = "FILE")]
+    pub portal_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct PortalArgs {
+    #[command(flatten)]
+    pub state: StateDirArg,
+
+    #[command(flatten)]
+    pub portal: PortalFileArg,
+
+    /// Open the link in the default browser (xdg-open, or open on macOS).
+    #[arg(long)]
+    pub open: bool,
+
+    #[arg(long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
 }
 
 #[derive(Debug, Args)]

@@ -99,6 +99,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
         max_backoff: Duration::from_secs(args.max_backoff_secs).min(MAX_BACKOFF),
     };
     let agent = Agent::load(StateDir::new(&args.state.state_dir), pacing)?;
+    let portal_file = crate::portal::PortalFile::new(&agent.dir, args.portal.portal_file);
+    tokio::spawn(crate::portal::keep_fresh(agent.dir.clone(), portal_file));
     agent.run(shutdown).await
 }
 

@@ -11,6 +11,7 @@ mod heartbeat;
 mod identity;
 mod logging;
 mod output;
+mod portal;
 mod queries;
 mod renewal;
 mod state;
@@ -65,6 +66,7 @@ fn main() -> ExitCode {
             Command::Status(args) => status::status(args),
             Command::Facts(args) => status::facts(args),
             Command::Query(args) => queries::command::query(args),
+            Command::Portal(args) => portal::command(args).await,
             Command::Tunnel(args) => tunnel::run(args).await,
         }
     });

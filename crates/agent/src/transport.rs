@@ -126,6 +126,15 @@ impl DeviceClient {
             .map(drop)
     }
 
+    /// A fresh self-service portal link for this device.
+    pub async fn portal_link(&self) -> Result<mobius_api::portal::PortalLink, CallError> {
+        self.post(
+            mobius_api::portal::PORTAL_TOKEN_PATH,
+            &serde_json::json!({}),
+        )
+        .await
+    }
+
     /// Reports an install's progress.
     pub async fn software_progress(
         &self,

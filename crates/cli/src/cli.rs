@@ -177,6 +177,10 @@ pub enum Command {
     /// schedule, packs, Mobius agent settings), as YAML
     #[command(subcommand)]
     Config(crate::commands::config::ConfigCommand),
+    /// The self-service portal (mobius-cocoon) end users open from their
+    /// device: its branding
+    #[command(subcommand)]
+    Portal(crate::commands::portal::PortalCommand),
     /// Backbone service tokens (reverse tunnels to services on devices)
     #[command(subcommand)]
     Backbone(crate::commands::backbone::BackboneCommand),

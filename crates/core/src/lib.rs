@@ -21,6 +21,7 @@ pub mod pki;
 pub mod plans;
 pub mod platform;
 pub mod policies;
+pub mod portal;
 pub mod queries;
 pub mod software;
 pub mod tenancy;

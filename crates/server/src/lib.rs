@@ -12,6 +12,7 @@ pub mod http;
 pub mod jobs;
 pub mod mail;
 pub mod osquery;
+pub mod portal;
 pub mod queries;
 pub mod serve;
 pub mod settings;

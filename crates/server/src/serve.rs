@@ -240,6 +240,14 @@ impl Server {
             )),
         };
         let options = crate::osquery::OptionsHub::start(bus.clone());
+        let portal = crate::portal::PortalServices::from_settings(settings);
+        let portal_rest = crate::portal::rest::router(crate::portal::rest::PortalRestState {
+            store: store.clone(),
+            portal: portal.clone(),
+            plans: plans.clone(),
+            presence: presence.clone(),
+            heartbeat_interval_secs: settings.heartbeat_interval_secs,
+        });
         let device_state = DeviceState {
             store: store.clone(),
             pki: pki.clone(),
@@ -259,6 +267,7 @@ impl Server {
             software: software.clone(),
             queries: queries.clone(),
             options: options.clone(),
+            portal: portal.clone(),
         };
         let devices = DeviceSide {
             listener: device_listener,
@@ -397,7 +406,8 @@ impl Server {
             });
         let router = router::router_with(state, settings, Some(graphql), rest, tenant_routes)
             .merge(services.routes)
-            .merge(software_rest);
+            .merge(software_rest)
+            .merge(portal_rest);
         Ok(Server {
             store,
             _data_dir_lock: data_dir_lock,

@@ -230,6 +230,19 @@ pub struct Settings {
     /// Largest osquery request body, in bytes (the admin listener's
     /// `request_body_limit_bytes` applies too).
     pub osquery_body_limit_bytes: usize,
+    /// The self-service portal's (mobius-cocoon's) public base URL, e.g.
+    /// `https://portal.example.com`. Unset: no portal, and agents asking
+    /// for a portal link are told so.
+    pub portal_url: Option<String>,
+    /// How long an agent's portal link token is good for before the agent
+    /// asks for the next (it rotates on this period; hourly by default).
+    pub portal_link_ttl_secs: u64,
+    /// How long a link stays valid after its successor is due, so a link
+    /// printed just before a rotation still opens.
+    pub portal_link_overlap_secs: u64,
+    /// How long a portal session (a browser that opened a link) lasts,
+    /// whatever the agent rotates meanwhile.
+    pub portal_session_ttl_secs: u64,
 }
 
 /// How the SMTP connection is protected.
@@ -318,6 +331,10 @@ impl Default for Settings {
             osquery_log_retention_days: 7,
             osquery_requests_per_minute_per_node: 600,
             osquery_body_limit_bytes: 1024 * 1024,
+            portal_url: None,
+            portal_link_ttl_secs: 3600,
+            portal_link_overlap_secs: 300,
+            portal_session_ttl_secs: 8 * 3600,
         }
     }
 }
@@ -394,6 +411,10 @@ const SETTING_NAMES: &[&str] = &[
     "osquery_log_retention_days",
     "osquery_requests_per_minute_per_node",
     "osquery_body_limit_bytes",
+    "portal_url",
+    "portal_link_ttl_secs",
+    "portal_link_overlap_secs",
+    "portal_session_ttl_secs",
 ];
 
 /// Values given as command-line flags; `None` means "not given".
@@ -489,6 +510,21 @@ impl Settings {
             return Err(SettingsError(
                 "device_tls_cert_file, device_tls_key_file and device_tls_ca_file must be set together".into(),
             ));
+        }
+        if let Some(url) = &self.portal_url
+            && !url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+        {
+            return Err(SettingsError(
+                "portal_url must be the portal's http:// or https:// base URL".into(),
+            ));
+        }
+        for (name, value) in [
+            ("portal_link_ttl_secs", self.portal_link_ttl_secs),
+            ("portal_session_ttl_secs", self.portal_session_ttl_secs),
+        ] {
+            if value == 0 {
+                return Err(SettingsError(format!("{name} must be at least 1")));
+            }
         }
         if self.device_certificate_ttl_secs < 60 {
             return Err(SettingsError(

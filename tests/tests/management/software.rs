@@ -55,7 +55,7 @@ fn multipart(metadata: &Value, file_name: &str, bytes: &[u8]) -> (String, Vec<u8
 }
 
 /// REST calls on a fleet.
-trait Software {
+pub(crate) trait Software {
     async fn upload(&self, metadata: Value, file_name: &str, bytes: &[u8]) -> (u16, Value);
     async fn rest(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value);
     async fn install(&self, version: &str, device: &str) -> Value;
@@ -148,7 +148,7 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
-fn script_metadata(name: &str, version: &str, sha: Option<&str>, script: &str) -> Value {
+pub(crate) fn script_metadata(name: &str, version: &str, sha: Option<&str>, script: &str) -> Value {
     json!({
         "name": name,
         "version": version,

@@ -300,6 +300,7 @@ mod tests {
             },
             max_interval_secs: Some(1),
             max_backoff_secs: 1,
+            portal: crate::cli::PortalFileArg { portal_file: None },
         }));
 
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -11,6 +11,7 @@ pub mod graphql;
 pub mod license;
 pub mod plans;
 pub mod policies;
+pub mod portal;
 pub mod queries;
 pub mod session;
 pub mod sites_and_teams;
@@ -151,6 +152,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Query(command) => queries::run(&ctx, command).await,
         Command::Policies(command) => policies::run(&ctx, command).await,
         Command::Config(command) => config::run(&ctx, command).await,
+        Command::Portal(command) => portal::run(&ctx, command).await,
         Command::Run(args) => {
             let code = plans::run_command(&ctx, args).await?;
             use std::io::Write;

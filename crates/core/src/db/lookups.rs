@@ -24,6 +24,8 @@ pub enum SecretKind {
     OsqueryEnrollSecret,
     /// An osquery node key.
     OsqueryNodeKey,
+    /// A self-service portal token (link or session) that has not expired.
+    PortalToken,
 }
 
 /// One login candidate: a user with this email in some tenant.
@@ -75,6 +77,7 @@ impl Store {
                 "osquery_enroll_secrets",
             ),
             SecretKind::OsqueryNodeKey => ("mobius_osquery_node_tenant", "osquery_nodes"),
+            SecretKind::PortalToken => ("mobius_portal_token_tenant", "portal_tokens"),
         };
         // Both names come from the match above, never from input.
         let sql = match self.backend {

@@ -105,3 +105,12 @@ impl TenantProof for crate::devices::DeviceIdentity {
         self.tenant_id()
     }
 }
+
+impl sealed::Sealed for crate::portal::PortalGrant {}
+/// A portal token's device: its tenant, nothing wider (the portal's
+/// repositories take the grant and read that one device).
+impl TenantProof for crate::portal::PortalGrant {
+    fn tenant_id(&self) -> Uuid {
+        self.tenant_id()
+    }
+}

@@ -199,6 +199,16 @@ pub fn status_of(install: &Install) -> InstallStatus {
     InstallStatus::parse(&install.status).unwrap_or(InstallStatus::Failed)
 }
 
+/// Whether a title is offered where the device is: its site or its team,
+/// or everywhere when the title names neither.
+pub fn offered_to(title: &Title, device: &device::Model) -> bool {
+    let sites = site_ids_of(title);
+    let teams = team_ids_of(title);
+    (sites.is_empty() && teams.is_empty())
+        || sites.contains(&device.site_id)
+        || device.team_id.is_some_and(|t| teams.contains(&t))
+}
+
 pub fn site_ids_of(title: &Title) -> Vec<Uuid> {
     serde_json::from_value(title.available_site_ids.clone()).unwrap_or_default()
 }
@@ -631,6 +641,17 @@ impl<'s> Software<'s> {
             .await?)
     }
 
+    /// A device's installs, newest first (at most the latest 200).
+    pub async fn installs_of_device(&self, device_id: Uuid) -> StoreResult<Vec<Install>> {
+        Ok(install::Entity::find()
+            .filter(install::Column::TenantId.eq(self.scope.tenant_id()))
+            .filter(install::Column::DeviceId.eq(device_id))
+            .order_by_desc(install::Column::Id)
+            .limit(200)
+            .all(self.scope.connection())
+            .await?)
+    }
+
     /// Installs of a request.
     pub async fn installs_of_request(&self, request_id: Uuid) -> StoreResult<Vec<Install>> {
         Ok(install::Entity::find()
@@ -842,7 +863,10 @@ impl<'s> Software<'s> {
 
 impl<'s> Software<'s> {
     /// Each version's newest install on the device (by request).
-    async fn latest_on_device(&self, device_id: Uuid) -> StoreResult<HashMap<Uuid, Install>> {
+    pub(crate) async fn latest_on_device(
+        &self,
+        device_id: Uuid,
+    ) -> StoreResult<HashMap<Uuid, Install>> {
         let rows = install::Entity::find()
             .filter(install::Column::TenantId.eq(self.scope.tenant_id()))
             .filter(install::Column::DeviceId.eq(device_id))
@@ -930,12 +954,7 @@ impl<'s> Software<'s> {
             if !title.self_service {
                 continue;
             }
-            let sites = site_ids_of(&title);
-            let teams = team_ids_of(&title);
-            let offered = (sites.is_empty() && teams.is_empty())
-                || sites.contains(&found.site_id)
-                || found.team_id.is_some_and(|t| teams.contains(&t));
-            if !offered {
+            if !offered_to(&title, &found) {
                 continue;
             }
             // `list` is newest first: the first version seen of a title is its newest.

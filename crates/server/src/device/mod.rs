@@ -61,6 +61,8 @@ pub struct DeviceState {
     /// The merged agent options, sent first on every work stream and
     /// again when they change.
     pub options: Arc<crate::osquery::OptionsHub>,
+    /// The self-service portal's settings (link tokens for agents).
+    pub portal: crate::portal::PortalServices,
 }
 
 pub fn router(state: DeviceState) -> Router {
@@ -88,6 +90,10 @@ pub fn router(state: DeviceState) -> Router {
             post(crate::software::device::inventory).layer(DefaultBodyLimit::max(
                 crate::software::device::MAX_INVENTORY_BODY_BYTES,
             )),
+        )
+        .route(
+            mobius_api::portal::PORTAL_TOKEN_PATH,
+            post(crate::portal::device::portal_token),
         )
         .route(
             mobius_api::queries::QUERY_RESULTS_PATH,

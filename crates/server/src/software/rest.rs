@@ -102,7 +102,7 @@ fn bad(field: Option<&str>, message: impl Into<String>) -> ApiError {
 }
 
 /// Exhaustive: a new software error needs a decision here.
-fn software_error(err: SoftwareError) -> ApiError {
+pub(crate) fn software_error(err: SoftwareError) -> ApiError {
     match err {
         SoftwareError::Invalid { field, reason } => {
             let message = format!("invalid {field}: {reason}");

@@ -20,6 +20,7 @@ mod osquery;
 mod pagination;
 mod plans;
 mod policies;
+mod portal;
 mod queries;
 pub mod signup;
 mod software;
@@ -107,6 +108,7 @@ pub struct QueryRoot(
     policies::PolicyQuery,
     agent_options::AgentOptionsQuery,
     osquery::OsqueryQuery,
+    portal::PortalQuery,
 );
 
 /// Mutations are split by area and merged.
@@ -126,6 +128,7 @@ pub struct MutationRoot(
     policies::PolicyMutation,
     agent_options::AgentOptionsMutation,
     osquery::OsqueryMutation,
+    portal::PortalMutation,
 );
 
 // Each area's subscriptions, merged.
