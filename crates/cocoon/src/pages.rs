@@ -2,7 +2,7 @@
 //! is HTML-escaped). Pure functions of the server's answers and the clock,
 //! so they are tested without a server.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 use mobius_api::portal::{
     PortalActivity, PortalBranding, PortalDevice, PortalPolicies, PortalPolicy, PortalSoftware,
@@ -131,7 +131,7 @@ pub fn layout(chrome: &Chrome, title: &str, body: Markup) -> Markup {
 fn time(raw: &str, now: DateTime<Utc>) -> Markup {
     match wording::parse_time(raw) {
         Some(t) => html! {
-            time datetime=(t.to_rfc3339()) title=(wording::exact(t)) { (wording::relative(t, now)) }
+            time datetime=(t.to_rfc3339_opts(SecondsFormat::Secs, true)) title=(wording::exact(t)) { (wording::relative(t, now)) }
         },
         None => html! { (raw) },
     }
@@ -167,9 +167,9 @@ pub fn status(device: &PortalDevice, failing: usize, now: DateTime<Utc>) -> Mark
                 dt { "Connection" }
                 dd {
                     @if device.online {
-                        span class="badge ok" { span aria-hidden="true" { "● " } "Online" }
+                        span class="badge ok" { span aria-hidden="true" { "● " } span { "Online" } }
                     } @else {
-                        span class="badge off" { span aria-hidden="true" { "○ " } "Offline" }
+                        span class="badge off" { span aria-hidden="true" { "○ " } span { "Offline" } }
                     }
                 }
             }
@@ -198,7 +198,8 @@ pub fn status(device: &PortalDevice, failing: usize, now: DateTime<Utc>) -> Mark
         }
         p class={ "summary " @if failing > 0 { "attention" } } {
             a href="/policies" { (failing_summary(failing)) }
-            @if failing > 0 { " — see how to fix them." }
+            @if failing == 1 { " — see how to fix it." }
+            @if failing > 1 { " — see how to fix them." }
         }
         h2 { "Disks" }
         @if device.disks.is_empty() {
@@ -267,7 +268,7 @@ pub fn policies(list: &PortalPolicies, now: DateTime<Utc>) -> Markup {
                     li class="card policy" data-status=(label) {
                         h2 { (policy.name) }
                         p class="policy-status" {
-                            span class={ "badge " (class) } { span aria-hidden="true" { (icon) } (label) }
+                            span class={ "badge " (class) } { span aria-hidden="true" { (icon) } span { (label) } }
                             @if let Some(at) = &policy.checked_at {
                                 " " span class="checked" { "checked " (time(at, now)) }
                             }
@@ -516,7 +517,7 @@ mod tests {
         let html = status(&device, 2, now()).into_string();
         assert!(html.contains("<h1>alice-mbp</h1>"));
         assert!(html.contains("Offline"));
-        assert!(html.contains(r#"<time datetime="2026-12-01T11:58:00+00:00" title="2026-12-01 11:58 UTC">2 minutes ago</time>"#), "{html}");
+        assert!(html.contains(r#"<time datetime="2026-12-01T11:58:00Z" title="2026-12-01 11:58 UTC">2 minutes ago</time>"#), "{html}");
         assert!(html.contains("macOS 15.1"));
         assert!(html.contains(r#"<a href="/policies">2 failing policies</a>"#));
         assert!(html.contains("56.0 GB of 256 GB used (21%)"));
