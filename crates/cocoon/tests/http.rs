@@ -39,7 +39,7 @@ fn get(path: &str) -> Request<Body> {
     Request::get(path).body(Body::empty()).unwrap()
 }
 
-fn header<'a>(response: &'a Response<Body>, name: header::HeaderName) -> &'a str {
+fn header(response: &Response<Body>, name: header::HeaderName) -> &str {
     response
         .headers()
         .get(name)
