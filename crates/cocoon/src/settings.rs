@@ -45,7 +45,7 @@ pub struct Settings {
     /// How often, in milliseconds, live install progress polls the server
     /// (one request per open software page per interval).
     #[arg(long, env = "MOBIUS_COCOON_POLL_MS", default_value_t = 1000,
-          value_parser = clap::value_parser!(u64).range(100..=60_000))]
+          value_parser = clap::value_parser!(u64).range(50..=60_000))]
     pub poll_ms: u64,
 
     /// Log format on stderr.
