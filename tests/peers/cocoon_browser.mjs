@@ -73,6 +73,12 @@ async function main() {
   const context = await browser.newContext({ viewport: { width: 1024, height: 800 } });
   const page = await context.newPage();
   page.setDefaultTimeout(STEP_MS);
+  // Script errors and CSP violations show here; reported with the last check.
+  const consoleErrors = [];
+  page.on('console', (message) => {
+    if (message.type() === 'error') consoleErrors.push(message.text());
+  });
+  page.on('pageerror', (error) => consoleErrors.push(String(error)));
   const origin = new URL(link).origin;
 
   await check('open-link', async () => {
@@ -188,6 +194,11 @@ async function main() {
     await page.keyboard.press('Enter');
     const landed = await page.evaluate(() => document.activeElement?.id || document.activeElement?.tagName);
     return { first_tab: first.text, after_enter: landed };
+  });
+
+  await check('console', async () => {
+    assert(consoleErrors.length === 0, `the pages logged errors: ${JSON.stringify(consoleErrors)}`);
+    return {};
   });
 
   await check('expired', async () => {

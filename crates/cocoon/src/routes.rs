@@ -145,6 +145,9 @@ pub fn router(state: AppState) -> Router {
         .route("/static/cocoon.css", get(css))
         .route("/static/cocoon.js", get(js))
         .route("/healthz", get(|| async { "ok" }))
+        // Browsers ask for it on every first visit; an empty answer keeps
+        // a 404 out of their consoles (the header shows the tenant's logo).
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .fallback(not_found)
         .layer(middleware::map_response(security_headers))
         .with_state(state)
