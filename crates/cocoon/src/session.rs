@@ -5,6 +5,7 @@ use axum::extract::FromRequestParts;
 use axum::http::header::COOKIE;
 use axum::http::request::Parts;
 use chrono::{DateTime, Utc};
+use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
 use mobius_api::portal::{LINK_TOKEN_PREFIX, SESSION_TOKEN_PREFIX};
 use sha2::Sha256;
@@ -110,7 +111,10 @@ pub fn clear_cookie(secure: bool) -> String {
 /// open forms fail once with "reload the page", and there is no secret to
 /// configure or leak. The SameSite=Strict cookie already stops cross-site
 /// posts in current browsers; the token is the second lock for older ones.
-pub struct CsrfKey([u8; 32]);
+///
+/// The key is one SHA-256 block (64 bytes), so HMAC takes it as it is and
+/// its construction cannot fail.
+pub struct CsrfKey([u8; 64]);
 
 impl CsrfKey {
     pub fn random() -> CsrfKey {
@@ -118,8 +122,7 @@ impl CsrfKey {
     }
 
     fn mac(&self, session: &Session) -> Hmac<Sha256> {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0)
-            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        let mut mac = <Hmac<Sha256> as KeyInit>::new(&self.0.into());
         mac.update(session.token.as_bytes());
         mac
     }
