@@ -155,7 +155,10 @@ pub fn software_events(
                     return Some((vec![expired], Poll::Done));
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "live software poll failed; retrying");
+                    tracing::warn!(
+                        error = crate::portal::error_chain(&error),
+                        "live software poll failed; retrying"
+                    );
                 }
             }
         }

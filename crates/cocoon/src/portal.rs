@@ -31,6 +31,22 @@ pub enum PortalError {
     Unexpected { status: u16, body: String },
 }
 
+/// The error and its causes on one line (`reqwest` keeps the useful part,
+/// such as "invalid peer certificate: UnknownIssuer", in the sources).
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// A self-service action the portal offers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SoftwareAction {

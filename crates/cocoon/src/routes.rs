@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use crate::live::{self, LiveItem};
 use crate::pages::{self, Chrome, Section};
-use crate::portal::{PortalClient, PortalError, SoftwareAction};
+use crate::portal::{PortalClient, PortalError, SoftwareAction, error_chain};
 use crate::session::{self, CsrfKey, NoSession, Session};
 use crate::wording;
 
@@ -125,7 +125,7 @@ impl AppState {
             | PortalError::Conflict
             | PortalError::Unreachable(_)
             | PortalError::Unexpected { .. } => {
-                tracing::warn!(%error, "portal API call failed");
+                tracing::warn!(error = error_chain(&error), "portal API call failed");
                 self.unreachable()
             }
         }
@@ -393,7 +393,7 @@ async fn software_action(
             json_error(StatusCode::UNAUTHORIZED, "This portal link has expired.")
         }
         Err(error @ (PortalError::Unreachable(_) | PortalError::Unexpected { .. })) if json => {
-            tracing::warn!(%error, "software action failed");
+            tracing::warn!(error = error_chain(&error), "software action failed");
             json_error(
                 StatusCode::BAD_GATEWAY,
                 "The portal cannot reach the Mobius server right now; try again in a minute.",
@@ -470,7 +470,7 @@ async fn logo(State(app): State<AppState>, session: Result<Session, NoSession>) 
             | PortalError::Unreachable(_)
             | PortalError::Unexpected { .. }),
         ) => {
-            tracing::warn!(%error, "logo fetch failed");
+            tracing::warn!(error = error_chain(&error), "logo fetch failed");
             StatusCode::BAD_GATEWAY.into_response()
         }
     }
