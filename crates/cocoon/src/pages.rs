@@ -340,9 +340,9 @@ pub fn software_row(item: &PortalSoftware, csrf: &str) -> Markup {
 pub fn software(list: &[PortalSoftware], csrf: &str, notice: Option<&str>) -> Markup {
     html! {
         h1 { "Software" }
-        p {
-            "Apps your IT team offers for this device. Progress updates by itself; "
-            a href="/software" { "refresh" } " if it seems stuck."
+        p { "Apps your IT team offers for this device." }
+        p class="refresh" {
+            a href="/software" { "Refresh" } " to see the latest status."
         }
         div id="notice" class="notice" role="status" hidden[notice.is_none()] {
             @if let Some(notice) = notice { (notice) }
