@@ -551,6 +551,37 @@ mod tests {
     }
 
     #[test]
+    fn software_row_has_progress_buttons_as_forms_and_its_timestamp() {
+        let item = PortalSoftware {
+            version_id: Uuid::from_u128(7),
+            name: "Firefox".into(),
+            version: "128.0".into(),
+            installer_kind: "pkg".into(),
+            size_bytes: 2_600_000,
+            install: Some(PortalInstall {
+                action: "install".into(),
+                status: InstallStatus::Downloading,
+                bytes_downloaded: 1_170_000,
+                bytes_total: 2_600_000,
+                reason: None,
+                updated_at: "2026-12-01T10:00:00Z".into(),
+            }),
+            actions: vec!["uninstall".into(), "explode".into()],
+        };
+        let html = software_row(&item, "c5rf").into_string();
+        let id = "00000000-0000-0000-0000-000000000007";
+        assert!(html.contains(&format!(r#"id="sw-{id}""#)));
+        assert!(html.contains(r#"data-updated="1796119200000""#), "{html}");
+        assert!(
+            html.contains(r#"data-status="DOWNLOADING">Downloading 45% (1.2 MB of 2.6 MB)</span>"#)
+        );
+        assert!(html.contains(r#"<progress value="1170000" max="2600000" aria-label="Firefox progress">45%</progress>"#));
+        assert!(html.contains(&format!(r#"<form method="post" action="/software/{id}/uninstall"><input type="hidden" name="csrf" value="c5rf"><button type="submit" class="button uninstall">Uninstall Firefox</button></form>"#)), "{html}");
+        // An action this portal does not know is not offered.
+        assert!(!html.contains("explode"));
+    }
+
+    #[test]
     fn activity_lists_events() {
         let html = activity(
             &PortalActivity {
