@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # tests/peers/install.sh: installs the real peers the tests start, when
-# missing: the npm packages in tests/peers (oidc-provider, pinned by
+# missing: the npm packages in tests/peers (oidc-provider, playwright-core
+# for the portal's browser test, pinned by
 # package-lock.json) and the Python ones in tests/peers/requirements.txt
 # (moto_server, aiosmtpd, pysaml2 for tests/peers/saml_idp.py) in a venv at $MOBIUS_PEERS_VENV
 # (default /var/cache/mobius/peers-venv). Runs in well under a second when
@@ -17,7 +18,7 @@ die() {
 }
 
 command -v npm >/dev/null 2>&1 || die "npm is missing: apt-get install nodejs npm (or run .ci/run)"
-if [[ ! -d node_modules/oidc-provider ]]; then
+if [[ ! -d node_modules/oidc-provider || ! -d node_modules/playwright-core ]]; then
     echo "installing the test peers' npm packages (npm ci in tests/peers)"
     npm ci --no-audit --no-fund
 fi
