@@ -10,6 +10,7 @@
 //   COCOON_FAILING_POLICY  a policy name that must be listed as Failing
 //   COCOON_RESOLUTION      a substring of that policy's resolution text
 //   COCOON_SOFTWARE        the self-service title to install
+//   COCOON_BRAND_NAME      optional: the branded name the header must show, with its logo
 //   COCOON_SCREENSHOTS     directory for the PNGs (created if missing)
 //   CHROMIUM               browser binary (default /usr/bin/chromium)
 //   COCOON_INSTALL_TIMEOUT_MS  how long the install may take (default 120000)
@@ -92,8 +93,17 @@ async function main() {
   await check('status', async () => {
     await page.getByRole('heading', { level: 1, name: hostname, exact: true }).waitFor();
     await page.getByText('Online', { exact: true }).waitFor();
+    // White-labeling, when the test set it: the tenant's name and a logo
+    // that really loaded (decoded, not a broken image).
+    const brand = process.env.COCOON_BRAND_NAME;
+    let logo = null;
+    if (brand) {
+      await page.locator('header').getByText(brand, { exact: true }).waitFor();
+      logo = await page.getByRole('img', { name: brand }).evaluate((img) => img.complete && img.naturalWidth);
+      assert(logo > 0, `the logo of "${brand}" did not load`);
+    }
     await shot(page, 'status.png');
-    return { hostname };
+    return { hostname, brand: brand ?? null, logo_width: logo };
   });
 
   await check('policies', async () => {

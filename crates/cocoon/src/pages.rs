@@ -383,7 +383,7 @@ pub fn expired() -> Markup {
         p {
             "Links to this portal last a short time. To open it again, run "
             code { "mobius-agent portal" }
-            " on your device (or use the Mobius item in your device's menu), then open the new link."
+            " on your device, then open the new link it prints."
         }
         p { "If that does not work, contact your IT team." }
     }

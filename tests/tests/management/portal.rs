@@ -403,6 +403,7 @@ async fn portal_tokens_rotate_and_act_for_one_device_only() {
         "Notes 1.2: Installed",
         "Notes 1.2: Uninstalled",
         "“Disk encryption” started failing",
+        "This device was enrolled in Mobius",
     ] {
         assert!(
             summaries.contains(&expected),
@@ -419,10 +420,11 @@ async fn portal_tokens_rotate_and_act_for_one_device_only() {
         .as_array()
         .unwrap_or_else(|| panic!("{audit}"))
         .iter()
-        .find(|e| e["action"] == "portal.software_requested")
+        .find(|e| e["action"] == "software.install_requested")
         .cloned()
-        .unwrap_or_else(|| panic!("no portal.software_requested in {audit}"));
+        .unwrap_or_else(|| panic!("no software.install_requested in {audit}"));
     assert_eq!(requested["actorKind"], "device", "{requested}");
+    assert_eq!(requested["userAgent"], "mobius-cocoon", "{requested}");
 
     // White-labeling: name, colour, logo (PNG only), help contact.
     let png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0\x1f\x15\xc4\x89";
@@ -549,4 +551,257 @@ fn agent_command_as_other(dir: &Path) -> String {
     );
     let link: Value = serde_json::from_slice(&out.stdout).unwrap();
     link["token"].as_str().unwrap().to_owned()
+}
+
+/// A free local port for a service that must be named before it starts
+/// (the server's `portal_url` points at Cocoon, and Cocoon at the server).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `mobius-cocoon` against the fleet's server, on `port`.
+struct Cocoon {
+    child: std::process::Child,
+}
+
+impl Cocoon {
+    fn start(server: &str, port: u16) -> Cocoon {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(mobius_tests::workspace_binary("mobius-cocoon"))
+            .args(["--server", server, "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--poll-ms", "250", "--log-format", "json"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(
+            line.trim(),
+            format!("mobius-cocoon listening on http://127.0.0.1:{port}"),
+            "mobius-cocoon's first line"
+        );
+        Cocoon { child }
+    }
+}
+
+impl Drop for Cocoon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Where the browser test leaves its screenshots: beside the binaries,
+/// so CI keeps them with the build.
+fn screenshot_dir() -> std::path::PathBuf {
+    let binary = mobius_tests::workspace_binary("mobius-cocoon");
+    binary
+        .parent()
+        .unwrap()
+        .join("test-artifacts")
+        .join("cocoon")
+}
+
+#[tokio::test]
+async fn cocoon_in_a_real_browser() {
+    let port = free_port();
+    let portal_url = format!("http://127.0.0.1:{port}");
+    let fleet = Fleet::start(&[("MOBIUS_PORTAL_URL", portal_url.as_str())]).await;
+    let device = fleet.enroll().await;
+    let dir = fleet.agent_dir();
+    let hostname = fleet
+        .gql(
+            "query($id: ID!) { device(id: $id) { hostname } }",
+            json!({ "id": device }),
+        )
+        .await["data"]["device"]["hostname"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // A link that has expired: minted by `mobius-agent portal` (no agent
+    // running yet, so the command asks the server), then aged in the
+    // database. The running agent then keeps a fresh one.
+    let out = agent_command(&dir, &["portal", "--output", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stale: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stale_url = stale["url"].as_str().unwrap().to_owned();
+    let mut db = fleet.owner_connection().await;
+    let aged = sea_orm::sqlx::query(
+        "UPDATE portal_tokens SET expires_at = now() - interval '1 second' WHERE kind = 'link'",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(aged.rows_affected(), 1);
+    std::fs::remove_file(dir.join("portal.json")).unwrap();
+    let agent = Agent::start(&dir);
+    agent.connected().await;
+    let link = first_link(&dir).await;
+    let link_url = link["url"].as_str().unwrap().to_owned();
+    assert!(
+        link_url.starts_with(&format!("{portal_url}/start?token=mpl_")),
+        "{link}"
+    );
+
+    // A failing policy with its resolution, checked on the device.
+    let created = fleet
+        .gql(
+            "mutation($i: CreatePolicyInput!) { createPolicy(input: $i) { id } }",
+            json!({ "i": { "name": "Firewall enabled", "sql": "SELECT 1 FROM mobius_agent WHERE 1 = 0",
+                           "resolution": "Open Settings > Network and turn the firewall on." } }),
+        )
+        .await;
+    let policy = created["data"]["createPolicy"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{created}"))
+        .to_owned();
+    fleet
+        .gql(
+            "mutation($id: ID!) { runPolicy(id: $id) { id } }",
+            json!({ "id": policy }),
+        )
+        .await;
+    let failing = eventually(Duration::from_secs(20), async || {
+        fleet
+            .gql(
+                "query($id: ID!) { policy(id: $id) { failing } }",
+                json!({ "id": policy }),
+            )
+            .await["data"]["policy"]["failing"]
+            == 1
+    })
+    .await;
+    assert!(failing, "the policy never failed on the device");
+
+    // A self-service .deb the agent installs into a throwaway dpkg root
+    // (slowed by a second so the page shows the install under way).
+    let work = tempfile::tempdir().unwrap();
+    let deb = super::software::ThrowawayDeb::build(work.path());
+    let (status, uploaded) = fleet
+        .upload(
+            json!({
+                "name": "Hello Notes", "version": "1.0", "installer_kind": "deb", "self_service": true,
+                "install_script": format!("sleep 1; {} -i \"$INSTALLER_PATH\"", deb.dpkg),
+                "uninstall_script": format!("{} -r mobius-hello", deb.dpkg),
+            }),
+            "mobius-hello_1.0_all.deb",
+            &deb.bytes,
+        )
+        .await;
+    assert_eq!(status, 201, "{uploaded}");
+
+    // The tenant's white-labeling, as the pages show it.
+    use base64::Engine;
+    let logo = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/acme-logo.png"))
+        .unwrap();
+    let branded = fleet
+        .gql(
+            "mutation($i: SetPortalBrandingInput!) { setPortalBranding(input: $i) { hasLogo } }",
+            json!({ "i": { "displayName": "Acme IT", "accentColor": "#0b5fff",
+                           "supportContact": "IT desk, ext. 4357",
+                           "logoBase64": base64::engine::general_purpose::STANDARD.encode(&logo) } }),
+        )
+        .await;
+    assert_eq!(
+        branded["data"]["setPortalBranding"]["hasLogo"], true,
+        "{branded}"
+    );
+
+    let _cocoon = Cocoon::start(&fleet.server.url(""), port);
+    let shots = screenshot_dir();
+    let _ = std::fs::remove_dir_all(&shots);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let run = tokio::process::Command::new("node")
+        .arg(root.join("tests/peers/cocoon_browser.mjs"))
+        .current_dir(&root)
+        .env("COCOON_LINK", &link_url)
+        .env("COCOON_EXPIRED_LINK", &stale_url)
+        .env("COCOON_HOSTNAME", &hostname)
+        .env("COCOON_FAILING_POLICY", "Firewall enabled")
+        .env("COCOON_RESOLUTION", "turn the firewall on")
+        .env("COCOON_SOFTWARE", "Hello Notes")
+        .env("COCOON_BRAND_NAME", "Acme IT")
+        .env("COCOON_SCREENSHOTS", &shots)
+        .env("COCOON_INSTALL_TIMEOUT_MS", "60000")
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(240), run)
+        .await
+        .expect("the browser run finished within 4 minutes")
+        .expect("node runs (tests/peers/install.sh installs playwright-core)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}");
+    assert!(
+        out.status.success(),
+        "the browser test failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let checks: Vec<Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    for name in [
+        "open-link",
+        "status",
+        "policies",
+        "install",
+        "progress",
+        "activity",
+        "phone-width",
+        "keyboard",
+        "console",
+        "expired",
+    ] {
+        assert!(
+            checks.iter().any(|c| c["check"] == name && c["ok"] == true),
+            "check {name} passed: {stdout}"
+        );
+    }
+    let progress = checks.iter().find(|c| c["check"] == "progress").unwrap();
+    let seen = progress["seen"].as_array().unwrap();
+    assert_eq!(
+        seen.last()
+            .and_then(Value::as_str)
+            .map(|s| s.starts_with("Installed")),
+        Some(true),
+        "progress ends Installed: {progress}"
+    );
+    // The agent really installed it.
+    assert_eq!(
+        std::fs::read_to_string(deb.root.join("opt/mobius-hello/hello.txt")).unwrap(),
+        "hello\n"
+    );
+    for file in [
+        "status.png",
+        "policies.png",
+        "software.png",
+        "activity.png",
+        "status-phone.png",
+        "expired.png",
+    ] {
+        let bytes = std::fs::metadata(shots.join(file))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        assert!(
+            bytes > 1000,
+            "screenshot {file} saved in {}",
+            shots.display()
+        );
+    }
+    eprintln!("screenshots in {}", shots.display());
+    agent.kill();
 }

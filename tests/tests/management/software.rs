@@ -148,6 +148,55 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// A small `.deb` (mobius-hello 1.0, one file under /opt) built with
+/// `dpkg-deb`, and a dpkg command line that installs into a throwaway
+/// root under `work` rather than the host's.
+pub(crate) struct ThrowawayDeb {
+    pub root: PathBuf,
+    pub bytes: Vec<u8>,
+    /// `dpkg --root=… …`: append `-i FILE` or `-r mobius-hello`.
+    pub dpkg: String,
+}
+
+impl ThrowawayDeb {
+    pub(crate) fn build(work: &Path) -> ThrowawayDeb {
+        let root = work.join("dpkg-root");
+        let package = work.join("pkg");
+        std::fs::create_dir_all(root.join("var/lib/dpkg/info")).unwrap();
+        std::fs::create_dir_all(root.join("var/lib/dpkg/updates")).unwrap();
+        std::fs::write(root.join("var/lib/dpkg/status"), "").unwrap();
+        std::fs::create_dir_all(package.join("DEBIAN")).unwrap();
+        std::fs::create_dir_all(package.join("opt/mobius-hello")).unwrap();
+        std::fs::write(
+            package.join("DEBIAN/control"),
+            "Package: mobius-hello\nVersion: 1.0\nArchitecture: all\nMaintainer: Mobius <dev@mobius.test>\nDescription: test package\n",
+        )
+        .unwrap();
+        std::fs::write(package.join("opt/mobius-hello/hello.txt"), "hello\n").unwrap();
+        let deb = work.join("mobius-hello.deb");
+        let built = Command::new("dpkg-deb")
+            .args(["--build", "--root-owner-group"])
+            .arg(&package)
+            .arg(&deb)
+            .output()
+            .unwrap();
+        assert!(
+            built.status.success(),
+            "{}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+        let dpkg = format!(
+            "dpkg --root='{}' --force-script-chrootless --force-not-root",
+            root.display()
+        );
+        ThrowawayDeb {
+            bytes: std::fs::read(&deb).unwrap(),
+            root,
+            dpkg,
+        }
+    }
+}
+
 pub(crate) fn script_metadata(name: &str, version: &str, sha: Option<&str>, script: &str) -> Value {
     json!({
         "name": name,
@@ -675,36 +724,11 @@ async fn packages_install_a_cut_download_resumes_and_a_corrupt_one_is_refused() 
     assert!(Path::new(&format!("{}-Met", condition_marker.display())).exists());
 
     // A .deb, installed into a throwaway dpkg root, then uninstalled.
-    let root = work.path().join("dpkg-root");
-    let package = work.path().join("pkg");
-    std::fs::create_dir_all(root.join("var/lib/dpkg/info")).unwrap();
-    std::fs::create_dir_all(root.join("var/lib/dpkg/updates")).unwrap();
-    std::fs::write(root.join("var/lib/dpkg/status"), "").unwrap();
-    std::fs::create_dir_all(package.join("DEBIAN")).unwrap();
-    std::fs::create_dir_all(package.join("opt/mobius-hello")).unwrap();
-    std::fs::write(
-        package.join("DEBIAN/control"),
-        "Package: mobius-hello\nVersion: 1.0\nArchitecture: all\nMaintainer: Mobius <dev@mobius.test>\nDescription: test package\n",
-    )
-    .unwrap();
-    std::fs::write(package.join("opt/mobius-hello/hello.txt"), "hello\n").unwrap();
-    let deb = work.path().join("mobius-hello.deb");
-    let built = Command::new("dpkg-deb")
-        .args(["--build", "--root-owner-group"])
-        .arg(&package)
-        .arg(&deb)
-        .output()
-        .unwrap();
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
-    let deb_bytes = std::fs::read(&deb).unwrap();
-    let dpkg = format!(
-        "dpkg --root='{}' --force-script-chrootless --force-not-root",
-        root.display()
-    );
+    let ThrowawayDeb {
+        root,
+        bytes: deb_bytes,
+        dpkg,
+    } = ThrowawayDeb::build(work.path());
     let (status, created) = fleet
         .upload(
             json!({

@@ -410,12 +410,14 @@ impl<'s> Portal<'s> {
                 }),
             });
         }
-        shown.sort_by(|a, b| a.name.to_lowercase().cmp(&b.name.to_lowercase()));
+        shown.sort_by_key(|s| s.name.to_lowercase());
         Ok(shown)
     }
 
     /// Installs, retries or uninstalls a self-service title on the grant's
     /// device, if its state allows; answers the plan executions to push.
+    /// The request is audited by the software area, as the device with
+    /// the portal as its client.
     pub async fn act(
         &self,
         grant: &PortalGrant,
@@ -465,20 +467,6 @@ impl<'s> Portal<'s> {
                 },
             )
             .await?;
-        self.scope
-            .audit()
-            .record(
-                &grant.actor(),
-                AuditRecord::new("portal.software_requested", "device", Some(grant.device_id))
-                    .with_details(json!({
-                        "version_id": version_id,
-                        "name": current.name,
-                        "version": current.version,
-                        "action": action,
-                        "request_id": requested.request_id,
-                    })),
-            )
-            .await?;
         Ok(requested)
     }
 
@@ -507,6 +495,10 @@ impl<'s> Portal<'s> {
         let rows = audit_event::Entity::find()
             .filter(audit_event::Column::TenantId.eq(self.scope.tenant_id()))
             .filter(about)
+            // The machinery behind an install (its plan, its delivery) and
+            // tenant housekeeping mean nothing to the device's user.
+            .filter(audit_event::Column::Action.not_like("plan%"))
+            .filter(audit_event::Column::Action.not_like("tenant.%"))
             .order_by_desc(audit_event::Column::CreatedAt)
             .order_by_desc(audit_event::Column::Id)
             .limit(ACTIVITY_LIMIT)
@@ -592,15 +584,21 @@ fn summary(
             .unwrap_or_else(|| "A policy".into())
     };
     match row.action.as_str() {
-        "device.registered" => "This device was enrolled in Mobius".into(),
+        "device.enrolled" => "This device was enrolled in Mobius".into(),
+        "device.re_enrolled" => "This device was enrolled again".into(),
         "device.renewed" => "The device's certificate was renewed".into(),
         "device.revoked" => "This device was revoked".into(),
         "portal.session_opened" => "The self-service portal was opened".into(),
-        "portal.software_requested" => format!(
+        // Only the device's own requests (through the portal) are found.
+        "software.install_requested" | "software.uninstall_requested" => format!(
             "{} {}: {} requested from the portal",
             detail(&row.details, "name").unwrap_or("Software"),
             detail(&row.details, "version").unwrap_or(""),
-            detail(&row.details, "action").unwrap_or("install"),
+            if row.action.ends_with("uninstall_requested") {
+                "uninstall"
+            } else {
+                "install"
+            },
         ),
         "software.install_status" => {
             let status = detail(&row.details, "status")
