@@ -603,11 +603,18 @@ impl Licensed {
 #[tokio::test]
 async fn the_operator_lists_suspends_resumes_and_offboards_tenants() {
     let hash = operator_hash();
+    let installers = tempfile::tempdir().unwrap();
     let cloud = Licensed::start_binary(
         "mobius-server-cloud",
         None,
         None,
-        &[("MOBIUS_PLATFORM_OPERATOR_TOKEN_SHA256", &hash)],
+        &[
+            ("MOBIUS_PLATFORM_OPERATOR_TOKEN_SHA256", &hash),
+            (
+                "MOBIUS_SOFTWARE_LOCAL_DIR",
+                installers.path().to_str().unwrap(),
+            ),
+        ],
     )
     .await;
     let (code, _, identity) = cloud.enroll_with_key("acme-host").await;
@@ -618,6 +625,20 @@ async fn the_operator_lists_suspends_resumes_and_offboards_tenants() {
         .create_tenant(&mobius_core::audit::Actor::system(), "Beta", "beta")
         .await
         .unwrap();
+    // Installers stored for each tenant (as uploads name them:
+    // `<tenant id>/<object id>`); only beta's go with beta.
+    let beta_dir = installers.path().join(beta.id.simple().to_string());
+    let other_dir = installers
+        .path()
+        .join(uuid::Uuid::now_v7().simple().to_string());
+    for dir in [&beta_dir, &other_dir] {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(
+            dir.join(uuid::Uuid::now_v7().simple().to_string()),
+            b"installer",
+        )
+        .unwrap();
+    }
 
     // Only the operator token opens the surface.
     use reqwest::Method;
@@ -743,6 +764,9 @@ async fn the_operator_lists_suspends_resumes_and_offboards_tenants() {
         .await;
     assert_eq!(code, 200, "{deleted}");
     assert_eq!(deleted["deleted"], true);
+    assert_eq!(deleted["installers_deleted"], 1, "{deleted}");
+    assert!(!beta_dir.exists(), "beta's installers are gone");
+    assert!(other_dir.exists(), "another tenant's installers stay");
     let (_, tenants) = cloud
         .platform(Method::GET, "/tenants", Some(OPERATOR_TOKEN))
         .await;

@@ -281,6 +281,23 @@ async fn two_populated_tenants(store: &Store) -> (Uuid, Uuid) {
             .unwrap()
             .unwrap();
         assert!(recorded.delivery.is_some());
+        // The portal: a link token for the device, and the branding.
+        scope
+            .portal()
+            .issue_link(device.id, chrono::Duration::hours(1))
+            .await
+            .unwrap();
+        scope
+            .portal()
+            .set_branding(
+                &actor,
+                mobius_core::portal::BrandingPatch {
+                    display_name: Some(format!("{slug} IT")),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
         scope.devices().revoke(&actor, device.id).await.unwrap();
         let pki = Pki::new(
             Arc::new(LocalSealer::new(&[3u8; 32])),

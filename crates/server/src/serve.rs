@@ -380,7 +380,7 @@ impl Server {
         ) {
             (Some(hash), true) => {
                 tracing::info!("platform operator surface on: /api/v1/mobius/platform/");
-                crate::admin::rest::platform::router(store.clone(), hash)
+                crate::admin::rest::platform::router(store.clone(), hash, software.storage.clone())
             }
             (Some(_), false) => {
                 tracing::warn!(

@@ -463,6 +463,32 @@ async fn portal_tokens_rotate_and_act_for_one_device_only() {
         json!({ "displayName": "Acme IT", "accentColor": "#0b5fff", "supportContact": "IT desk, ext. 4357", "hasLogo": true, "logoContentType": "image/png" }),
         "{branded}"
     );
+    // The CLI shows it, refuses a bad colour clearly, sets a logo file.
+    let config = tempfile::tempdir().unwrap();
+    let cli = |args: &[&str]| super::software::mobius_cli(&fleet, config.path(), args);
+    let (ok, out, err) = cli(&["portal", "branding", "get"]);
+    assert!(ok, "{err}");
+    let got: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(got["displayName"], "Acme IT", "{out}");
+    assert_eq!(got["logoContentType"], "image/png", "{out}");
+    let (ok, _, err) = cli(&["portal", "branding", "set"]);
+    assert!(!ok && err.contains("nothing to change"), "{err}");
+    let (ok, _, err) = cli(&["portal", "branding", "set", "--color", "red"]);
+    assert!(!ok && err.contains("#1a73e8"), "a clear error: {err}");
+    let logo_file = work.path().join("logo.png");
+    std::fs::write(&logo_file, png).unwrap();
+    let (ok, out, err) = cli(&[
+        "portal",
+        "branding",
+        "set",
+        "--logo",
+        logo_file.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["hasLogo"],
+        true
+    );
     let (_, shown) = call(
         &fleet,
         reqwest::Method::GET,

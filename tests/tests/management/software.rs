@@ -197,6 +197,33 @@ impl ThrowawayDeb {
     }
 }
 
+/// `mobius --output json ARGS` as the fleet's owner, with its own config
+/// directory; answers success, stdout and stderr.
+pub(crate) fn mobius_cli(
+    fleet: &Fleet,
+    config_dir: &Path,
+    args: &[&str],
+) -> (bool, String, String) {
+    let out = Command::new(mobius_tests::workspace_binary("mobius"))
+        .args([
+            "--server",
+            &fleet.server.url(""),
+            "--token",
+            &fleet.token,
+            "--output",
+            "json",
+        ])
+        .args(args)
+        .env("MOBIUS_CONFIG_DIR", config_dir)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 pub(crate) fn script_metadata(name: &str, version: &str, sha: Option<&str>, script: &str) -> Value {
     json!({
         "name": name,
@@ -419,26 +446,8 @@ async fn uploads_are_streamed_hashed_limited_and_kept_per_tenant() {
     // The CLI: upload (streamed, with its SHA-256), list and install, as JSON.
     let cli_file = installers.path().join("../cli-tool.sh");
     std::fs::write(&cli_file, installer_bytes(70_000, 6)).unwrap();
-    let mobius = |args: &[&str]| {
-        let out = Command::new(mobius_tests::workspace_binary("mobius"))
-            .args([
-                "--server",
-                &fleet.server.url(""),
-                "--token",
-                &fleet.token,
-                "--output",
-                "json",
-            ])
-            .args(args)
-            .env("MOBIUS_CONFIG_DIR", installers.path().join("../cli-config"))
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let cli_config = installers.path().join("../cli-config");
+    let mobius = |args: &[&str]| mobius_cli(&fleet, &cli_config, args);
     let (ok, out, err) = mobius(&[
         "software",
         "upload",
@@ -980,6 +989,24 @@ async fn an_agent_killed_mid_install_ends_interrupted_and_a_retry_succeeds() {
         dpkg_version.as_str(),
         "{shown}"
     );
+    // And in the CLI.
+    let config = tempfile::tempdir().unwrap();
+    let (ok, out, err) = mobius_cli(
+        &fleet,
+        config.path(),
+        &["software", "inventory", "--name", "dpkg"],
+    );
+    assert!(ok, "{err}");
+    let rows: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rows[0]["device_id"], uuid_of(&device).to_string(), "{out}");
+    assert_eq!(rows[0]["version"], dpkg_version.as_str(), "{out}");
+    let (ok, out, _) = mobius_cli(
+        &fleet,
+        config.path(),
+        &["software", "inventory", "--name", "no-such-package"],
+    );
+    assert!(ok);
+    assert_eq!(out.trim(), "[]");
     agent.kill();
 }
 
@@ -1120,6 +1147,50 @@ async fn installers_in_an_s3_bucket_upload_in_parts_and_install() {
     assert_eq!(install["bytes_downloaded"], 17_000_000);
     assert_eq!(std::fs::read_to_string(&marker).unwrap(), "ok\n");
     agent.kill();
+
+    // Offboarding deletes a tenant's installers by their `<tenant id>/`
+    // prefix (the platform operator's path, tested end to end on local
+    // storage in licensing.rs): here the S3 backend against moto, with
+    // another tenant's object left alone.
+    use mobius_server::software::storage::InstallerStorage;
+    let storage = mobius_server::software::storage::s3::S3Storage::new(
+        mobius_server::software::storage::s3::S3Config {
+            bucket: "installers".into(),
+            endpoint: Some(endpoint.clone()),
+            region: "us-east-1".into(),
+            path_style: true,
+            access_key_id: "test".into(),
+            secret_access_key: "test".into(),
+        },
+    );
+    let other = reqwest::Client::new()
+        .put(format!(
+            "{endpoint}/installers/{}/kept",
+            uuid::Uuid::now_v7().simple()
+        ))
+        .body("other tenant")
+        .send()
+        .await
+        .unwrap();
+    assert!(other.status().is_success());
+    let tenant = {
+        let mut db = fleet.owner_connection().await;
+        sea_orm::sqlx::query_scalar::<_, uuid::Uuid>("SELECT mobius_default_tenant_id()")
+            .fetch_one(&mut db)
+            .await
+            .unwrap()
+    };
+    assert_eq!(storage.delete_tenant(tenant).await.unwrap(), 1);
+    let listed = reqwest::Client::new()
+        .get(format!("{endpoint}/installers?list-type=2"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(listed.matches("<Key>").count(), 1, "{listed}");
+    assert!(listed.contains("/kept</Key>"), "{listed}");
 }
 
 #[tokio::test]

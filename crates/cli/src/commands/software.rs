@@ -26,6 +26,19 @@ pub enum SoftwareCommand {
     List,
     /// Install (or with --uninstall, uninstall) a version on devices, sites or teams
     Install(InstallArgs),
+    /// Which devices report which packages (from their deb and rpm databases)
+    #[command(
+        after_help = "Examples:\n  mobius software inventory --name openssl\n  \
+                            mobius software inventory --output json | jq 'group_by(.name)'"
+    )]
+    Inventory(InventoryArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InventoryArgs {
+    /// Only this package name (exact); omitted: every package of every device
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -143,6 +156,32 @@ impl Tabular for InstallRow {
     }
 }
 
+/// One package a device reports.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PackageRow {
+    pub device_id: String,
+    pub source: String,
+    pub name: String,
+    pub version: String,
+    pub reported_at: String,
+}
+
+impl Tabular for PackageRow {
+    fn columns() -> &'static [&'static str] {
+        &["DEVICE", "SOURCE", "NAME", "VERSION", "REPORTED"]
+    }
+
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.device_id.clone(),
+            self.source.clone(),
+            self.name.clone(),
+            self.version.clone(),
+            self.reported_at.clone(),
+        ]
+    }
+}
+
 pub async fn run(ctx: &Context, command: SoftwareCommand) -> Result<()> {
     let mut client = ctx.client()?;
     let token = client.bearer().await?;
@@ -238,6 +277,22 @@ pub async fn run(ctx: &Context, command: SoftwareCommand) -> Result<()> {
                 .await?;
             let requested: Value = answer(response).await?;
             let rows: Vec<InstallRow> = serde_json::from_value(requested["installs"].clone())?;
+            ctx.output.list(&rows)
+        }
+        SoftwareCommand::Inventory(args) => {
+            let mut url = url::Url::parse(&format!("{base}/inventory"))?;
+            if let Some(name) = &args.name {
+                url.query_pairs_mut().append_pair("name", name);
+            }
+            let listed: Value = answer(http.get(url).bearer_auth(&token).send().await?).await?;
+            let rows: Vec<PackageRow> = serde_json::from_value(listed["packages"].clone())?;
+            if rows.is_empty() && !ctx.output.is_json() {
+                crate::output::notice(match &args.name {
+                    Some(_) => "no device reports a package of that name",
+                    None => "no device has reported its packages yet",
+                });
+                return Ok(());
+            }
             ctx.output.list(&rows)
         }
     }

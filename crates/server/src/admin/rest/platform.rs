@@ -26,6 +26,8 @@ use crate::http::errors::{ApiError, ErrorCode};
 pub struct PlatformState {
     store: Store,
     token_sha256: Arc<[u8; 32]>,
+    /// Where the tenants' installers are, deleted with the tenant.
+    installers: Arc<dyn crate::software::storage::InstallerStorage>,
 }
 
 /// The operator routes, or `None` when the hash setting is not a valid
@@ -33,11 +35,13 @@ pub struct PlatformState {
 pub fn router<S: Clone + Send + Sync + 'static>(
     store: Store,
     token_sha256_hex: &str,
+    installers: Arc<dyn crate::software::storage::InstallerStorage>,
 ) -> Option<Router<S>> {
     let bytes: [u8; 32] = hex::decode(token_sha256_hex).ok()?.try_into().ok()?;
     let state = PlatformState {
         store,
         token_sha256: Arc::new(bytes),
+        installers,
     };
     Some(
         Router::new()
@@ -195,6 +199,11 @@ struct DeleteParams {
 struct OffboardingAnswer {
     dry_run: bool,
     deleted: bool,
+    /// Installer files deleted from storage with the tenant; none on a
+    /// dry run or when storage failed (then logged, and the files are
+    /// under `<tenant id>/` for the operator to remove).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    installers_deleted: Option<u64>,
     #[serde(flatten)]
     report: OffboardingBody,
 }
@@ -250,6 +259,7 @@ async fn delete_tenant(
         return Ok(Json(OffboardingAnswer {
             dry_run: true,
             deleted: false,
+            installers_deleted: None,
             report: report.into(),
         }));
     }
@@ -269,9 +279,20 @@ async fn delete_tenant(
     }
     let report = state.store.operator_delete_tenant(&request, id).await?;
     tracing::warn!(tenant_id = %id, slug = %report.slug, "platform operator deleted a tenant");
+    // After the rows: a failure here leaves files nothing refers to, never
+    // a catalog pointing at missing files.
+    let installers_deleted = match state.installers.delete_tenant(id).await {
+        Ok(count) => Some(count),
+        Err(err) => {
+            tracing::error!(tenant_id = %id, error = %err, backend = state.installers.backend(),
+                "could not delete a deleted tenant's installers; remove the <tenant id>/ prefix by hand");
+            None
+        }
+    };
     Ok(Json(OffboardingAnswer {
         dry_run: false,
         deleted: true,
+        installers_deleted,
         report: report.into(),
     }))
 }

@@ -121,4 +121,22 @@ impl InstallerStorage for LocalStorage {
             Err(err) => Err(backend(err)),
         }
     }
+
+    async fn delete_tenant(&self, tenant_id: mobius_core::Uuid) -> Result<u64, StorageError> {
+        let dir = self.path(&tenant_id.simple().to_string())?;
+        let mut entries = match tokio::fs::read_dir(&dir).await {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(err) => return Err(backend(err)),
+        };
+        let mut deleted = 0;
+        while let Some(entry) = entries.next_entry().await.map_err(backend)? {
+            tokio::fs::remove_file(entry.path())
+                .await
+                .map_err(backend)?;
+            deleted += 1;
+        }
+        tokio::fs::remove_dir(&dir).await.map_err(backend)?;
+        Ok(deleted)
+    }
 }

@@ -63,6 +63,9 @@ pub trait InstallerStorage: Send + Sync {
     async fn open(&self, key: &str, start: u64) -> Result<Opened, StorageError>;
     /// Deletes; an absent key is not an error.
     async fn delete(&self, key: &str) -> Result<(), StorageError>;
+    /// Deletes every installer of a tenant (keys `<tenant id>/…`), when the
+    /// tenant itself is deleted; answers how many went.
+    async fn delete_tenant(&self, tenant_id: mobius_core::Uuid) -> Result<u64, StorageError>;
 }
 
 /// Counts and hashes an upload as it passes, and stops it at the limit.

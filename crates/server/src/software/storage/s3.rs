@@ -263,4 +263,36 @@ impl InstallerStorage for S3Storage {
             .map_err(|e| backend("delete_object", &e))?;
         Ok(())
     }
+
+    /// One `DeleteObject` per key rather than `DeleteObjects`: tenants are
+    /// deleted rarely, and not every S3-compatible store takes the batch
+    /// call the same way (it needs a Content-MD5 some reject).
+    async fn delete_tenant(&self, tenant_id: mobius_core::Uuid) -> Result<u64, StorageError> {
+        let prefix = format!("{}/", tenant_id.simple());
+        let mut deleted = 0;
+        let mut continuation = None;
+        loop {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&prefix)
+                .set_continuation_token(continuation.take())
+                .send()
+                .await
+                .map_err(|e| backend("list_objects_v2", &e))?;
+            for object in page.contents() {
+                if let Some(key) = object.key() {
+                    self.delete(key).await?;
+                    deleted += 1;
+                }
+            }
+            match page.next_continuation_token() {
+                Some(token) if page.is_truncated() == Some(true) => {
+                    continuation = Some(token.to_owned());
+                }
+                _ => return Ok(deleted),
+            }
+        }
+    }
 }
