@@ -1135,7 +1135,39 @@ async fn installers_in_an_s3_bucket_upload_in_parts_and_install() {
         .unwrap();
     assert_eq!(listed.matches("<Key>").count(), 1, "{listed}");
 
+    // Progress as a subscription: the request appears PENDING, then the
+    // download's bytes grow, then it ends INSTALLED.
+    let mut updates = fleet
+        .subscribe(
+            "subscription($v: ID) { softwareInstallUpdates(versionId: $v) { requestId status bytesDownloaded bytesTotal } }",
+            json!({ "v": version }),
+        )
+        .await;
     let requested = fleet.install(&version, &device).await;
+    let mut seen: Vec<(String, f64)> = Vec::new();
+    while seen.last().is_none_or(|(status, _)| status != "INSTALLED") {
+        let message = updates
+            .next(Duration::from_secs(60))
+            .await
+            .expect("the subscription stays open");
+        let update = &message["softwareInstallUpdates"];
+        assert_eq!(update["requestId"], requested["request_id"], "{message}");
+        seen.push((
+            update["status"].as_str().unwrap().to_owned(),
+            update["bytesDownloaded"].as_f64().unwrap(),
+        ));
+    }
+    assert_eq!(seen[0].0, "PENDING", "{seen:?}");
+    assert!(
+        seen.iter()
+            .any(|(s, bytes)| s == "DOWNLOADING" && *bytes > 0.0),
+        "download progress: {seen:?}"
+    );
+    assert!(
+        seen.windows(2).all(|w| w[0].1 <= w[1].1),
+        "bytes never go back: {seen:?}"
+    );
+    assert_eq!(seen.last().unwrap().1, 17_000_000.0, "{seen:?}");
     let install = fleet
         .wait_install(
             &version,

@@ -239,6 +239,9 @@ pub enum PlanEvent {
         execution_id: Uuid,
         lines: Vec<LogRow>,
     },
+    /// A software install (a plan with an `install_software` operation)
+    /// was requested or changed status or progress.
+    Install(Box<mobius_core::software::Install>),
 }
 
 #[derive(Clone, Debug)]
@@ -258,6 +261,16 @@ impl PlanEvents {
 
     pub fn subscribe(&self) -> broadcast::Receiver<PlanEvent> {
         self.0.subscribe()
+    }
+
+    /// Publishes committed installs (new requests, progress, outcomes).
+    pub fn installs<'i>(
+        &self,
+        installs: impl IntoIterator<Item = &'i mobius_core::software::Install>,
+    ) {
+        for install in installs {
+            self.publish(PlanEvent::Install(Box::new(install.clone())));
+        }
     }
 }
 
@@ -478,20 +491,23 @@ pub(super) async fn report(
                 state.plans.log_cap_bytes,
             )
             .await?;
-        if reported.status_changed {
-            // An install whose execution ended without the agent saying
-            // how (killed mid-install, cancelled, refused) ends with it.
+        // An install whose execution ended without the agent saying how
+        // (killed mid-install, cancelled, refused) ends with it.
+        let ended_install = if reported.status_changed {
             scope
                 .software()
                 .execution_finished(&device_actor(identity), &reported.execution)
-                .await?;
-        }
+                .await?
+        } else {
+            None
+        };
         scope.commit().await?;
-        Ok::<_, PlanError>(reported)
+        Ok::<_, PlanError>((reported, ended_install))
     }
     .await;
     match result {
-        Ok(reported) => {
+        Ok((reported, ended_install)) => {
+            state.plans.events.installs(&ended_install);
             let tenant_id = identity.tenant_id();
             if !reported.lines.is_empty() {
                 state.plans.events.publish(PlanEvent::Logs {

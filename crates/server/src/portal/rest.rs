@@ -236,6 +236,7 @@ async fn act(
         .await
         .map_err(portal_error)?;
     caller.scope.commit().await?;
+    state.plans.events.installs(&requested.installs);
     for execution in &requested.executions {
         state
             .plans

@@ -192,11 +192,12 @@ pub async fn progress(
     let Json(progress) = body.map_err(bad_body)?;
     let identity = &device.identity;
     let scope = state.store.begin(identity).await?;
-    scope
+    let install = scope
         .software()
         .record_progress(&device_actor(identity), identity.device_id(), &progress)
         .await?;
     scope.commit().await?;
+    state.plans.events.installs([&install]);
     Ok(Json(serde_json::json!({})))
 }
 

@@ -518,6 +518,7 @@ async fn request(
         .map_err(software_error)?;
     scope.commit().await?;
     if requested.created {
+        state.plans.events.installs(&requested.installs);
         for execution in &requested.executions {
             state
                 .plans
@@ -616,6 +617,7 @@ async fn device_action(
     scope.commit().await?;
     let mut installs = Vec::new();
     for request in &requested {
+        state.plans.events.installs(&request.installs);
         for execution in &request.executions {
             state
                 .plans

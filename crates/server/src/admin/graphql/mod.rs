@@ -138,6 +138,7 @@ pub struct SubscriptionRoot(
     audit::AuditSubscription,
     plans::PlanSubscription,
     queries::LiveQuerySubscription,
+    software::SoftwareSubscription,
 );
 
 /// Depth 15 admits GraphiQL's introspection query; complexity 1000 admits a

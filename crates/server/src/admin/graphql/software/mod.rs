@@ -6,6 +6,10 @@
 use mobius_core::plans::PlanTargets;
 use mobius_core::software::{Install, InstallSpec, SoftwareError, Title, Version};
 
+use async_graphql::Subscription;
+use futures_util::StreamExt;
+
+use crate::admin::graphql::gate::WriteStore;
 use crate::admin::graphql::prelude::*;
 use crate::device::{PlanEvent, PlanServices};
 
@@ -216,6 +220,7 @@ impl SoftwareMutation {
             .map_err(software_error)?;
         scope.commit().await.map_err(errors::store)?;
         if requested.created {
+            plans.events.installs(&requested.installs);
             for execution in &requested.executions {
                 plans
                     .notifier
@@ -226,5 +231,77 @@ impl SoftwareMutation {
             }
         }
         Ok(requested.installs.iter().map(install_node).collect())
+    }
+}
+
+#[derive(Default)]
+pub struct SoftwareSubscription;
+
+#[Subscription]
+impl SoftwareSubscription {
+    /// Installs of one request (`requestId`) or of one version
+    /// (`versionId`, a global id or the REST surface's UUID) as they change: first each as it stands, then every
+    /// new request, status, byte count and outcome committed on the server
+    /// this subscription is connected to (as `executionUpdates`).
+    async fn software_install_updates(
+        &self,
+        ctx: &Context<'_>,
+        request_id: Option<ID>,
+        version_id: Option<ID>,
+    ) -> Result<impl futures_util::Stream<Item = SoftwareInstall>> {
+        let principal = gate::principal(ctx)?;
+        principal
+            .authorize(Operation::ViewDevices, None)
+            .map_err(errors::denied)?;
+        let request = request_id
+            .map(|id| {
+                Uuid::try_parse(id.as_str())
+                    .map_err(|_| errors::bad_input("requestId", "must be a request id (UUID)"))
+            })
+            .transpose()?;
+        // A global id, or the UUID the REST surface shows.
+        let version = version_id
+            .map(|id| match Uuid::try_parse(id.as_str()) {
+                Ok(uuid) => Ok(uuid),
+                Err(_) => parse_id(&id, "SoftwareVersion"),
+            })
+            .transpose()?;
+        if request.is_none() && version.is_none() {
+            return Err(errors::bad_input(
+                "requestId",
+                "give requestId or versionId (or both)",
+            ));
+        }
+        let tenant = principal.tenant_id;
+        // Subscribe before reading the backlog, so no change falls between.
+        let feed = ctx.data::<PlanServices>()?.events.subscribe();
+        let store = &ctx.data::<WriteStore>()?.0;
+        let scope = store.begin(principal).await.map_err(errors::store)?;
+        let backlog = match (request, version) {
+            (Some(request), _) => scope.software().installs_of_request(request).await,
+            (None, Some(version)) => {
+                scope.software().get(version).await.map_err(errors::store)?;
+                scope.software().installs_of_version(version).await
+            }
+            (None, None) => Ok(Vec::new()),
+        }
+        .map_err(errors::store)?;
+        drop(scope);
+        let wanted = move |install: &Install| {
+            install.tenant_id == tenant
+                && request.is_none_or(|r| r == install.request_id)
+                && version.is_none_or(|v| v == install.version_id)
+        };
+        let live = tokio_stream::wrappers::BroadcastStream::new(feed).filter_map(move |event| {
+            let found = match event {
+                Ok(PlanEvent::Install(install)) if wanted(&install) => Some(install_node(&install)),
+                _ => None,
+            };
+            async move { found }
+        });
+        Ok(
+            futures_util::stream::iter(backlog.iter().map(install_node).collect::<Vec<_>>())
+                .chain(live),
+        )
     }
 }
