@@ -91,6 +91,19 @@ impl InstallStatus {
         }
     }
 
+    /// The word a person reads (the portal, activity summaries).
+    pub fn label(self) -> &'static str {
+        match self {
+            InstallStatus::Pending => "Pending",
+            InstallStatus::Downloading => "Downloading",
+            InstallStatus::Installing => "Installing",
+            InstallStatus::Installed => "Installed",
+            InstallStatus::Uninstalling => "Uninstalling",
+            InstallStatus::Uninstalled => "Uninstalled",
+            InstallStatus::Failed => "Failed",
+        }
+    }
+
     pub fn parse(text: &str) -> Option<InstallStatus> {
         InstallStatus::ALL.into_iter().find(|s| s.as_str() == text)
     }

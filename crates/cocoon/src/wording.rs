@@ -71,17 +71,10 @@ pub fn exact(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M UTC").to_string()
 }
 
-/// The status labels the portal shows, exactly these words.
+/// The status labels the portal shows, exactly these words (shared with
+/// the server's activity summaries through `mobius-api`).
 pub fn status_label(status: InstallStatus) -> &'static str {
-    match status {
-        InstallStatus::Pending => "Pending",
-        InstallStatus::Downloading => "Downloading",
-        InstallStatus::Installing => "Installing",
-        InstallStatus::Installed => "Installed",
-        InstallStatus::Uninstalling => "Uninstalling",
-        InstallStatus::Uninstalled => "Uninstalled",
-        InstallStatus::Failed => "Failed",
-    }
+    status.label()
 }
 
 /// The sentence in a software row's status cell. A failure always carries

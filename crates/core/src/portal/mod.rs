@@ -433,7 +433,7 @@ impl<'s> Portal<'s> {
             .ok_or(PortalError::NotOffered)?;
         if !current.actions.iter().any(|a| a == action) {
             let state = match &current.install {
-                Some(i) => format!("its {} is {}", i.action, label(i.status)),
+                Some(i) => format!("its {} is {}", i.action, i.status.label()),
                 None => "it is not installed".into(),
             };
             return Err(PortalError::NotAllowed(format!(
@@ -547,19 +547,6 @@ pub fn actions_for(
     }
 }
 
-/// The status as the portal words it.
-pub fn label(status: InstallStatus) -> &'static str {
-    match status {
-        InstallStatus::Pending => "Pending",
-        InstallStatus::Downloading => "Downloading",
-        InstallStatus::Installing => "Installing",
-        InstallStatus::Installed => "Installed",
-        InstallStatus::Uninstalling => "Uninstalling",
-        InstallStatus::Uninstalled => "Uninstalled",
-        InstallStatus::Failed => "Failed",
-    }
-}
-
 fn detail<'v>(details: &'v Value, key: &str) -> Option<&'v str> {
     details.get(key).and_then(Value::as_str)
 }
@@ -603,7 +590,7 @@ fn summary(
         "software.install_status" => {
             let status = detail(&row.details, "status")
                 .and_then(InstallStatus::parse)
-                .map(label)
+                .map(InstallStatus::label)
                 .unwrap_or("Updated");
             match detail(&row.details, "reason") {
                 Some(reason) if status == "Failed" => {

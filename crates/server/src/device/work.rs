@@ -50,6 +50,20 @@ pub struct PlanServices {
     pub log_cap_bytes: u64,
 }
 
+impl PlanServices {
+    /// After an install request commits: its installs go to subscribers,
+    /// its plan executions to their devices' streams and to subscribers.
+    pub fn announce_installs(&self, requested: &mobius_core::software::Requested) {
+        self.events.installs(&requested.installs);
+        for execution in &requested.executions {
+            self.notifier
+                .notify(execution.tenant_id, execution.device_id);
+            self.events
+                .publish(PlanEvent::Status(Box::new(execution.clone())));
+        }
+    }
+}
+
 /// Wakes the work streams of a device. Each stream registers a `Notify`;
 /// `notify` stores a permit in each, so a stream busy sending when the
 /// call comes still sees it.

@@ -29,7 +29,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 
 use super::PortalServices;
-use crate::device::{PlanEvent, PlanServices};
+use crate::device::PlanServices;
 use crate::http::errors::{ApiError, ErrorCode};
 use crate::http::router;
 
@@ -236,17 +236,7 @@ async fn act(
         .await
         .map_err(portal_error)?;
     caller.scope.commit().await?;
-    state.plans.events.installs(&requested.installs);
-    for execution in &requested.executions {
-        state
-            .plans
-            .notifier
-            .notify(execution.tenant_id, execution.device_id);
-        state
-            .plans
-            .events
-            .publish(PlanEvent::Status(Box::new(execution.clone())));
-    }
+    state.plans.announce_installs(&requested);
     let scope = state.store.begin(&grant).await?;
     let item = scope
         .portal()

@@ -40,7 +40,7 @@ use super::SoftwareServices;
 use super::storage::StorageError;
 use crate::admin::graphql::{GraphqlState, Peer};
 use crate::admin::rest::authorize;
-use crate::device::{PlanEvent, PlanServices};
+use crate::device::PlanServices;
 use crate::http::errors::{ApiError, ErrorCode};
 use crate::http::router;
 
@@ -518,17 +518,7 @@ async fn request(
         .map_err(software_error)?;
     scope.commit().await?;
     if requested.created {
-        state.plans.events.installs(&requested.installs);
-        for execution in &requested.executions {
-            state
-                .plans
-                .notifier
-                .notify(execution.tenant_id, execution.device_id);
-            state
-                .plans
-                .events
-                .publish(PlanEvent::Status(Box::new(execution.clone())));
-        }
+        state.plans.announce_installs(&requested);
     }
     let status = if requested.created {
         StatusCode::CREATED
@@ -617,17 +607,7 @@ async fn device_action(
     scope.commit().await?;
     let mut installs = Vec::new();
     for request in &requested {
-        state.plans.events.installs(&request.installs);
-        for execution in &request.executions {
-            state
-                .plans
-                .notifier
-                .notify(execution.tenant_id, execution.device_id);
-            state
-                .plans
-                .events
-                .publish(PlanEvent::Status(Box::new(execution.clone())));
-        }
+        state.plans.announce_installs(request);
         installs.extend(request.installs.iter().map(install_body));
     }
     Ok(Json(json!({ "installs": installs })))

@@ -220,15 +220,7 @@ impl SoftwareMutation {
             .map_err(software_error)?;
         scope.commit().await.map_err(errors::store)?;
         if requested.created {
-            plans.events.installs(&requested.installs);
-            for execution in &requested.executions {
-                plans
-                    .notifier
-                    .notify(execution.tenant_id, execution.device_id);
-                plans
-                    .events
-                    .publish(PlanEvent::Status(Box::new(execution.clone())));
-            }
+            plans.announce_installs(&requested);
         }
         Ok(requested.installs.iter().map(install_node).collect())
     }
