@@ -373,7 +373,8 @@ impl Server {
                 settings.osquery_requests_per_minute_per_node,
             ),
             settings.osquery_body_limit_bytes,
-        ));
+        ))
+        .merge(portal_rest);
         let platform = match (
             &settings.platform_operator_token_sha256,
             services.platform_operator,
@@ -406,8 +407,7 @@ impl Server {
             });
         let router = router::router_with(state, settings, Some(graphql), rest, tenant_routes)
             .merge(services.routes)
-            .merge(software_rest)
-            .merge(portal_rest);
+            .merge(software_rest);
         Ok(Server {
             store,
             _data_dir_lock: data_dir_lock,

@@ -10,8 +10,7 @@ use axum::Json;
 use axum::Router;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
-use axum::middleware;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use mobius_api::device::HostFacts;
@@ -24,14 +23,10 @@ use mobius_core::devices::DeviceStatus;
 use mobius_core::devices::presence::Presence;
 use mobius_core::portal::{PortalError, PortalGrant, TokenKind, authenticate};
 use mobius_core::{Store, TenantScope, Uuid};
-use tower::ServiceBuilder;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
 
 use super::PortalServices;
 use crate::device::PlanServices;
 use crate::http::errors::{ApiError, ErrorCode};
-use crate::http::router;
 
 #[derive(Clone)]
 pub struct PortalRestState {
@@ -42,8 +37,9 @@ pub struct PortalRestState {
     pub heartbeat_interval_secs: u64,
 }
 
+/// The portal routes; the admin router wraps them in its own layers
+/// (request ids, limits, timeout, hardening headers, metrics).
 pub fn router(state: PortalRestState) -> Router {
-    let request_id = HeaderName::from_static(router::REQUEST_ID_HEADER);
     Router::new()
         .route(SESSION_PATH, post(open_session))
         .route(DEVICE_PATH, get(device))
@@ -52,13 +48,6 @@ pub fn router(state: PortalRestState) -> Router {
         .route(&format!("{SOFTWARE_PATH}/{{id}}/{{action}}"), post(act))
         .route(ACTIVITY_PATH, get(activity))
         .route(LOGO_PATH, get(logo))
-        .layer(
-            ServiceBuilder::new()
-                .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
-                .layer(TraceLayer::new_for_http().make_span_with(router::request_span))
-                .layer(PropagateRequestIdLayer::new(request_id))
-                .layer(middleware::from_fn(crate::http::request_id::scope)),
-        )
         .with_state(state)
 }
 
