@@ -839,3 +839,97 @@ async fn bursts_of_failed_logins_do_not_grow_the_server() {
     let ok = login("owner@example.test".into(), password).await;
     assert!(ok["data"]["login"]["accessToken"].is_string(), "{ok}");
 }
+
+/// One HTTP/1.1 request on an open connection; answers the status line,
+/// or `None` when the server closed the connection instead.
+async fn head_request<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    path: &str,
+) -> Option<String> {
+    let request = format!("HEAD {path} HTTP/1.1\r\nhost: mobius\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => return None,
+        }
+    }
+    String::from_utf8_lossy(&head)
+        .lines()
+        .next()
+        .map(str::to_owned)
+}
+
+/// A TLS connection to the device listener, with the enrolled agent's
+/// certificate when `identity` names its state directory.
+async fn device_connection(
+    addr: std::net::SocketAddr,
+    state: &Path,
+    identity: bool,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(state.join("server-ca.pem")).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = if identity {
+        let chain = CertificateDer::pem_file_iter(state.join("cert.pem"))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let key = PrivateKeyDer::from_pem_file(state.join("key.pem")).unwrap();
+        builder.with_client_auth_cert(chain, key).unwrap()
+    } else {
+        builder.with_no_client_auth()
+    };
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn device_connections_stay_open_between_heartbeats_and_anonymous_ones_do_not() {
+    // Stalled clients are cut after 1 s here; an agent's heartbeat comes
+    // every 60 s (Fleet's setting), so its connection must outlive both.
+    let fleet =
+        mobius_tests::fleet::Fleet::start(&[("MOBIUS_CLIENT_READ_TIMEOUT_SECS", "1")]).await;
+    fleet.enroll().await;
+    let state = fleet.agent_dir();
+    let addr = fleet.server.device_addr;
+    let ping = "/api/mobius/device/ping";
+
+    let mut device = device_connection(addr, &state, true).await;
+    let mut anonymous = device_connection(addr, &state, false).await;
+    let first = head_request(&mut device, ping).await;
+    assert!(
+        first
+            .as_deref()
+            .is_some_and(|l| l.starts_with("HTTP/1.1 2")),
+        "{first:?}"
+    );
+    let first = head_request(&mut anonymous, ping).await;
+    assert!(first.is_some(), "the anonymous client gets an answer first");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let again = head_request(&mut device, ping).await;
+    assert!(
+        again
+            .as_deref()
+            .is_some_and(|l| l.starts_with("HTTP/1.1 2")),
+        "a device's keep-alive connection carries its next heartbeat: {again:?}"
+    );
+    assert_eq!(
+        head_request(&mut anonymous, ping).await,
+        None,
+        "a connection without a device certificate is closed when idle"
+    );
+}

@@ -82,6 +82,7 @@ struct DeviceSide {
     plan_log_retention_days: u32,
     software_install_pending_days: u32,
     queries: crate::queries::QueryServices,
+    heartbeat_interval_secs: u64,
 }
 
 impl Server {
@@ -281,6 +282,7 @@ impl Server {
             plan_log_retention_days: settings.plan_log_retention_days,
             software_install_pending_days: settings.software_install_pending_days,
             queries: queries.clone(),
+            heartbeat_interval_secs: settings.heartbeat_interval_secs,
         };
         let signup = match (settings.signup_enabled, services.self_signup) {
             (true, true) => {
@@ -484,6 +486,10 @@ impl Server {
             devices.tls,
             devices.router,
             Duration::from_secs(self.client_read_timeout_secs),
+            listener::device_keepalive(
+                Duration::from_secs(self.client_read_timeout_secs),
+                Duration::from_secs(devices.heartbeat_interval_secs),
+            ),
             stopped(stop_rx.clone()),
         ));
         let backbone = self.backbone.map(|backbone| {

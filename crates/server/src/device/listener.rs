@@ -23,19 +23,18 @@ use crate::http::first_byte::FirstByteDeadline;
 /// In-flight device requests get this long to finish on shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Serves devices until `shutdown`. `client_read_timeout` bounds the TLS
-/// handshake and the wait for each request head: a client that connects
-/// and then sends nothing (or half a ClientHello, or half a request) is
-/// disconnected after it, without a client certificate ever being asked.
-pub async fn serve(
-    listener: TcpListener,
-    tls: rustls::ServerConfig,
-    router: axum::Router,
-    client_read_timeout: Duration,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) {
-    let acceptor = TlsAcceptor::from(Arc::new(tls));
-    let graceful = GracefulShutdown::new();
+/// How long a connection that presented a device certificate may sit idle
+/// between requests: past two heartbeat intervals, so an agent's
+/// keep-alive connection carries its next heartbeat instead of a new TCP
+/// and mTLS handshake every time.
+pub fn device_keepalive(client_read_timeout: Duration, heartbeat_interval: Duration) -> Duration {
+    client_read_timeout.max(heartbeat_interval * 2 + Duration::from_secs(10))
+}
+
+/// An HTTP/1 connection builder whose header read timeout is `timeout`.
+/// hyper's header read timeout also covers the idle time between requests
+/// on a keep-alive connection (hyper has no separate idle timeout).
+fn connection_builder(timeout: Duration) -> Arc<Builder<TokioExecutor>> {
     let mut builder = Builder::new(TokioExecutor::new());
     // Above our own limit, so too many headers get a JSON 431 from
     // `error_bodies::refuse_oversized_head` rather than hyper's empty one.
@@ -44,8 +43,29 @@ pub async fn serve(
         .max_headers(HYPER_MAX_HEADERS)
         // Without a timer hyper silently ignores the header timeout.
         .timer(TokioTimer::new())
-        .header_read_timeout(client_read_timeout);
-    let builder = Arc::new(builder);
+        .header_read_timeout(timeout);
+    Arc::new(builder)
+}
+
+/// Serves devices until `shutdown`. `client_read_timeout` bounds the TLS
+/// handshake and the wait for each request head: a client that connects
+/// and then sends nothing (or half a ClientHello, or half a request) is
+/// disconnected after it, without a client certificate ever being asked.
+/// Connections without a device certificate (enrollment) get that much
+/// idle time between requests too; connections with a verified device
+/// certificate get `device_keepalive`, so heartbeats reuse them.
+pub async fn serve(
+    listener: TcpListener,
+    tls: rustls::ServerConfig,
+    router: axum::Router,
+    client_read_timeout: Duration,
+    device_keepalive: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let acceptor = TlsAcceptor::from(Arc::new(tls));
+    let graceful = GracefulShutdown::new();
+    let anonymous = connection_builder(client_read_timeout);
+    let authenticated = connection_builder(device_keepalive);
     tokio::pin!(shutdown);
     loop {
         let (stream, addr) = tokio::select! {
@@ -63,7 +83,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
         let router = router.clone();
-        let builder = builder.clone();
+        let (anonymous, authenticated) = (anonymous.clone(), authenticated.clone());
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(client_read_timeout, acceptor.accept(stream)).await
@@ -84,6 +104,11 @@ pub async fn serve(
                 .peer_certificates()
                 .and_then(|chain| chain.first())
                 .and_then(|leaf| DeviceIdentity::from_verified_certificate(leaf.as_ref()));
+            let builder = if device.is_some() {
+                authenticated
+            } else {
+                anonymous
+            };
             let peer = Peer { addr, device };
             let service =
                 router.map_request(move |mut request: hyper::Request<hyper::body::Incoming>| {
