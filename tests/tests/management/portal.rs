@@ -27,6 +27,17 @@ async fn call(fleet: &Fleet, method: reqwest::Method, path: &str, token: &str) -
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// `GET /api/v1/mobius/portal/<what>` with a bearer token.
+async fn get(fleet: &Fleet, what: &str, token: &str) -> (u16, Value) {
+    call(
+        fleet,
+        reqwest::Method::GET,
+        &format!("{PORTAL}/{what}"),
+        token,
+    )
+    .await
+}
+
 fn read_link(dir: &Path) -> Option<Value> {
     let text = std::fs::read_to_string(dir.join("portal.json")).ok()?;
     serde_json::from_str(&text).ok()
@@ -55,13 +66,7 @@ async fn open_session(fleet: &Fleet, link: &str) -> String {
 
 /// The portal's view of one title, by name.
 async fn portal_item(fleet: &Fleet, session: &str, name: &str) -> Value {
-    let (status, list) = call(
-        fleet,
-        reqwest::Method::GET,
-        &format!("{PORTAL}/software"),
-        session,
-    )
-    .await;
+    let (status, list) = get(fleet, "software", session).await;
     assert_eq!(status, 200, "{list}");
     list["software"]
         .as_array()
@@ -150,13 +155,7 @@ async fn portal_tokens_rotate_and_act_for_one_device_only() {
     );
 
     // The device's status.
-    let (status, shown) = call(
-        &fleet,
-        reqwest::Method::GET,
-        &format!("{PORTAL}/device"),
-        &session,
-    )
-    .await;
+    let (status, shown) = get(&fleet, "device", &session).await;
     assert_eq!(status, 200, "{shown}");
     assert_eq!(shown["id"], uuid_of(&device).to_string());
     assert_eq!(shown["online"], true, "{shown}");
@@ -258,25 +257,13 @@ async fn portal_tokens_rotate_and_act_for_one_device_only() {
         policy_ids.push(id);
     }
     let checked = eventually(Duration::from_secs(20), async || {
-        let (_, shown) = call(
-            &fleet,
-            reqwest::Method::GET,
-            &format!("{PORTAL}/policies"),
-            &session,
-        )
-        .await;
+        let (_, shown) = get(&fleet, "policies", &session).await;
         shown["policies"]
             .as_array()
             .is_some_and(|p| p.len() == 2 && p.iter().all(|p| !p["passing"].is_null()))
     })
     .await;
-    let (_, shown) = call(
-        &fleet,
-        reqwest::Method::GET,
-        &format!("{PORTAL}/policies"),
-        &session,
-    )
-    .await;
+    let (_, shown) = get(&fleet, "policies", &session).await;
     assert!(checked, "both policies checked: {shown}");
     assert_eq!(shown["policies"][0]["name"], "Disk encryption", "{shown}");
     assert_eq!(shown["policies"][0]["passing"], false);
@@ -308,13 +295,7 @@ async fn portal_tokens_rotate_and_act_for_one_device_only() {
         )
         .await;
     assert_eq!(status, 201, "{admin_only}");
-    let (_, list) = call(
-        &fleet,
-        reqwest::Method::GET,
-        &format!("{PORTAL}/software"),
-        &session,
-    )
-    .await;
+    let (_, list) = get(&fleet, "software", &session).await;
     let names: Vec<&str> = list["software"]
         .as_array()
         .unwrap()
@@ -384,13 +365,7 @@ async fn portal_tokens_rotate_and_act_for_one_device_only() {
     assert!(!marker.exists());
 
     // Recent activity, in words; audited as the device, through the portal.
-    let (_, activity) = call(
-        &fleet,
-        reqwest::Method::GET,
-        &format!("{PORTAL}/activity"),
-        &session,
-    )
-    .await;
+    let (_, activity) = get(&fleet, "activity", &session).await;
     let summaries: Vec<&str> = activity["events"]
         .as_array()
         .unwrap()
@@ -489,13 +464,7 @@ async fn portal_tokens_rotate_and_act_for_one_device_only() {
         serde_json::from_str::<Value>(&out).unwrap()["hasLogo"],
         true
     );
-    let (_, shown) = call(
-        &fleet,
-        reqwest::Method::GET,
-        &format!("{PORTAL}/device"),
-        &session,
-    )
-    .await;
+    let (_, shown) = get(&fleet, "device", &session).await;
     assert_eq!(
         shown["branding"],
         json!({ "name": "Acme IT", "accent_color": "#0b5fff", "has_logo": true, "support_contact": "IT desk, ext. 4357" })
@@ -518,13 +487,7 @@ async fn portal_tokens_rotate_and_act_for_one_device_only() {
         let out = agent_command_as_other(&other_dir);
         open_session(&fleet, &out).await
     };
-    let (_, theirs) = call(
-        &fleet,
-        reqwest::Method::GET,
-        &format!("{PORTAL}/device"),
-        &other_session,
-    )
-    .await;
+    let (_, theirs) = get(&fleet, "device", &other_session).await;
     assert_eq!(
         theirs["id"],
         uuid_of(&other).to_string(),
@@ -537,13 +500,7 @@ async fn portal_tokens_rotate_and_act_for_one_device_only() {
     .execute(&mut db)
     .await
     .unwrap();
-    let (status, _) = call(
-        &fleet,
-        reqwest::Method::GET,
-        &format!("{PORTAL}/device"),
-        &session,
-    )
-    .await;
+    let (status, _) = get(&fleet, "device", &session).await;
     assert_eq!(status, 401, "an expired session");
     let revoked = fleet
         .gql(
@@ -552,13 +509,7 @@ async fn portal_tokens_rotate_and_act_for_one_device_only() {
         )
         .await;
     assert!(revoked["errors"].is_null(), "{revoked}");
-    let (status, _) = call(
-        &fleet,
-        reqwest::Method::GET,
-        &format!("{PORTAL}/device"),
-        &other_session,
-    )
-    .await;
+    let (status, _) = get(&fleet, "device", &other_session).await;
     assert_eq!(status, 401, "a revoked device's session");
     agent.kill();
 }

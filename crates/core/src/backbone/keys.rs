@@ -16,27 +16,16 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use hmac::{Hmac, Mac};
 use sea_orm::prelude::Uuid;
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-type HmacSha256 = Hmac<Sha256>;
+use crate::crypto::secrets::hmac_sha256;
 
 /// Prefix of a service token: `mosb_<service>_<secret>`.
 pub const SERVICE_TOKEN_PREFIX: &str = "mosb_";
 /// Prefix of a principal credential: `mosb_pr_<id>_<key>`.
 pub const PRINCIPAL_PREFIX: &str = "mosb_pr_";
-
-fn hmac(key: &[u8], message: &[&[u8]]) -> [u8; 32] {
-    // HMAC accepts keys of any length, so this cannot fail.
-    let mut mac = <HmacSha256 as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
-    for part in message {
-        mac.update(part);
-    }
-    mac.finalize().into_bytes().into()
-}
 
 /// The principal's key for this `key_version`.
 pub fn derived_key(master_secret: &[u8], principal_id: Uuid, key_version: i32) -> [u8; 32] {
@@ -44,7 +33,7 @@ pub fn derived_key(master_secret: &[u8], principal_id: Uuid, key_version: i32) -
         "mosb-principal-v1:{}:{key_version}",
         principal_id.hyphenated()
     );
-    hmac(master_secret, &[label.as_bytes()])
+    hmac_sha256(master_secret, &[label.as_bytes()])
 }
 
 /// The credential string handed to the principal (once).
@@ -122,7 +111,7 @@ fn sign(label: &str, derived_key: &[u8; 32], payload: &impl Serialize) -> String
     // Serializing these plain structs to JSON cannot fail.
     let json = serde_json::to_vec(payload).unwrap_or_default();
     let encoded = URL_SAFE_NO_PAD.encode(json);
-    let mac = hmac(derived_key, &[label.as_bytes(), encoded.as_bytes()]);
+    let mac = hmac_sha256(derived_key, &[label.as_bytes(), encoded.as_bytes()]);
     format!("{encoded}.{}", URL_SAFE_NO_PAD.encode(mac))
 }
 
@@ -147,7 +136,7 @@ fn verify<T: serde::de::DeserializeOwned>(
     let mac = URL_SAFE_NO_PAD
         .decode(mac)
         .map_err(|_| SignedError::Malformed)?;
-    let expected = hmac(derived_key, &[label.as_bytes(), encoded.as_bytes()]);
+    let expected = hmac_sha256(derived_key, &[label.as_bytes(), encoded.as_bytes()]);
     if !bool::from(expected.as_slice().ct_eq(&mac)) {
         return Err(SignedError::BadSignature);
     }

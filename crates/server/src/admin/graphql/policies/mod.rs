@@ -383,6 +383,26 @@ impl PolicyQuery {
     }
 }
 
+/// For changes to one policy: finds it (NOT_FOUND outside the caller's
+/// tenant), then checks ManageDevices against the policy's team before
+/// opening the write transaction, as `gate::write_on_device` does for
+/// devices.
+async fn write_on_policy<'c>(
+    ctx: &Context<'c>,
+    id: Uuid,
+) -> Result<(&'c mobius_core::authz::Principal, mobius_core::TenantScope)> {
+    let team = {
+        let (_, reads) = gate::read(ctx, Operation::ViewDevices, None).await?;
+        reads
+            .policies()
+            .get(id)
+            .await
+            .map_err(errors::store)?
+            .team_id
+    };
+    gate::write(ctx, Operation::ManageDevices, team).await
+}
+
 #[derive(Default)]
 pub struct PolicyMutation;
 
@@ -431,16 +451,7 @@ impl PolicyMutation {
             platform: input.platform,
             interval_secs: interval(input.interval_secs)?,
         };
-        let team = {
-            let (_, reads) = gate::read(ctx, Operation::ViewDevices, None).await?;
-            reads
-                .policies()
-                .get(id)
-                .await
-                .map_err(errors::store)?
-                .team_id
-        };
-        let (principal, scope) = gate::write(ctx, Operation::ManageDevices, team).await?;
+        let (principal, scope) = write_on_policy(ctx, id).await?;
         let updated = scope
             .policies()
             .update(&principal.actor(), id, patch)
@@ -453,16 +464,7 @@ impl PolicyMutation {
     /// Deletes a policy with its results; answers it as it was.
     async fn delete_policy(&self, ctx: &Context<'_>, id: ID) -> Result<PolicyNode> {
         let id = parse_id(&id, "Policy")?;
-        let team = {
-            let (_, reads) = gate::read(ctx, Operation::ViewDevices, None).await?;
-            reads
-                .policies()
-                .get(id)
-                .await
-                .map_err(errors::store)?
-                .team_id
-        };
-        let (principal, scope) = gate::write(ctx, Operation::ManageDevices, team).await?;
+        let (principal, scope) = write_on_policy(ctx, id).await?;
         let deleted = scope
             .policies()
             .delete(&principal.actor(), id)
@@ -476,16 +478,7 @@ impl PolicyMutation {
     async fn run_policy(&self, ctx: &Context<'_>, id: ID) -> Result<PolicyNode> {
         let id = parse_id(&id, "Policy")?;
         let services = ctx.data::<QueryServices>()?;
-        let team = {
-            let (_, reads) = gate::read(ctx, Operation::ViewDevices, None).await?;
-            reads
-                .policies()
-                .get(id)
-                .await
-                .map_err(errors::store)?
-                .team_id
-        };
-        let (principal, scope) = gate::write(ctx, Operation::ManageDevices, team).await?;
+        let (principal, scope) = write_on_policy(ctx, id).await?;
         let policy = scope
             .policies()
             .run_now(&principal.actor(), id)
